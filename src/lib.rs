@@ -1,1 +1,7 @@
+//! bothost: a bot host with process-per-bot isolation.
+//!
+//! See ARCHITECTURE.md for the map. Entry points: [`cli`] parses the command
+//! line, [`startup::serve`] runs the host, [`control`] is how the other
+//! commands reach a running host.
 
+pub mod config;

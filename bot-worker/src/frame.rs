@@ -191,7 +191,9 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32((MAX_FRAME_BYTES + 1) as u32);
         let err = HostSide::new().decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len, max } if len == MAX_FRAME_BYTES + 1 && max == MAX_FRAME_BYTES));
+        assert!(
+            matches!(err, FrameError::TooLarge { len, max } if len == MAX_FRAME_BYTES + 1 && max == MAX_FRAME_BYTES)
+        );
         assert!(err.to_string().contains("exceeds the 1048576-byte limit"));
     }
 
@@ -217,19 +219,28 @@ mod tests {
         let mut buf = raw_frame(br#"{"type":"pong","seq":1}"#);
         buf.truncate(10);
         let err = HostSide::new().decode_eof(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { have: 10, want: 27 }), "{err}");
+        assert!(
+            matches!(err, FrameError::Truncated { have: 10, want: 27 }),
+            "{err}"
+        );
     }
 
     #[test]
     fn truncated_header_at_eof_is_an_error() {
         let mut buf = BytesMut::from(&[0u8, 0][..]);
         let err = HostSide::new().decode_eof(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { have: 2, want: 4 }), "{err}");
+        assert!(
+            matches!(err, FrameError::Truncated { have: 2, want: 4 }),
+            "{err}"
+        );
     }
 
     #[test]
     fn clean_eof_is_not_an_error() {
-        assert_eq!(HostSide::new().decode_eof(&mut BytesMut::new()).unwrap(), None);
+        assert_eq!(
+            HostSide::new().decode_eof(&mut BytesMut::new()).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -246,7 +257,11 @@ mod tests {
             .decode(&mut raw_frame(br#"{"type":"launch_missiles"}"#))
             .unwrap_err();
         assert!(matches!(err, FrameError::Invalid(_)));
-        assert!(err.to_string().contains("unknown variant `launch_missiles`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown variant `launch_missiles`"),
+            "{err}"
+        );
     }
 
     #[test]

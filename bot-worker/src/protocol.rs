@@ -173,7 +173,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_ignored() {
-        let m: HostMessage = serde_json::from_str(r#"{"type":"ping","seq":3,"extra":true}"#).unwrap();
+        let m: HostMessage =
+            serde_json::from_str(r#"{"type":"ping","seq":3,"extra":true}"#).unwrap();
         assert_eq!(m, HostMessage::Ping { seq: 3 });
     }
 }

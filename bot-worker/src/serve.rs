@@ -68,7 +68,9 @@ pub async fn run(socket: &Path) -> Result<(), WorkerError> {
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
     let writer_task = tokio::spawn(write_loop(writer, out_rx));
 
-    let result = Session::new(engine, heartbeat, out).serve(&mut reader).await;
+    let result = Session::new(engine, heartbeat, out)
+        .serve(&mut reader)
+        .await;
     // Every sender is gone once the session ends, so the writer flushes what
     // is queued and stops.
     if let Ok(Err(e)) = writer_task.await {
@@ -99,9 +101,8 @@ async fn handshake(
         None => return Err(WorkerError::Handshake("host closed the connection".into())),
     };
     if version != PROTOCOL_VERSION {
-        let reason = format!(
-            "protocol version {version} requested, this worker speaks {PROTOCOL_VERSION}"
-        );
+        let reason =
+            format!("protocol version {version} requested, this worker speaks {PROTOCOL_VERSION}");
         writer
             .send(WorkerMessage::Refused {
                 reason: reason.clone(),
@@ -236,7 +237,10 @@ impl Session {
         let refusal = if self.draining {
             Some((FailCode::Draining, "this worker is draining".to_owned()))
         } else if self.turns.contains_key(&id) {
-            Some((FailCode::InvalidRequest, format!("request id {id} is already running")))
+            Some((
+                FailCode::InvalidRequest,
+                format!("request id {id} is already running"),
+            ))
         } else {
             None
         };

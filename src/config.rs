@@ -1,0 +1,658 @@
+//! Typed, validated configuration: `supervisor.toml` plus the environment.
+//!
+//! Owns the file format, its defaults and every rule about what a valid value
+//! is. Loading is three steps, each a plain function unit tests can call:
+//!
+//! 1. parse the TOML text (a syntax error names the line);
+//! 2. lay environment overrides over it: `BOTHOST_<SECTION>__<KEY>=value`
+//!    (for example `BOTHOST_SERVER__BIND=0.0.0.0:80`), so secrets and
+//!    per-host values need not live in the file;
+//! 3. deserialize with unknown keys refused, then validate what types cannot
+//!    say (unique bot names, ranges, path lengths).
+//!
+//! Every error names the file, the key and the reason. This module never
+//! touches the runtime: it only reads and checks.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bot_worker::{BotSpec, BuiltinSpec, EngineSpec};
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// Where `serve` and the client commands look when no `--config` is given.
+pub const DEFAULT_PATH: &str = "supervisor.toml";
+
+/// Prefix of environment variables that override keys of the file.
+const ENV_PREFIX: &str = "BOTHOST_";
+
+/// Longest path a Unix socket address can hold, less the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the configuration: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        path: String,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub supervisor: SupervisorConfig,
+    pub logging: LoggingConfig,
+    pub bots: Vec<BotConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP front end; port 0 picks a free port.
+    pub bind: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// How often every worker's RSS is read.
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// Default per-bot memory budget; a bot may set its own.
+    pub memory_budget: ByteSize,
+    /// Sockets live here (created 0700). Relative to the config file.
+    pub runtime_dir: PathBuf,
+    /// The worker executable; by default `bot-worker` next to `bothost`.
+    pub worker_binary: Option<PathBuf>,
+    /// Spawn to `Ready`: longer than this and the start counts as a crash.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Silence longer than this marks a worker hung; it is then replaced.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// How long a draining worker may take to finish its turns.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// SIGTERM to SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// This many crashes within `crash_window` mark the bot failed.
+    pub crash_limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub crash_window: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            sample_interval: Duration::from_secs(5),
+            memory_budget: ByteSize::mb(125),
+            runtime_dir: PathBuf::from("data/run"),
+            worker_binary: None,
+            start_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            crash_limit: 5,
+            crash_window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    pub name: String,
+    #[serde(default)]
+    pub engine: EngineKind,
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default = "default_system_prompt")]
+    pub system_prompt: String,
+    /// Overrides `supervisor.memory_budget`.
+    pub memory_budget: Option<ByteSize>,
+    /// Overrides `supervisor.worker_binary` for this bot (a canary build).
+    pub worker_binary: Option<PathBuf>,
+    #[serde(default)]
+    pub builtin: BuiltinConfig,
+}
+
+fn default_model() -> String {
+    "builtin".into()
+}
+
+fn default_system_prompt() -> String {
+    "You are a helpful assistant.".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    #[default]
+    Builtin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinConfig {
+    #[serde(with = "humantime_serde")]
+    pub token_delay: Duration,
+    pub fail_rate: f64,
+    pub leak_per_message: ByteSize,
+    /// 0: no cap.
+    pub max_tokens: u32,
+}
+
+impl Default for BuiltinConfig {
+    fn default() -> Self {
+        Self {
+            token_delay: Duration::from_millis(20),
+            fail_rate: 0.0,
+            leak_per_message: ByteSize::b(0),
+            max_tokens: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, overrides from the process environment, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, path, std::env::vars())
+    }
+
+    /// The whole pipeline on given text and environment; `path` names the
+    /// source in errors and anchors relative paths.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: shown.clone(),
+                    message: e.to_string().trim_end().to_owned(),
+                })?;
+        apply_env(&mut table, env).map_err(|(key, reason)| ConfigError::Invalid {
+            path: shown.clone(),
+            key,
+            reason,
+        })?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid {
+                path: shown.clone(),
+                key: match e.path().to_string() {
+                    p if p == "." => "(top level)".to_owned(),
+                    p => p,
+                },
+                // toml appends its own "in `section`" line; the key already says it.
+                reason: first_line(&e.into_inner().to_string()),
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                path: shown,
+                key,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let anchor = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        anchor(&mut self.supervisor.runtime_dir);
+        if let Some(p) = self.supervisor.worker_binary.as_mut() {
+            anchor(p);
+        }
+        for bot in &mut self.bots {
+            if let Some(p) = bot.worker_binary.as_mut() {
+                anchor(p);
+            }
+        }
+    }
+
+    /// Rules the types cannot express. Returns the first broken one as
+    /// (key, reason).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let s = &self.supervisor;
+        let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
+        if self.bots.is_empty() {
+            return bad("bots", "at least one [[bots]] entry is required".into());
+        }
+        if s.sample_interval < Duration::from_millis(100) {
+            return bad(
+                "supervisor.sample_interval",
+                "must be at least 100ms".into(),
+            );
+        }
+        if s.heartbeat_interval.is_zero() {
+            return bad(
+                "supervisor.heartbeat_interval",
+                "must be greater than 0".into(),
+            );
+        }
+        if s.heartbeat_timeout <= s.heartbeat_interval {
+            return bad(
+                "supervisor.heartbeat_timeout",
+                format!(
+                    "must be longer than supervisor.heartbeat_interval ({})",
+                    humantime::format_duration(s.heartbeat_interval)
+                ),
+            );
+        }
+        if s.backoff_initial.is_zero() || s.backoff_initial > s.backoff_max {
+            return bad(
+                "supervisor.backoff_initial",
+                "must be greater than 0 and at most supervisor.backoff_max".into(),
+            );
+        }
+        if s.crash_limit == 0 {
+            return bad("supervisor.crash_limit", "must be at least 1".into());
+        }
+        if s.start_timeout.is_zero() {
+            return bad("supervisor.start_timeout", "must be greater than 0".into());
+        }
+        check_budget("supervisor.memory_budget", s.memory_budget)?;
+        let longest_socket = self.runtime_dir().join(format!(
+            "{}.sock",
+            worker_socket_stem(&"x".repeat(MAX_BOT_NAME), u64::MAX)
+        ));
+        if longest_socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return bad(
+                "supervisor.runtime_dir",
+                format!(
+                    "{} is too long for Unix socket paths (at most {} bytes with the socket name); choose a shorter directory",
+                    self.runtime_dir().display(),
+                    MAX_SOCKET_PATH
+                ),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, bot) in self.bots.iter().enumerate() {
+            let key = |field: &str| format!("bots[{i}].{field}");
+            if let Err(reason) = check_bot_name(&bot.name) {
+                return Err((key("name"), reason));
+            }
+            if !seen.insert(bot.name.as_str()) {
+                return Err((key("name"), format!("duplicate bot name '{}'", bot.name)));
+            }
+            if let Some(budget) = bot.memory_budget {
+                check_budget(&key("memory_budget"), budget)?;
+            }
+            let rate = bot.builtin.fail_rate;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err((
+                    key("builtin.fail_rate"),
+                    format!("{rate} is outside 0.0 to 1.0"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn runtime_dir(&self) -> &Path {
+        &self.supervisor.runtime_dir
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.runtime_dir().join("control.sock")
+    }
+
+    pub fn budget_of(&self, bot: &BotConfig) -> ByteSize {
+        bot.memory_budget.unwrap_or(self.supervisor.memory_budget)
+    }
+
+    /// The worker executable for `bot`: its own override, the supervisor's,
+    /// or `bot-worker` next to the running `bothost`.
+    pub fn worker_binary_of(&self, bot: &BotConfig) -> PathBuf {
+        bot.worker_binary
+            .clone()
+            .or_else(|| self.supervisor.worker_binary.clone())
+            .unwrap_or_else(default_worker_binary)
+    }
+}
+
+impl BotConfig {
+    /// What the worker is told in `Hello`.
+    pub fn spec(&self) -> BotSpec {
+        BotSpec {
+            name: self.name.clone(),
+            model: self.model.clone(),
+            system_prompt: self.system_prompt.clone(),
+            engine: match self.engine {
+                EngineKind::Builtin => EngineSpec::Builtin(BuiltinSpec {
+                    token_delay_ms: u64::try_from(self.builtin.token_delay.as_millis())
+                        .unwrap_or(u64::MAX),
+                    fail_rate: self.builtin.fail_rate,
+                    leak_per_message: self.builtin.leak_per_message.as_u64(),
+                    max_tokens: self.builtin.max_tokens,
+                }),
+            },
+        }
+    }
+}
+
+/// The file name (without `.sock`) of a worker generation's socket.
+pub fn worker_socket_stem(bot: &str, generation: u64) -> String {
+    format!("w-{bot}-{generation}")
+}
+
+fn default_worker_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("bot-worker")))
+        .unwrap_or_else(|| PathBuf::from("bot-worker"))
+}
+
+const MAX_BOT_NAME: usize = 32;
+
+/// Bot names appear in socket paths, metric labels and URLs.
+fn check_bot_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let starts_alnum = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() || name.len() > MAX_BOT_NAME || !ok_chars || !starts_alnum {
+        return Err(format!(
+            "'{name}' is not a valid bot name: use 1 to {MAX_BOT_NAME} of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn check_budget(key: &str, budget: ByteSize) -> Result<(), (String, String)> {
+    if budget < ByteSize::mb(1) {
+        return Err((
+            key.to_owned(),
+            format!("{budget} is too small for any worker (at least 1MB)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Lays `BOTHOST_<SECTION>__<KEY>` variables over the table. Values that
+/// read as TOML integers, floats or booleans keep that type; anything else
+/// is a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), (String, String)> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let (leaf, parents) = path.split_last().unwrap_or((&path[0], &[]));
+        let mut node = &mut *table;
+        for part in parents {
+            let entry = node
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = entry.as_table_mut().ok_or_else(|| {
+                (
+                    name.clone(),
+                    format!("'{part}' is not a section, so it cannot be overridden by key"),
+                )
+            })?;
+        }
+        node.insert(leaf.clone(), env_value(&value));
+    }
+    Ok(())
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(f) = raw.parse::<f64>() {
+        return toml::Value::Float(f);
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/bothost/supervisor.toml"), Vec::new())
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const ONE_BOT: &str = "[[bots]]\nname = \"helper\"\n";
+
+    #[test]
+    fn every_key_has_a_default_but_the_bot_name() {
+        let c = parse(ONE_BOT).unwrap();
+        assert_eq!(c.server.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.supervisor.memory_budget, ByteSize::mb(125));
+        assert_eq!(c.budget_of(&c.bots[0]), ByteSize::mb(125));
+        assert_eq!(c.bots[0].builtin.token_delay, Duration::from_millis(20));
+        assert_eq!(c.runtime_dir(), Path::new("/etc/bothost/data/run"));
+    }
+
+    #[test]
+    fn durations_and_sizes_read_like_people_write_them() {
+        let c = parse(
+            "[supervisor]\nsample_interval = \"250ms\"\nmemory_budget = \"64MiB\"\n\
+             [[bots]]\nname = \"a\"\nmemory_budget = \"10MB\"\n[bots.builtin]\ntoken_delay = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.supervisor.sample_interval, Duration::from_millis(250));
+        assert_eq!(c.supervisor.memory_budget, ByteSize::mib(64));
+        assert_eq!(c.budget_of(&c.bots[0]), ByteSize::mb(10));
+        assert_eq!(c.bots[0].builtin.token_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_section() {
+        let e = err("[supervisor]\nsample_intervall = \"5s\"\n[[bots]]\nname = \"a\"\n");
+        assert!(e.starts_with("/etc/bothost/supervisor.toml: supervisor.sample_intervall: unknown field `sample_intervall`, expected one of `sample_interval`"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_bot_names_the_bot_index() {
+        let e = err("[[bots]]\nname = \"a\"\n[[bots]]\nname = \"b\"\n[bots.builtin]\nspeed = 3\n");
+        assert!(
+            e.contains("bots[1].builtin.speed: unknown field `speed`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_reason() {
+        let e = err("[supervisor]\nsample_interval = \"fast\"\n[[bots]]\nname = \"a\"\n");
+        assert!(e.contains("supervisor.sample_interval: "), "{e}");
+    }
+
+    #[test]
+    fn bad_size_names_key_and_reason() {
+        let e = err("[[bots]]\nname = \"a\"\nmemory_budget = \"lots\"\n");
+        assert!(e.contains("bots[0].memory_budget: "), "{e}");
+    }
+
+    #[test]
+    fn duplicate_bot_names_are_refused() {
+        let e = err("[[bots]]\nname = \"a\"\n[[bots]]\nname = \"a\"\n");
+        assert!(e.ends_with("bots[1].name: duplicate bot name 'a'"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_are_refused() {
+        let cases = [
+            (
+                "[supervisor]\nheartbeat_timeout = \"1s\"\nheartbeat_interval = \"2s\"\n",
+                "supervisor.heartbeat_timeout",
+            ),
+            ("[supervisor]\ncrash_limit = 0\n", "supervisor.crash_limit"),
+            (
+                "[supervisor]\nmemory_budget = \"10KB\"\n",
+                "supervisor.memory_budget",
+            ),
+            (
+                "[supervisor]\nbackoff_initial = \"1m\"\nbackoff_max = \"1s\"\n",
+                "supervisor.backoff_initial",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err(&format!("{text}{ONE_BOT}"));
+            assert!(e.contains(&format!("{key}: ")), "{key}: {e}");
+        }
+        let e = err("[[bots]]\nname = \"a\"\n[bots.builtin]\nfail_rate = 1.5\n");
+        assert!(
+            e.contains("bots[0].builtin.fail_rate: 1.5 is outside 0.0 to 1.0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_bot_names_are_refused() {
+        for name in ["", "Has Caps", "../escape", "-lead", &"x".repeat(33)] {
+            let e = err(&format!("[[bots]]\nname = \"{name}\"\n"));
+            assert!(e.contains("bots[0].name: "), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn no_bots_is_refused() {
+        assert!(err("").ends_with("bots: at least one [[bots]] entry is required"));
+    }
+
+    #[test]
+    fn unknown_engine_is_refused() {
+        let e = err("[[bots]]\nname = \"a\"\nengine = \"gpt\"\n");
+        assert!(e.contains("bots[0].engine: unknown variant `gpt`"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file_and_line() {
+        let e = err("[[bots]\nname = \"a\"\n");
+        assert!(e.starts_with("/etc/bothost/supervisor.toml: "), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn long_runtime_dir_is_refused_before_a_socket_fails_to_bind() {
+        let e = err(&format!(
+            "[supervisor]\nruntime_dir = \"/{}\"\n{ONE_BOT}",
+            "d".repeat(90)
+        ));
+        assert!(e.contains("supervisor.runtime_dir: "), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = vec![
+            ("BOTHOST_SERVER__BIND".to_owned(), "0.0.0.0:9000".to_owned()),
+            ("BOTHOST_SUPERVISOR__CRASH_LIMIT".to_owned(), "9".to_owned()),
+            (
+                "BOTHOST_CONFIG".to_owned(),
+                "ignored: not an override".to_owned(),
+            ),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let c = Config::parse(ONE_BOT, Path::new("x.toml"), env).unwrap();
+        assert_eq!(c.server.bind.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.supervisor.crash_limit, 9);
+    }
+
+    #[test]
+    fn environment_override_with_a_typo_is_an_unknown_key() {
+        let env = vec![("BOTHOST_SERVER__BINDD".to_owned(), "x".to_owned())];
+        let e = Config::parse(ONE_BOT, Path::new("x.toml"), env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.bindd: unknown field `bindd`"), "{e}");
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../supervisor.toml");
+        let c = Config::parse(text, Path::new("supervisor.toml"), Vec::new()).unwrap();
+        assert_eq!(c.bots.len(), 5);
+        assert!(c.bots.iter().all(|b| b.engine == EngineKind::Builtin));
+    }
+}
