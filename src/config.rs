@@ -248,8 +248,11 @@ impl Config {
                 // toml appends its own "in `section`" line; the key already says it.
                 reason: first_line(&e.into_inner().to_string()),
             })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
+        // Absolute, so that what the host and its workers see does not depend
+        // on a later change of directory.
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new("")))
+            .unwrap_or_else(|_| path.parent().unwrap_or(Path::new(".")).to_owned());
+        config.resolve_paths(&base);
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
@@ -314,6 +317,15 @@ impl Config {
         }
         if s.crash_limit == 0 {
             return bad("supervisor.crash_limit", "must be at least 1".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return bad(
+                "logging.level",
+                format!(
+                    "'{}' is not a log filter (try \"info\" or \"bothost=debug,info\")",
+                    self.logging.level
+                ),
+            );
         }
         if s.start_timeout.is_zero() {
             return bad("supervisor.start_timeout", "must be greater than 0".into());

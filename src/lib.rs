@@ -4,4 +4,14 @@
 //! line, [`startup::serve`] runs the host, [`control`] is how the other
 //! commands reach a running host.
 
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod memory;
+pub mod metrics;
+pub mod startup;
+pub mod supervisor;
+pub mod telemetry;
+pub mod turn;
+pub mod web;
+pub mod worker;

@@ -1,1 +1,39 @@
-fn main() {}
+//! `bothost`: parse the command line, load the configuration, hand over.
+
+use std::process::ExitCode;
+
+use bothost::cli::{self, Cli, Command};
+use bothost::{config::Config, startup, telemetry};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    let config = Config::load(&cli.config)?;
+    if let Command::Serve = cli.command {
+        telemetry::init_server(&config.logging);
+        startup::serve(config)?;
+        return Ok(true);
+    }
+    telemetry::init_client();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve => unreachable!("handled above"),
+            Command::Status { json } => cli::status(&config, json).await.map(|()| true),
+            Command::Chat { bot, text } => cli::chat(&config, bot, text).await,
+        }
+    })
+}

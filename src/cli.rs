@@ -1,0 +1,119 @@
+//! The command line. Names and flags are an interface operators script
+//! against (DESIGN.md); add commands, rename none.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::control::{Client, ControlRequest, ControlResponse};
+use crate::supervisor::StatusReport;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bothost",
+    version,
+    about = "Host chat bots, one supervised process per bot"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "BOTHOST_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: workers, control socket and HTTP.
+    Serve,
+    /// Show every bot of the running host.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One chat turn through the running host; the reply streams to stdout.
+    Chat { bot: String, text: String },
+}
+
+/// `bothost status`.
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let mut client = Client::connect(&config.control_socket()).await?;
+    client.send(ControlRequest::Status).await?;
+    match client.next().await? {
+        ControlResponse::Status(report) if json => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        ControlResponse::Status(report) => print!("{}", status_table(&report)),
+        other => anyhow::bail!("unexpected answer from the host: {other:?}"),
+    }
+    Ok(())
+}
+
+/// `bothost chat`: returns whether the turn completed.
+pub async fn chat(config: &Config, bot: String, text: String) -> anyhow::Result<bool> {
+    let mut client = Client::connect(&config.control_socket()).await?;
+    client.send(ControlRequest::Chat { bot, text }).await?;
+    let mut stdout = std::io::stdout();
+    let mut streamed = false;
+    loop {
+        match client.next().await? {
+            ControlResponse::Delta { text } => {
+                stdout.write_all(text.as_bytes())?;
+                stdout.flush()?;
+                streamed = true;
+            }
+            ControlResponse::Done { .. } => {
+                println!();
+                return Ok(true);
+            }
+            ControlResponse::Error { code, message } => {
+                if streamed {
+                    println!();
+                }
+                let code = serde_json::to_value(code)?;
+                eprintln!("error ({}): {message}", code.as_str().unwrap_or("unknown"));
+                return Ok(false);
+            }
+            other => anyhow::bail!("unexpected answer from the host: {other:?}"),
+        }
+    }
+}
+
+fn status_table(report: &StatusReport) -> String {
+    let dash = || "-".to_owned();
+    let mut out = format!(
+        "{:<20} {:<10} {:>8} {:>4} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+        "BOT", "STATE", "PID", "GEN", "RSS", "BUDGET", "UPTIME", "RESTARTS", "IN-FLIGHT"
+    );
+    for b in &report.bots {
+        out.push_str(&format!(
+            "{:<20} {:<10} {:>8} {:>4} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+            b.name,
+            b.state.as_str(),
+            b.pid.map_or_else(dash, |p| p.to_string()),
+            b.generation,
+            b.rss_bytes.map_or_else(dash, |r| bytesize::ByteSize::b(r)
+                .display()
+                .si()
+                .to_string()),
+            bytesize::ByteSize::b(b.budget_bytes)
+                .display()
+                .si()
+                .to_string(),
+            b.uptime_seconds
+                .map_or_else(dash, |s| humantime::format_duration(
+                    std::time::Duration::from_secs(s)
+                )
+                .to_string()),
+            b.restarts,
+            b.in_flight,
+        ));
+        if let Some(why) = &b.last_failure {
+            out.push_str(&format!("{:<20} last failure: {why}\n", ""));
+        }
+    }
+    out
+}

@@ -1,0 +1,121 @@
+//! Prometheus metrics: one registry, every series bothost exports.
+//!
+//! Owns metric names and labels, which operators' dashboards depend on
+//! (DESIGN.md lists them; rename none). Series for a bot are created when the
+//! bot is registered, so a dashboard sees zeros rather than gaps. This module
+//! only records and renders; it decides nothing.
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::supervisor::{BotState, RestartReason};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub worker_up: IntGaugeVec,
+    pub worker_generation: IntGaugeVec,
+    pub worker_in_flight: IntGaugeVec,
+    pub worker_restarts: IntCounterVec,
+    pub worker_rss_bytes: IntGaugeVec,
+    pub worker_memory_budget_bytes: IntGaugeVec,
+    pub worker_state: IntGaugeVec,
+    pub host_rss_bytes: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("bothost".into()), None)?;
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let worker_up = gauge(
+            "worker_up",
+            "1 when the bot's worker is Ready, else 0",
+            &["bot"],
+        )?;
+        let worker_generation = gauge(
+            "worker_generation",
+            "Generation of the bot's current worker (1 for the first)",
+            &["bot"],
+        )?;
+        let worker_in_flight = gauge(
+            "worker_in_flight",
+            "Chat turns in flight in the bot's workers",
+            &["bot"],
+        )?;
+        let worker_rss_bytes = gauge(
+            "worker_rss_bytes",
+            "Resident set size of the bot's current worker",
+            &["bot"],
+        )?;
+        let worker_memory_budget_bytes = gauge(
+            "worker_memory_budget_bytes",
+            "Memory budget of the bot",
+            &["bot"],
+        )?;
+        let worker_state = gauge(
+            "worker_state",
+            "1 for the bot's current state, 0 for the others",
+            &["bot", "state"],
+        )?;
+        let worker_restarts = IntCounterVec::new(
+            Opts::new("worker_restarts_total", "Worker restarts by reason"),
+            &["bot", "reason"],
+        )?;
+        registry.register(Box::new(worker_restarts.clone()))?;
+        let host_rss_bytes =
+            IntGauge::new("host_rss_bytes", "Resident set size of the bothost process")?;
+        registry.register(Box::new(host_rss_bytes.clone()))?;
+        Ok(Self {
+            registry,
+            worker_up,
+            worker_generation,
+            worker_in_flight,
+            worker_restarts,
+            worker_rss_bytes,
+            worker_memory_budget_bytes,
+            worker_state,
+            host_rss_bytes,
+        })
+    }
+
+    /// Creates every series of `bot` at its starting value.
+    pub fn register_bot(&self, bot: &str, budget_bytes: u64) {
+        self.worker_up.with_label_values(&[bot]).set(0);
+        self.worker_generation.with_label_values(&[bot]).set(0);
+        self.worker_in_flight.with_label_values(&[bot]).set(0);
+        self.worker_rss_bytes.with_label_values(&[bot]).set(0);
+        self.worker_memory_budget_bytes
+            .with_label_values(&[bot])
+            .set(i64::try_from(budget_bytes).unwrap_or(i64::MAX));
+        for reason in RestartReason::ALL {
+            self.worker_restarts
+                .with_label_values(&[bot, reason.as_str()]);
+        }
+        self.set_state(bot, BotState::Starting);
+    }
+
+    pub fn set_state(&self, bot: &str, state: BotState) {
+        for s in BotState::ALL {
+            self.worker_state
+                .with_label_values(&[bot, s.as_str()])
+                .set(i64::from(s == state));
+        }
+        self.worker_up
+            .with_label_values(&[bot])
+            .set(i64::from(state == BotState::Ready));
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec fails only on metrics we never create.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("cannot encode metrics: {e}");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

@@ -1,0 +1,157 @@
+//! `bothost serve`: brings the host up in order and takes it down in reverse.
+//!
+//! Order: runtime directory (0700, refusing a second host on it), then the
+//! Supervisor and its workers (waiting until each is ready or has failed, at
+//! most `start_timeout` plus the crash backoff), then the control socket, then
+//! HTTP, and only then the `listening on` line that scripts and tests wait
+//! for. Shutdown (SIGINT/SIGTERM): stop HTTP, drain and stop every worker,
+//! remove the control socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use anyhow::{bail, Context as _};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::control;
+use crate::memory::Sampler;
+use crate::metrics::Metrics;
+use crate::supervisor::{AwaitSettled, GetStatus, Shutdown, Supervisor};
+use crate::web::{configure, AppState};
+
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    actix_rt::System::new().block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    raise_open_files_limit();
+    prepare_runtime_dir(config.runtime_dir())?;
+    let control_path = config.control_socket();
+    if control::Client::is_listening(&control_path).await {
+        bail!(
+            "another bothost is already running with runtime_dir {}",
+            config.runtime_dir().display()
+        );
+    }
+
+    let metrics = Metrics::new().context("cannot create the metrics registry")?;
+    // Started on the System arbiter: WorkerHandles live on its thread, which
+    // the parent-death signal of every worker is tied to (see `worker`).
+    let sampler = Sampler::new().context("cannot read process memory (sysinfo)")?;
+    let supervisor = Supervisor::new(&config, metrics.clone(), sampler).start();
+    let settle_limit = config.supervisor.start_timeout + config.supervisor.backoff_max;
+    if tokio::time::timeout(settle_limit, supervisor.send(AwaitSettled))
+        .await
+        .is_err()
+    {
+        warn!("not every bot is ready after {settle_limit:?}; serving anyway");
+    }
+    let status = supervisor.send(GetStatus).await?;
+    for bot in &status.bots {
+        info!(bot = %bot.name, state = bot.state.as_str(), pid = bot.pid, "bot settled");
+    }
+
+    let _ = std::fs::remove_file(&control_path);
+    let control_listener = UnixListener::bind(&control_path)
+        .with_context(|| format!("cannot listen on {}", control_path.display()))?;
+    std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
+    let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
+
+    let state = web::Data::new(AppState {
+        supervisor: supervisor.clone(),
+        metrics,
+    });
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+        .disable_signals()
+        .shutdown_timeout(5)
+        .bind(config.server.bind)
+        .with_context(|| format!("server.bind: cannot listen on {}", config.server.bind))?;
+    let addr: SocketAddr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("the HTTP server bound no address")?;
+    let server = server.run();
+    let http = server.handle();
+    actix_rt::spawn(server);
+    // Scripts and tests wait for this exact line on stdout.
+    println!("bothost listening on http://{addr}");
+    info!(%addr, control = %control_path.display(), "serving");
+
+    wait_for_stop_signal().await?;
+    info!("shutting down: stopping HTTP, then draining workers");
+    http.stop(true).await;
+    control_task.abort();
+    supervisor.send(Shutdown).await?;
+    let _ = std::fs::remove_file(&control_path);
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Creates the runtime directory 0700, or checks that an existing one is
+/// ours and tightens it to 0700. Sockets inside rely on it for privacy.
+pub fn prepare_runtime_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("supervisor.runtime_dir: cannot create {}", dir.display()))?;
+    let meta = std::fs::metadata(dir)?;
+    let me = nix::unistd::getuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "supervisor.runtime_dir: {} belongs to uid {}, not to this user (uid {me}); refusing to put sockets there",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Every WebSocket and worker socket is a file descriptor; the default soft
+/// limit (often 1024) is far below what a busy host needs.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot read the open-files limit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_dir_is_created_private_and_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        prepare_runtime_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_runtime_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    }
+}

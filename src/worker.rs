@@ -1,0 +1,666 @@
+//! WorkerHandle: one actor per worker generation, owning its child process
+//! and its socket.
+//!
+//! It spawns `bot-worker`, performs the handshake, multiplexes chat turns
+//! over the one connection, answers and sends heartbeats, and notices death.
+//! It reports to the Supervisor and never decides about restarts: that is the
+//! Supervisor's job.
+//!
+//! # Lifecycle
+//!
+//! ```text
+//!  Spawning ──connect──▶ Handshaking ──Ready──▶ Ready ──Drain──▶ Draining ──exit──▶ Stopped
+//!     │                      │                    │                 │
+//!     └──────────────────────┴────────────────────┴─────────────────┴──▶ Dead
+//!        child exit, socket EOF, bad frame, missed heartbeats, start timeout
+//! ```
+//!
+//! Entering `Dead` fails every in-flight turn at once (no request ever
+//! hangs), SIGKILLs the worker's process group, and sends `Gone` to the
+//! Supervisor exactly once. The actor itself stops only after the child has
+//! been reaped, so no zombie is left behind.
+//!
+//! **Invariant:** the child is started in its own process group with a
+//! parent-death signal of SIGKILL. Linux sends that signal when the *thread*
+//! that forked the child exits, so WorkerHandles must run on the System
+//! arbiter, whose thread lives as long as the host.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bot_worker::frame::encode_frame;
+use bot_worker::{
+    BotSpec, ChatMessage, FailCode, FrameCodec, FrameError, Heartbeat, HostMessage, WorkerMessage,
+    PROTOCOL_VERSION,
+};
+use bytes::Bytes;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use prometheus::IntGauge;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tracing::{debug, error, info, warn};
+
+use crate::turn::{ErrorCode, TurnError, TurnEvent};
+
+/// What a WorkerHandle needs to start and watch one generation.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub spec: BotSpec,
+    pub binary: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub start_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub stop_grace: Duration,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Stopped on request after a drain: not a failure.
+    Stopped,
+    /// The process exited, or closed its socket, on its own.
+    Crashed(String),
+    /// Alive but silent past the heartbeat timeout.
+    Hung,
+    /// Never became Ready (spawn error, start timeout, refused handshake).
+    StartFailed(String),
+    /// Sent something that is not the protocol.
+    ProtocolError(String),
+}
+
+/// Sent to the Supervisor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum WorkerEvent {
+    Ready {
+        bot: String,
+        generation: u64,
+        pid: u32,
+    },
+    Gone {
+        bot: String,
+        generation: u64,
+        cause: Cause,
+    },
+}
+
+/// Start a turn; the reply is its request id.
+#[derive(Message)]
+#[rtype(result = "Result<u64, TurnError>")]
+pub struct StartTurn {
+    pub messages: Vec<ChatMessage>,
+    pub events: mpsc::UnboundedSender<TurnEvent>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelTurn {
+    pub id: u64,
+}
+
+/// Finish in-flight turns, then stop. Resolves once the process is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChildExited(io::Result<ExitStatus>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Spawning,
+    Handshaking,
+    Ready,
+    Draining,
+    Dead,
+}
+
+pub struct WorkerHandle {
+    settings: Arc<WorkerSettings>,
+    generation: u64,
+    supervisor: Recipient<WorkerEvent>,
+    in_flight: IntGauge,
+    phase: Phase,
+    pid: Option<u32>,
+    reaped: bool,
+    socket_path: PathBuf,
+    out: Option<mpsc::UnboundedSender<Bytes>>,
+    turns: HashMap<u64, mpsc::UnboundedSender<TurnEvent>>,
+    next_id: u64,
+    last_heard: Instant,
+    ping_seq: u64,
+    /// Fired (by being dropped) when the actor stops.
+    on_stop: Vec<oneshot::Sender<()>>,
+}
+
+impl WorkerHandle {
+    pub fn new(
+        settings: Arc<WorkerSettings>,
+        generation: u64,
+        supervisor: Recipient<WorkerEvent>,
+        in_flight: IntGauge,
+    ) -> Self {
+        let socket_path = settings.runtime_dir.join(format!(
+            "{}.sock",
+            crate::config::worker_socket_stem(&settings.spec.name, generation)
+        ));
+        Self {
+            settings,
+            generation,
+            supervisor,
+            in_flight,
+            phase: Phase::Spawning,
+            pid: None,
+            reaped: false,
+            socket_path,
+            out: None,
+            turns: HashMap::new(),
+            next_id: 0,
+            last_heard: Instant::now(),
+            ping_seq: 0,
+            on_stop: Vec::new(),
+        }
+    }
+
+    fn bot(&self) -> &str {
+        &self.settings.spec.name
+    }
+
+    fn spawn(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
+        let listener = bind_private(&self.socket_path)
+            .map_err(|e| format!("cannot listen on {}: {e}", self.socket_path.display()))?;
+        let mut child = spawn_child(&self.settings.binary, &self.socket_path).map_err(|e| {
+            format!(
+                "cannot start the worker {}: {e}",
+                self.settings.binary.display()
+            )
+        })?;
+        let pid = child
+            .id()
+            .ok_or("the worker exited before it could be watched")?;
+        self.pid = Some(pid);
+        info!(bot = %self.bot(), generation = self.generation, pid, "worker spawned");
+
+        if let Some(stderr) = child.stderr.take() {
+            actix_rt::spawn(relay_logs(
+                stderr,
+                self.settings.spec.name.clone(),
+                self.generation,
+                pid,
+            ));
+        }
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let status = child.wait().await;
+            me.do_send(ChildExited(status));
+        });
+
+        let timeout = self.settings.start_timeout;
+        ctx.spawn(
+            async move { tokio::time::timeout(timeout, listener.accept()).await }
+                .into_actor(self)
+                .map(move |accepted, act, ctx| {
+                    // The worker is connected (or never will be): nobody else
+                    // may ever connect to this socket.
+                    let _ = std::fs::remove_file(&act.socket_path);
+                    match accepted {
+                        Ok(Ok((stream, _))) => act.connected(stream, ctx),
+                        Ok(Err(e)) => {
+                            act.die(Cause::StartFailed(format!("accept failed: {e}")), ctx)
+                        }
+                        Err(_) => act.die(
+                            Cause::StartFailed(format!(
+                                "the worker did not connect within {timeout:?}"
+                            )),
+                            ctx,
+                        ),
+                    }
+                }),
+        );
+        ctx.run_later(timeout, |act, ctx| {
+            if matches!(act.phase, Phase::Spawning | Phase::Handshaking) {
+                act.die(
+                    Cause::StartFailed(format!("no Ready within {:?}", act.settings.start_timeout)),
+                    ctx,
+                );
+            }
+        });
+        Ok(())
+    }
+
+    fn connected(&mut self, stream: UnixStream, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Spawning {
+            return;
+        }
+        let (read, write) = stream.into_split();
+        ctx.add_stream(FramedRead::new(
+            read,
+            FrameCodec::<WorkerMessage, HostMessage>::new(),
+        ));
+        let (tx, rx) = mpsc::unbounded_channel();
+        actix_rt::spawn(write_loop(write, rx));
+        self.out = Some(tx);
+        self.phase = Phase::Handshaking;
+        self.last_heard = Instant::now();
+        let heartbeat = Heartbeat {
+            interval_ms: millis(self.settings.heartbeat_interval),
+            timeout_ms: millis(self.settings.heartbeat_timeout),
+        };
+        self.send(&HostMessage::Hello {
+            version: PROTOCOL_VERSION,
+            spec: self.settings.spec.clone(),
+            heartbeat,
+        });
+    }
+
+    /// Queues a frame for the writer task. A frame that cannot be encoded is
+    /// a bug in the host (sizes are checked before), so it is logged.
+    fn send(&self, msg: &HostMessage) -> bool {
+        let Some(out) = &self.out else { return false };
+        match encode_frame(msg) {
+            Ok(frame) => out.send(frame).is_ok(),
+            Err(e) => {
+                error!(bot = %self.bot(), "cannot encode a frame for the worker: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: WorkerMessage, ctx: &mut Context<Self>) {
+        match msg {
+            WorkerMessage::Ready { version, pid } if self.phase == Phase::Handshaking => {
+                if version != PROTOCOL_VERSION {
+                    return self.die(
+                        Cause::StartFailed(format!(
+                            "worker speaks protocol {version}, host speaks {PROTOCOL_VERSION}"
+                        )),
+                        ctx,
+                    );
+                }
+                self.phase = Phase::Ready;
+                info!(bot = %self.bot(), generation = self.generation, pid, "worker ready");
+                self.supervisor.do_send(WorkerEvent::Ready {
+                    bot: self.bot().to_owned(),
+                    generation: self.generation,
+                    pid: self.pid.unwrap_or(pid),
+                });
+            }
+            WorkerMessage::Ready { .. } => {
+                self.die(Cause::ProtocolError("a second Ready".into()), ctx)
+            }
+            WorkerMessage::Refused { reason } => {
+                self.die(Cause::StartFailed(format!("worker refused: {reason}")), ctx)
+            }
+            _ if self.phase == Phase::Handshaking => self.die(
+                Cause::ProtocolError(format!("expected Ready, got {msg:?}")),
+                ctx,
+            ),
+            WorkerMessage::Delta { id, text } => {
+                let delivered = self
+                    .turns
+                    .get(&id)
+                    .is_some_and(|t| t.send(TurnEvent::Delta(text)).is_ok());
+                if !delivered && self.finish(id).is_some() {
+                    // The caller went away: stop spending the engine on it.
+                    self.send(&HostMessage::Cancel { id });
+                }
+            }
+            WorkerMessage::Done { id, usage } => {
+                if let Some(t) = self.finish(id) {
+                    let _ = t.send(TurnEvent::Done(usage));
+                }
+            }
+            WorkerMessage::Failed { id, code, message } => {
+                if let Some(t) = self.finish(id) {
+                    let _ = t.send(TurnEvent::Failed(turn_error(code, message)));
+                }
+            }
+            WorkerMessage::Ping { seq } => {
+                self.send(&HostMessage::Pong { seq });
+            }
+            WorkerMessage::Pong { .. } => {}
+        }
+    }
+
+    fn finish(&mut self, id: u64) -> Option<mpsc::UnboundedSender<TurnEvent>> {
+        let turn = self.turns.remove(&id)?;
+        self.in_flight.dec();
+        Some(turn)
+    }
+
+    fn fail_all(&mut self, error: &TurnError) {
+        for id in self.turns.keys().copied().collect::<Vec<_>>() {
+            if let Some(t) = self.finish(id) {
+                let _ = t.send(TurnEvent::Failed(error.clone()));
+            }
+        }
+    }
+
+    /// Enters `Dead`: fails every turn, kills the process group, reports.
+    fn die(&mut self, cause: Cause, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Dead {
+            return;
+        }
+        self.phase = Phase::Dead;
+        let message = match &cause {
+            Cause::Stopped => "the bot's worker was stopped before it finished this reply",
+            Cause::Hung => "the bot stopped responding and is being restarted; please try again",
+            _ => "the bot's worker stopped unexpectedly and is being restarted; please try again",
+        };
+        self.fail_all(&TurnError::new(ErrorCode::WorkerDied, message));
+        match &cause {
+            Cause::Stopped => {
+                info!(bot = %self.bot(), generation = self.generation, "worker stopped")
+            }
+            Cause::Crashed(why) | Cause::StartFailed(why) | Cause::ProtocolError(why) => error!(
+                bot = %self.bot(), generation = self.generation, pid = self.pid,
+                "worker failed: {why}"
+            ),
+            Cause::Hung => warn!(
+                bot = %self.bot(), generation = self.generation, pid = self.pid,
+                "worker hung: no heartbeat for {:?}; killing it", self.settings.heartbeat_timeout
+            ),
+        }
+        self.out = None;
+        self.signal(Signal::SIGKILL);
+        self.supervisor.do_send(WorkerEvent::Gone {
+            bot: self.bot().to_owned(),
+            generation: self.generation,
+            cause,
+        });
+        if self.reaped {
+            ctx.stop();
+        }
+    }
+
+    /// Signals the worker's process group, unless it was already reaped (its
+    /// pid may then belong to someone else).
+    fn signal(&self, signal: Signal) {
+        if let (Some(pid), false) = (self.pid, self.reaped) {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = killpg(Pid::from_raw(pid), signal);
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Ready | Phase::Draining) {
+            return;
+        }
+        if self.last_heard.elapsed() > self.settings.heartbeat_timeout {
+            return self.die(Cause::Hung, ctx);
+        }
+        self.ping_seq += 1;
+        self.send(&HostMessage::Ping { seq: self.ping_seq });
+    }
+}
+
+impl Actor for WorkerHandle {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Err(why) = self.spawn(ctx) {
+            self.reaped = true; // nothing was started, or it could not be watched
+            self.die(Cause::StartFailed(why), ctx);
+            return;
+        }
+        ctx.run_interval(self.settings.heartbeat_interval, |act, ctx| {
+            act.heartbeat(ctx)
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        let _ = std::fs::remove_file(&self.socket_path);
+        self.signal(Signal::SIGKILL);
+        self.on_stop.clear();
+    }
+}
+
+impl StreamHandler<Result<WorkerMessage, FrameError>> for WorkerHandle {
+    fn handle(&mut self, item: Result<WorkerMessage, FrameError>, ctx: &mut Context<Self>) {
+        match item {
+            Ok(msg) => {
+                self.last_heard = Instant::now();
+                self.on_message(msg, ctx);
+            }
+            Err(e) => self.die(
+                Cause::ProtocolError(format!("{e}; closing its connection")),
+                ctx,
+            ),
+        }
+    }
+
+    /// Socket EOF. The default would stop the actor; the child must be
+    /// reaped first.
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Draining {
+            self.die(
+                Cause::Crashed("the worker closed its connection".into()),
+                ctx,
+            );
+        }
+    }
+}
+
+impl Handler<ChildExited> for WorkerHandle {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
+        self.reaped = true;
+        let how = match msg.0 {
+            Ok(status) => describe_exit(status),
+            Err(e) => format!("could not be waited for: {e}"),
+        };
+        if self.phase == Phase::Draining {
+            info!(bot = %self.bot(), generation = self.generation, "worker exited after drain ({how})");
+            self.die(Cause::Stopped, ctx);
+        } else {
+            self.die(Cause::Crashed(format!("the worker {how}")), ctx);
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<StartTurn> for WorkerHandle {
+    type Result = Result<u64, TurnError>;
+
+    fn handle(&mut self, msg: StartTurn, _: &mut Context<Self>) -> Self::Result {
+        if self.phase != Phase::Ready {
+            return Err(TurnError::new(
+                ErrorCode::BotUnavailable,
+                format!(
+                    "the bot '{}' is restarting; please try again in a moment",
+                    self.bot()
+                ),
+            ));
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let frame = encode_frame(&HostMessage::Chat {
+            id,
+            messages: msg.messages,
+        })
+        .map_err(|e| match e {
+            FrameError::TooLarge { .. } => TurnError::new(
+                ErrorCode::TooLarge,
+                format!("the conversation is too large to send to the bot: {e}"),
+            ),
+            other => TurnError::new(ErrorCode::Internal, other.to_string()),
+        })?;
+        let sent = self.out.as_ref().is_some_and(|out| out.send(frame).is_ok());
+        if !sent {
+            return Err(TurnError::new(
+                ErrorCode::WorkerDied,
+                "the bot's worker is not connected",
+            ));
+        }
+        self.turns.insert(id, msg.events);
+        self.in_flight.inc();
+        Ok(id)
+    }
+}
+
+impl Handler<CancelTurn> for WorkerHandle {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelTurn, _: &mut Context<Self>) {
+        if self.finish(msg.id).is_some() {
+            self.send(&HostMessage::Cancel { id: msg.id });
+        }
+    }
+}
+
+impl Handler<Drain> for WorkerHandle {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.on_stop.push(tx);
+        match self.phase {
+            Phase::Ready => {
+                self.phase = Phase::Draining;
+                self.send(&HostMessage::Drain);
+                let grace = self.settings.stop_grace;
+                ctx.run_later(self.settings.drain_timeout, move |act, ctx| {
+                    if act.reaped {
+                        return;
+                    }
+                    warn!(bot = %act.bot(), "drain timed out; sending SIGTERM");
+                    act.signal(Signal::SIGTERM);
+                    ctx.run_later(grace, |act, _| {
+                        if !act.reaped {
+                            warn!(bot = %act.bot(), "still running after SIGTERM; sending SIGKILL");
+                            act.signal(Signal::SIGKILL);
+                        }
+                    });
+                });
+            }
+            Phase::Spawning | Phase::Handshaking => {
+                self.phase = Phase::Draining;
+                self.signal(Signal::SIGKILL);
+            }
+            Phase::Draining | Phase::Dead => {}
+        }
+        if self.reaped {
+            ctx.stop();
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+fn turn_error(code: FailCode, message: String) -> TurnError {
+    let code = match code {
+        FailCode::EngineFailed | FailCode::InvalidRequest | FailCode::Other => {
+            ErrorCode::EngineFailed
+        }
+        FailCode::Cancelled => ErrorCode::Cancelled,
+        FailCode::Draining => ErrorCode::BotUnavailable,
+    };
+    TurnError::new(code, message)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("was killed by {s}"),
+            Err(_) => format!("was killed by signal {sig}"),
+        },
+        _ => format!("exited ({status})"),
+    }
+}
+
+/// A listening socket only its owner can connect to. The runtime directory
+/// is already 0700; 0600 on the socket says the same thing twice.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn spawn_child(binary: &Path, socket: &Path) -> io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes two
+    // async-signal-safe system calls; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // The host may have died between fork and prctl: then nobody
+            // would ever send the signal.
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from(nix::errno::Errno::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Writes queued frames, batching whatever is waiting into one flush.
+async fn write_loop(
+    write: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut writer = tokio::io::BufWriter::new(write);
+    while let Some(frame) = rx.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if writer.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Re-logs the worker's stderr (`LEVEL message` lines) under its bot's name.
+async fn relay_logs(stderr: tokio::process::ChildStderr, bot: String, generation: u64, pid: u32) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (level, text) = line.trim_start().split_once(' ').unwrap_or(("", &line));
+        let text = text.trim_start();
+        match level {
+            "ERROR" => error!(target: "bot_worker", bot = %bot, generation, pid, "{text}"),
+            "WARN" => warn!(target: "bot_worker", bot = %bot, generation, pid, "{text}"),
+            "INFO" => info!(target: "bot_worker", bot = %bot, generation, pid, "{text}"),
+            "DEBUG" | "TRACE" => {
+                debug!(target: "bot_worker", bot = %bot, generation, pid, "{text}")
+            }
+            _ => info!(target: "bot_worker", bot = %bot, generation, pid, "{line}"),
+        }
+    }
+}
