@@ -664,3 +664,45 @@ async fn relay_logs(stderr: tokio::process::ChildStderr, bot: String, generation
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parent-death signal is tied to the thread that forked: when it
+    /// exits, the kernel SIGKILLs the child, whatever the child is doing.
+    #[test]
+    fn a_worker_dies_with_the_thread_that_spawned_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("fake-worker");
+        std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("unused.sock");
+        let pid = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async { spawn_child(&fake, &socket).unwrap().id().unwrap() })
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let gone = loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie: killed and waiting to be reaped.
+            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+            if stat.is_empty() || state == Some("Z") {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !gone {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        assert!(gone, "the worker outlived the thread that spawned it");
+    }
+}

@@ -1,0 +1,205 @@
+//! Foundation benchmark: worker start-up, idle memory, IPC latency and
+//! throughput. Prints figures; asserts nothing.
+//!
+//! Build everything in release first, then run:
+//!
+//! ```text
+//! cargo build --release --workspace && cargo run --release -p bothost-bench --bin foundation
+//! ```
+//!
+//! Part 1 starts the real `bothost serve` (five bots) and reads spawn-to-Ready
+//! and idle RSS through the control socket. Parts 2 and 3 drive the real
+//! Supervisor → WorkerHandle → `bot-worker` path in this process, the path
+//! every chat turn takes, with the builtin engine at zero token delay.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use anyhow::{bail, Context};
+use bothost::config::Config;
+use bothost::control::{Client, ControlRequest, ControlResponse};
+use bothost::memory::Sampler;
+use bothost::metrics::Metrics;
+use bothost::supervisor::{AwaitSettled, Shutdown, StatusReport, Supervisor};
+use bothost::turn::{self, TurnEvent};
+use bothost_bench::{mib, ms, Percentiles};
+use bot_worker::{ChatMessage, Role};
+
+fn main() -> anyhow::Result<()> {
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("no directory for the bench binary")?
+        .to_owned();
+    for needed in ["bothost", "bot-worker"] {
+        if !bin_dir.join(needed).exists() {
+            bail!(
+                "{} is missing: run `cargo build --release --workspace` first",
+                bin_dir.join(needed).display()
+            );
+        }
+    }
+    println!("# bothost foundation benchmark ({} cores)", std::thread::available_parallelism()?.get());
+    startup_and_idle_memory(&bin_dir.join("bothost"))?;
+    actix_rt::System::new().block_on(ipc())
+}
+
+fn write_config(dir: &Path, bots: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join("supervisor.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\n[supervisor]\nruntime_dir = \"run\"\n\
+             sample_interval = \"100ms\"\n[logging]\nlevel = \"warn\"\nformat = \"json\"\n{bots}"
+        ),
+    )?;
+    Ok(path)
+}
+
+fn startup_and_idle_memory(bothost: &Path) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bots: String = ["helper", "support", "coder", "writer", "tutor"]
+        .iter()
+        .map(|n| format!("[[bots]]\nname = \"{n}\"\n"))
+        .collect();
+    let config = write_config(dir.path(), &bots)?;
+    let mut host = Command::new(bothost)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = host.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    if !line.starts_with("bothost listening on") {
+        bail!("bothost did not start: {line}");
+    }
+    // Idle for a moment so every worker has settled and been sampled.
+    std::thread::sleep(Duration::from_secs(2));
+    let report = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(status(&dir.path().join("run/control.sock")))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    host.wait()?;
+
+    println!("\n## Start-up and idle memory (real `bothost serve`, 5 builtin bots, release)");
+    println!("| bot | spawn to Ready | idle RSS |");
+    println!("|---|---|---|");
+    for b in &report.bots {
+        println!(
+            "| {} | {:.1} ms | {} |",
+            b.name,
+            b.startup_ms.unwrap_or(f64::NAN),
+            b.rss_bytes.map_or("-".into(), mib)
+        );
+    }
+    println!(
+        "| host (bothost) | - | {} |",
+        report.host_rss_bytes.map_or("-".into(), mib)
+    );
+    Ok(())
+}
+
+async fn status(socket: &Path) -> anyhow::Result<StatusReport> {
+    let mut client = Client::connect(socket).await?;
+    client.send(ControlRequest::Status).await?;
+    match client.next().await? {
+        ControlResponse::Status(report) => Ok(report),
+        other => bail!("unexpected {other:?}"),
+    }
+}
+
+async fn ipc() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = write_config(
+        dir.path(),
+        "[[bots]]\nname = \"one\"\n[bots.builtin]\ntoken_delay = \"0s\"\nmax_tokens = 1\n\
+         [[bots]]\nname = \"full\"\n[bots.builtin]\ntoken_delay = \"0s\"\n",
+    )?;
+    let config = Config::load(&config)?;
+    bothost::startup::prepare_runtime_dir(config.runtime_dir())?;
+    let supervisor = Supervisor::new(&config, Metrics::new()?, Sampler::new()?).start();
+    supervisor.send(AwaitSettled).await?;
+
+    println!("\n## IPC round trip, one-token reply, one worker (in-process host path)");
+    println!("| concurrent | turns | P50 | P95 | P99 | max | turns/s |");
+    println!("|---|---|---|---|---|---|---|");
+    run_load(&supervisor, "one", 10, 500).await?; // warm-up, not printed
+    for (concurrency, per_task) in [(1, 5000), (10, 1000), (100, 200)] {
+        let (mut lat, elapsed) = run_load(&supervisor, "one", concurrency, per_task).await?;
+        let p = Percentiles::of(&mut lat);
+        println!(
+            "| {concurrency} | {} | {} | {} | {} | {} | {:.0} |",
+            lat.len(),
+            ms(p.p50),
+            ms(p.p95),
+            ms(p.p99),
+            ms(p.max),
+            lat.len() as f64 / elapsed.as_secs_f64()
+        );
+    }
+
+    println!("\n## Throughput, full builtin replies (~25 tokens), one worker, 100 concurrent");
+    let (mut lat, elapsed) = run_load(&supervisor, "full", 100, 100).await?;
+    let p = Percentiles::of(&mut lat);
+    println!(
+        "{} turns in {:.2} s: {:.0} turns/s, P50 {} P99 {}",
+        lat.len(),
+        elapsed.as_secs_f64(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        ms(p.p50),
+        ms(p.p99)
+    );
+    supervisor.send(Shutdown).await?;
+    Ok(())
+}
+
+/// `concurrency` tasks each run `per_task` turns back to back; returns every
+/// turn's start-to-Done latency and the wall time.
+async fn run_load(
+    supervisor: &actix::Addr<Supervisor>,
+    bot: &str,
+    concurrency: usize,
+    per_task: usize,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let supervisor = supervisor.clone();
+            let bot = bot.to_owned();
+            actix_rt::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    let t = Instant::now();
+                    let messages = vec![ChatMessage {
+                        role: Role::User,
+                        content: format!("ping {i}"),
+                    }];
+                    let mut turn = turn::start(&supervisor, &bot, messages).await?;
+                    loop {
+                        match turn.next().await {
+                            Some(TurnEvent::Delta(_)) => continue,
+                            Some(TurnEvent::Done(_)) => break,
+                            Some(TurnEvent::Failed(e)) => bail!("turn failed: {e}"),
+                            None => bail!("turn ended without Done"),
+                        }
+                    }
+                    latencies.push(t.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok((all, started.elapsed()))
+}
