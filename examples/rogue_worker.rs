@@ -1,9 +1,12 @@
 //! A worker that breaks the protocol on purpose, for the host's tests.
 //!
-//! It completes the handshake like a real worker, then sends one bad frame
-//! chosen by its bot's name (`rogue-oversized`, `rogue-truncated`,
-//! `rogue-garbage`, `rogue-unknown`) and waits to be killed. The host must
-//! log a clear error, replace it, and keep serving everyone else.
+//! It completes the handshake like a real worker, then misbehaves as its
+//! bot's name says:
+//! - `rogue-oversized`, `rogue-truncated`, `rogue-garbage`, `rogue-unknown`:
+//!   one bad frame, then wait to be killed. The host must log a clear error,
+//!   replace it, and keep serving everyone else.
+//! - `rogue-stubborn`: answers heartbeats but ignores `Drain` and SIGTERM, so
+//!   only the host's SIGKILL after the grace period can stop it.
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -36,9 +39,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         "rogue-garbage" => write_frame(&mut stream, b"\x00\x01 not json at all")?,
         "rogue-unknown" => write_frame(&mut stream, br#"{"type":"launch_missiles","id":1}"#)?,
+        "rogue-stubborn" => return stubborn(stream),
         other => return Err(format!("no misbehaviour defined for bot '{other}'").into()),
     }
     // Stay alive: the host must act on the frame, not on our exit.
+    std::thread::sleep(Duration::from_secs(60));
+    Ok(())
+}
+
+fn stubborn(mut stream: UnixStream) -> Result<(), Box<dyn std::error::Error>> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs the ignore disposition; no handler code runs.
+    unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn)? };
+    while let Ok(frame) = read_frame(&mut stream) {
+        if let Ok(HostMessage::Ping { seq }) = serde_json::from_slice(&frame) {
+            write_frame(
+                &mut stream,
+                &serde_json::to_vec(&WorkerMessage::Pong { seq })?,
+            )?;
+        }
+    }
     std::thread::sleep(Duration::from_secs(60));
     Ok(())
 }

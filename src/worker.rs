@@ -691,7 +691,10 @@ mod tests {
         let gone = loop {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // Gone, or a zombie: killed and waiting to be reaped.
-            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
             if stat.is_empty() || state == Some("Z") {
                 break true;
             }

@@ -327,6 +327,29 @@ fn sigterm_drains_and_stops_everything_cleanly() {
 }
 
 #[test]
+fn a_worker_that_ignores_drain_and_sigterm_is_killed_after_the_grace_period() {
+    let mut toml = bots(&["alpha"]);
+    toml.push_str(&format!(
+        "[[bots]]\nname = \"rogue-stubborn\"\nworker_binary = \"{}\"\n",
+        example("rogue_worker").display()
+    ));
+    let mut host = TestHost::start(&toml);
+    let stubborn = host.bot("rogue-stubborn").pid.expect("stubborn is ready");
+    host.signal(Signal::SIGTERM);
+    // drain_timeout 2 s + stop_grace 1 s in the test configuration.
+    let status = host.wait_exit(Duration::from_secs(10)).expect("host exits");
+    assert!(status.success(), "{status:?}");
+    assert!(process_gone(stubborn));
+    let log = host.log();
+    assert!(log.contains("drain timed out; sending SIGTERM"), "{log}");
+    assert!(
+        log.contains("still running after SIGTERM; sending SIGKILL"),
+        "{log}"
+    );
+    assert!(log.contains("was killed by SIGKILL"), "{log}");
+}
+
+#[test]
 fn a_second_host_on_the_same_runtime_dir_is_refused() {
     let host = TestHost::start(&bots(&["alpha"]));
     let out = host.cli(&["serve"]);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix::Actor;
 use anyhow::{bail, Context};
+use bot_worker::{ChatMessage, Role};
 use bothost::config::Config;
 use bothost::control::{Client, ControlRequest, ControlResponse};
 use bothost::memory::Sampler;
@@ -25,7 +26,6 @@ use bothost::metrics::Metrics;
 use bothost::supervisor::{AwaitSettled, Shutdown, StatusReport, Supervisor};
 use bothost::turn::{self, TurnEvent};
 use bothost_bench::{mib, ms, Percentiles};
-use bot_worker::{ChatMessage, Role};
 
 fn main() -> anyhow::Result<()> {
     let bin_dir = std::env::current_exe()?
@@ -40,7 +40,10 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    println!("# bothost foundation benchmark ({} cores)", std::thread::available_parallelism()?.get());
+    println!(
+        "# bothost foundation benchmark ({} cores)",
+        std::thread::available_parallelism()?.get()
+    );
     startup_and_idle_memory(&bin_dir.join("bothost"))?;
     actix_rt::System::new().block_on(ipc())
 }
