@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bothost::control::{Client, ControlRequest, ControlResponse};
+use bothost::control::ControlResponse;
 use bothost::supervisor::BotState;
 use bothost::turn::ErrorCode;
 use common::*;
@@ -93,16 +93,8 @@ fn every_bot_streams_a_reply_and_worker_logs_reach_the_host_log() {
         );
     }
     // Streamed, not sent whole: one reply arrives as many deltas.
-    let control = host.dir.path().join("run/control.sock");
     let deltas = runtime().block_on(async {
-        let mut client = Client::connect(&control).await.unwrap();
-        client
-            .send(ControlRequest::Chat {
-                bot: "alpha".into(),
-                text: "count my deltas".into(),
-            })
-            .await
-            .unwrap();
+        let mut client = host.control_chat("alpha", "count my deltas").await;
         let mut deltas = 0;
         loop {
             match client.next().await.unwrap() {
@@ -159,16 +151,8 @@ fn kill_9_mid_reply_fails_the_turn_at_once_and_only_that_bot_restarts() {
     let before = ready_pids(&host);
     let victim = host.bot("slow").pid.unwrap();
 
-    let control = host.dir.path().join("run/control.sock");
     let (code, elapsed) = runtime().block_on(async {
-        let mut client = Client::connect(&control).await.unwrap();
-        client
-            .send(ControlRequest::Chat {
-                bot: "slow".into(),
-                text: "tell me a long story".into(),
-            })
-            .await
-            .unwrap();
+        let mut client = host.control_chat("slow", "tell me a long story").await;
         assert!(matches!(
             client.next().await.unwrap(),
             ControlResponse::Delta { .. }

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bothost::control::{Client, ControlRequest};
 use bothost::supervisor::{BotStatus, StatusReport};
 
 pub const BOTHOST: &str = env!("CARGO_BIN_EXE_bothost");
@@ -141,6 +142,22 @@ impl TestHost {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Opens a control connection and starts a chat turn on it; read the
+    /// reply with `next()`.
+    pub async fn control_chat(&self, bot: &str, text: &str) -> Client {
+        let mut client = Client::connect(&self.dir.path().join("run/control.sock"))
+            .await
+            .expect("connect to the control socket");
+        client
+            .send(ControlRequest::Chat {
+                bot: bot.into(),
+                text: text.into(),
+            })
+            .await
+            .expect("send chat");
+        client
     }
 
     pub fn http_get(&self, path: &str) -> (u16, String) {
