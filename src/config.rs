@@ -106,6 +106,24 @@ pub struct SupervisorConfig {
     pub crash_limit: u32,
     #[serde(with = "humantime_serde")]
     pub crash_window: Duration,
+    /// Fraction of the budget at which a warning is logged and shown.
+    pub memory_warn_ratio: f64,
+    /// Readings in a row over budget before a `memory` restart.
+    pub over_budget_samples: u32,
+    /// The span of readings the leak trend is fitted over.
+    #[serde(with = "humantime_serde")]
+    pub leak_window: Duration,
+    /// Readings this soon after a worker is ready are left out of the trend.
+    #[serde(with = "humantime_serde")]
+    pub leak_warmup: Duration,
+    /// A leak projected to reach the budget sooner than this is restarted.
+    #[serde(with = "humantime_serde")]
+    pub leak_horizon: Duration,
+    /// A rise of the memory floor smaller than this is not called a leak.
+    pub leak_min_growth: ByteSize,
+    /// Cron expression (local time; 5 fields, or 6 with seconds first) for
+    /// the rolling restart of every bot, or "off".
+    pub restart_schedule: String,
 }
 
 impl Default for SupervisorConfig {
@@ -124,6 +142,13 @@ impl Default for SupervisorConfig {
             backoff_max: Duration::from_secs(30),
             crash_limit: 5,
             crash_window: Duration::from_secs(60),
+            memory_warn_ratio: 0.8,
+            over_budget_samples: 3,
+            leak_window: Duration::from_secs(600),
+            leak_warmup: Duration::from_secs(60),
+            leak_horizon: Duration::from_secs(3600),
+            leak_min_growth: ByteSize::mb(4),
+            restart_schedule: "0 3 * * *".into(),
         }
     }
 }
@@ -331,6 +356,30 @@ impl Config {
             return bad("supervisor.start_timeout", "must be greater than 0".into());
         }
         check_budget("supervisor.memory_budget", s.memory_budget)?;
+        if !(s.memory_warn_ratio > 0.0 && s.memory_warn_ratio < 1.0) {
+            return bad(
+                "supervisor.memory_warn_ratio",
+                format!("{} is not between 0 and 1", s.memory_warn_ratio),
+            );
+        }
+        if s.over_budget_samples == 0 {
+            return bad("supervisor.over_budget_samples", "must be at least 1".into());
+        }
+        let min_window = s.sample_interval * (2 * crate::memory::BUCKETS as u32);
+        if s.leak_window < min_window {
+            return bad(
+                "supervisor.leak_window",
+                format!(
+                    "must hold at least {} readings: {} or more with sample_interval {}",
+                    2 * crate::memory::BUCKETS,
+                    humantime::format_duration(min_window),
+                    humantime::format_duration(s.sample_interval)
+                ),
+            );
+        }
+        if let Err(e) = self.restart_schedule() {
+            return bad("supervisor.restart_schedule", e);
+        }
         let longest_socket = self.runtime_dir().join(format!(
             "{}.sock",
             worker_socket_stem(&"x".repeat(MAX_BOT_NAME), u64::MAX)
@@ -366,6 +415,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The rolling-restart schedule, `None` when it is "off".
+    pub fn restart_schedule(&self) -> Result<Option<croner::Cron>, String> {
+        parse_schedule(&self.supervisor.restart_schedule)
+    }
+
+    /// The memory rules for `bot`.
+    pub fn memory_policy(&self, bot: &BotConfig) -> crate::memory::MemoryPolicy {
+        let s = &self.supervisor;
+        crate::memory::MemoryPolicy {
+            budget: self.budget_of(bot).as_u64(),
+            warn_ratio: s.memory_warn_ratio,
+            over_budget_samples: s.over_budget_samples,
+            leak_window: s.leak_window,
+            leak_warmup: s.leak_warmup,
+            leak_horizon: s.leak_horizon,
+            leak_min_growth: s.leak_min_growth.as_u64(),
+        }
     }
 
     pub fn runtime_dir(&self) -> &Path {
@@ -413,6 +481,19 @@ impl BotConfig {
 /// The file name (without `.sock`) of a worker generation's socket.
 pub fn worker_socket_stem(bot: &str, generation: u64) -> String {
     format!("w-{bot}-{generation}")
+}
+
+/// A 5-field cron expression, or 6 with seconds first; "off" disables.
+pub fn parse_schedule(expr: &str) -> Result<Option<croner::Cron>, String> {
+    if expr.trim() == "off" {
+        return Ok(None);
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map(Some)
+        .map_err(|e| format!("'{expr}' is not a cron expression: {e}"))
 }
 
 fn default_worker_binary() -> PathBuf {
@@ -598,6 +679,27 @@ mod tests {
             e.contains("bots[0].builtin.fail_rate: 1.5 is outside 0.0 to 1.0"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_restart_schedule_is_checked_at_load() {
+        let e = err(&format!("[supervisor]\nrestart_schedule = \"at three\"\n{ONE_BOT}"));
+        assert!(e.contains("supervisor.restart_schedule: 'at three' is not a cron expression"), "{e}");
+        let e = err(&format!("[supervisor]\nrestart_schedule = \"0 25 * * *\"\n{ONE_BOT}"));
+        assert!(e.contains("supervisor.restart_schedule: "), "{e}");
+        let c = parse(&format!("[supervisor]\nrestart_schedule = \"off\"\n{ONE_BOT}")).unwrap();
+        assert!(c.restart_schedule().unwrap().is_none());
+        let c = parse(&format!("[supervisor]\nrestart_schedule = \"*/5 * * * * *\"\n{ONE_BOT}")).unwrap();
+        assert!(c.restart_schedule().unwrap().is_some());
+        assert!(parse(ONE_BOT).unwrap().restart_schedule().unwrap().is_some());
+    }
+
+    #[test]
+    fn the_leak_window_must_hold_enough_readings() {
+        let e = err(&format!(
+            "[supervisor]\nsample_interval = \"5s\"\nleak_window = \"20s\"\n{ONE_BOT}"
+        ));
+        assert!(e.contains("supervisor.leak_window: must hold at least 10 readings: 50s or more"), "{e}");
     }
 
     #[test]

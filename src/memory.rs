@@ -1,11 +1,28 @@
-//! Memory sampling: the resident set size of the workers and of the host.
+//! Memory: reading workers' resident set size, and the rules that say what
+//! a series of readings means.
 //!
-//! Owns the `sysinfo` handle. It refreshes only the pids it is asked about
-//! and only their memory, so a sample costs a few `/proc` reads however busy
-//! the machine is. It measures; deciding what a figure means is the
-//! Supervisor's job.
+//! [`Sampler`] owns the `sysinfo` handle. It refreshes only the pids it is
+//! asked about and only their memory, so a sample costs a few `/proc` reads
+//! however busy the machine is.
+//!
+//! [`MemoryWatch`] judges one worker generation's readings against its
+//! [`MemoryPolicy`]: the warning line, the budget, and the leak trend. These
+//! are plain functions over numbers, so unit tests feed them synthetic
+//! series. This module never acts: the Supervisor restarts workers.
+//!
+//! # How a leak is told from growth
+//!
+//! A leak is memory that is never given back, so it shows in the *floor* of
+//! the series, not its peaks. The window (after a warm-up, which ignores the
+//! allocator settling after start) is cut into [`BUCKETS`] equal slices; the
+//! minimum of each slice is the floor there. The worker is leaking when the
+//! floors never go down, rise by at least `leak_min_growth` across the
+//! window, and their fitted slope would reach the budget within
+//! `leak_horizon`. A saw-tooth (allocate, then free) has flat floors; a high
+//! but stable worker has no rise; both are left alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
@@ -48,9 +65,273 @@ impl Sampler {
     }
 }
 
+/// Slices of the leak window whose minimums make the floor series.
+pub const BUCKETS: usize = 5;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPolicy {
+    pub budget: u64,
+    /// Fraction of the budget at which a warning is raised.
+    pub warn_ratio: f64,
+    /// Readings in a row over budget before a restart.
+    pub over_budget_samples: u32,
+    pub leak_window: Duration,
+    pub leak_warmup: Duration,
+    pub leak_horizon: Duration,
+    pub leak_min_growth: u64,
+}
+
+/// What a reading calls for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Action {
+    /// Over budget for `over_budget_samples` readings in a row.
+    OverBudget { rss: u64 },
+    /// The floor is rising steadily and would reach the budget within the
+    /// horizon.
+    Leak {
+        rss: u64,
+        slope: f64,
+        time_to_budget: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// This reading crossed the warning line upward (once per crossing).
+    pub warning_crossed: bool,
+    pub action: Option<Action>,
+}
+
+/// One worker generation's memory history.
+#[derive(Debug, Default)]
+pub struct MemoryWatch {
+    /// (age of the generation, RSS) inside the leak window, after warm-up.
+    samples: VecDeque<(Duration, u64)>,
+    over_budget_run: u32,
+    above_warning: bool,
+    slope: f64,
+}
+
+impl MemoryWatch {
+    /// Records one reading taken `age` after the generation became ready.
+    pub fn observe(&mut self, policy: &MemoryPolicy, age: Duration, rss: u64) -> Reading {
+        let warn_line = (policy.budget as f64 * policy.warn_ratio) as u64;
+        let was_above = self.above_warning;
+        self.above_warning = rss >= warn_line;
+        self.over_budget_run = if rss > policy.budget {
+            self.over_budget_run + 1
+        } else {
+            0
+        };
+        if age >= policy.leak_warmup {
+            self.samples.push_back((age, rss));
+            while self
+                .samples
+                .front()
+                .is_some_and(|&(t, _)| age.saturating_sub(t) > policy.leak_window)
+            {
+                self.samples.pop_front();
+            }
+        }
+        let trend = floor_trend(&self.samples, policy.leak_window);
+        self.slope = trend.map_or(0.0, |t| t.slope);
+
+        let action = if self.over_budget_run >= policy.over_budget_samples {
+            Some(Action::OverBudget { rss })
+        } else {
+            trend.and_then(|t| leak(policy, &t, rss))
+        };
+        Reading {
+            warning_crossed: self.above_warning && !was_above,
+            action,
+        }
+    }
+
+    /// Fitted slope of the floor in bytes per second (0 until known).
+    pub fn slope(&self) -> f64 {
+        self.slope
+    }
+
+    pub fn above_warning(&self) -> bool {
+        self.above_warning
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Trend {
+    slope: f64,
+    rise: i64,
+    never_falls: bool,
+}
+
+fn leak(policy: &MemoryPolicy, trend: &Trend, rss: u64) -> Option<Action> {
+    let growth = u64::try_from(trend.rise).unwrap_or(0);
+    if !trend.never_falls || growth < policy.leak_min_growth || trend.slope <= 0.0 {
+        return None;
+    }
+    let headroom = policy.budget.checked_sub(rss)?;
+    let time_to_budget = Duration::from_secs_f64(headroom as f64 / trend.slope);
+    (time_to_budget < policy.leak_horizon).then_some(Action::Leak {
+        rss,
+        slope: trend.slope,
+        time_to_budget,
+    })
+}
+
+/// The floor trend of `samples`, once they span most of the window.
+fn floor_trend(samples: &VecDeque<(Duration, u64)>, window: Duration) -> Option<Trend> {
+    let (first, last) = (samples.front()?.0, samples.back()?.0);
+    let span = last.saturating_sub(first);
+    if span < window.mul_f64(0.75) || samples.len() < 2 * BUCKETS {
+        return None;
+    }
+    let width = span.as_secs_f64() / BUCKETS as f64;
+    let mut floors = [u64::MAX; BUCKETS];
+    for &(t, rss) in samples {
+        let i = (((t - first).as_secs_f64() / width) as usize).min(BUCKETS - 1);
+        floors[i] = floors[i].min(rss);
+    }
+    if floors.contains(&u64::MAX) {
+        return None; // a gap in the readings: not enough to judge
+    }
+    let points: Vec<(f64, f64)> = floors
+        .iter()
+        .enumerate()
+        .map(|(i, &f)| ((i as f64 + 0.5) * width, f as f64))
+        .collect();
+    Some(Trend {
+        slope: least_squares_slope(&points),
+        rise: floors[BUCKETS - 1] as i64 - floors[0] as i64,
+        never_falls: floors.windows(2).all(|w| w[1] >= w[0]),
+    })
+}
+
+fn least_squares_slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), &(x, y)| {
+        (num + (x - mean_x) * (y - mean_y), den + (x - mean_x).powi(2))
+    });
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MB: u64 = 1_000_000;
+
+    fn policy() -> MemoryPolicy {
+        MemoryPolicy {
+            budget: 100 * MB,
+            warn_ratio: 0.8,
+            over_budget_samples: 3,
+            leak_window: Duration::from_secs(60),
+            leak_warmup: Duration::from_secs(30),
+            leak_horizon: Duration::from_secs(3600),
+            leak_min_growth: 2 * MB,
+        }
+    }
+
+    /// Feeds one reading a second for `secs` seconds; returns the first
+    /// action and when it came.
+    fn run(secs: u64, rss_at: impl Fn(u64) -> u64) -> (Option<(u64, Action)>, MemoryWatch) {
+        let p = policy();
+        let mut w = MemoryWatch::default();
+        for t in 0..secs {
+            if let Some(a) = w.observe(&p, Duration::from_secs(t), rss_at(t)).action {
+                return (Some((t, a)), w);
+            }
+        }
+        (None, w)
+    }
+
+    #[test]
+    fn a_steady_leak_is_caught_long_before_the_budget() {
+        // 10 MB baseline, +50 kB/s: the budget is 30 minutes away.
+        let (hit, _) = run(600, |t| 10 * MB + t * 50_000);
+        let (t, action) = hit.expect("leak detected");
+        let Action::Leak { slope, time_to_budget, rss } = action else {
+            panic!("{action:?}")
+        };
+        assert!(t <= 30 + 60 + 2, "after warm-up plus one window, at {t}s");
+        assert!((slope - 50_000.0).abs() < 2_000.0, "{slope}");
+        assert!(rss < 100 * MB / 2, "caught at {rss}, far under budget");
+        assert!(time_to_budget > Duration::from_secs(1000), "{time_to_budget:?}");
+    }
+
+    #[test]
+    fn a_leak_with_noise_on_top_is_still_a_leak() {
+        let (hit, _) = run(600, |t| 10 * MB + t * 50_000 + (t * 7919 % 13) * 100_000);
+        assert!(matches!(hit, Some((_, Action::Leak { .. }))), "{hit:?}");
+    }
+
+    #[test]
+    fn high_but_stable_memory_is_not_a_leak() {
+        // 90% of budget, jittering by a megabyte.
+        let (hit, w) = run(600, |t| 90 * MB + (t * 7919 % 10) * 100_000);
+        assert_eq!(hit, None);
+        assert!(w.above_warning());
+        assert!(w.slope().abs() < 5_000.0, "{}", w.slope());
+    }
+
+    #[test]
+    fn a_saw_tooth_is_not_a_leak() {
+        // Allocate 20 MB over 10 s, free it all, again and again.
+        let (hit, _) = run(600, |t| 20 * MB + (t % 10) * 2 * MB);
+        assert_eq!(hit, None);
+    }
+
+    #[test]
+    fn warm_up_growth_after_start_is_not_a_leak() {
+        // Climbs fast for 25 s after start, then holds.
+        let (hit, _) = run(600, |t| 5 * MB + t.min(25) * MB);
+        assert_eq!(hit, None);
+    }
+
+    #[test]
+    fn a_slow_leak_beyond_the_horizon_is_reported_but_not_acted_on() {
+        // +5 kB/s from 10 MB: the budget is 5 hours away, beyond 1 hour.
+        let (hit, w) = run(600, |t| 10 * MB + t * 5_000);
+        assert_eq!(hit, None);
+        assert!((w.slope() - 5_000.0).abs() < 500.0, "{}", w.slope());
+    }
+
+    #[test]
+    fn over_budget_needs_consecutive_readings() {
+        let p = policy();
+        let mut w = MemoryWatch::default();
+        let at = |s| Duration::from_secs(s);
+        assert_eq!(w.observe(&p, at(0), 101 * MB).action, None);
+        assert_eq!(w.observe(&p, at(1), 101 * MB).action, None);
+        assert_eq!(w.observe(&p, at(2), 99 * MB).action, None); // run broken
+        assert_eq!(w.observe(&p, at(3), 101 * MB).action, None);
+        assert_eq!(w.observe(&p, at(4), 101 * MB).action, None);
+        assert_eq!(
+            w.observe(&p, at(5), 102 * MB).action,
+            Some(Action::OverBudget { rss: 102 * MB })
+        );
+    }
+
+    #[test]
+    fn the_warning_is_raised_once_per_crossing() {
+        let p = policy();
+        let mut w = MemoryWatch::default();
+        let crossed: Vec<bool> = [70, 81, 85, 79, 82, 90]
+            .iter()
+            .enumerate()
+            .map(|(i, &mb)| {
+                w.observe(&p, Duration::from_secs(i as u64), mb * MB)
+                    .warning_crossed
+            })
+            .collect();
+        assert_eq!(crossed, vec![false, true, false, false, true, false]);
+    }
 
     #[test]
     fn reads_a_real_process_and_skips_a_missing_one() {
