@@ -669,6 +669,14 @@ mod tests {
                 "[supervisor]\nbackoff_initial = \"1m\"\nbackoff_max = \"1s\"\n",
                 "supervisor.backoff_initial",
             ),
+            (
+                "[supervisor]\nmemory_warn_ratio = 1.5\n",
+                "supervisor.memory_warn_ratio",
+            ),
+            (
+                "[supervisor]\nover_budget_samples = 0\n",
+                "supervisor.over_budget_samples",
+            ),
         ];
         for (text, key) in cases {
             let e = err(&format!("{text}{ONE_BOT}"));
