@@ -36,6 +36,19 @@ pub enum Command {
     },
     /// One chat turn through the running host; the reply streams to stdout.
     Chat { bot: String, text: String },
+    /// Hand bots over to new worker generations without dropping a turn.
+    /// Returns when done; exits 1 if any bot failed (fit for cron).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["bot", "all"])))]
+    Restart {
+        /// The bot to restart.
+        bot: Option<String>,
+        /// Every bot.
+        #[arg(long)]
+        all: bool,
+        /// With --all: one bot at a time, each waiting for the last.
+        #[arg(long, requires = "all")]
+        rolling: bool,
+    },
 }
 
 /// `bothost status`.
@@ -75,6 +88,39 @@ pub async fn chat(config: &Config, bot: String, text: String) -> anyhow::Result<
                 }
                 let code = serde_json::to_value(code)?;
                 eprintln!("error ({}): {message}", code.as_str().unwrap_or("unknown"));
+                return Ok(false);
+            }
+            other => anyhow::bail!("unexpected answer from the host: {other:?}"),
+        }
+    }
+}
+
+/// `bothost restart`: returns whether every bot was restarted.
+pub async fn restart(config: &Config, bot: Option<String>, rolling: bool) -> anyhow::Result<bool> {
+    let mut client = Client::connect(&config.control_socket()).await?;
+    client
+        .send(ControlRequest::Restart { bot, rolling })
+        .await?;
+    loop {
+        match client.next().await? {
+            ControlResponse::Restarted(outcome) => match outcome.result {
+                Ok(r) => println!(
+                    "{}: restarted, generation {} -> {} in {} ms",
+                    outcome.bot,
+                    r.from.map_or_else(|| "-".to_owned(), |g| g.to_string()),
+                    r.to,
+                    r.millis
+                ),
+                Err(why) => println!("{}: FAILED: {why}", outcome.bot),
+            },
+            ControlResponse::RestartsDone { failed } => {
+                if failed > 0 {
+                    eprintln!("error: {failed} bot(s) could not be restarted");
+                }
+                return Ok(failed == 0);
+            }
+            ControlResponse::Refused { message } => {
+                eprintln!("error: {message}");
                 return Ok(false);
             }
             other => anyhow::bail!("unexpected answer from the host: {other:?}"),

@@ -363,7 +363,10 @@ impl Config {
             );
         }
         if s.over_budget_samples == 0 {
-            return bad("supervisor.over_budget_samples", "must be at least 1".into());
+            return bad(
+                "supervisor.over_budget_samples",
+                "must be at least 1".into(),
+            );
         }
         let min_window = s.sample_interval * (2 * crate::memory::BUCKETS as u32);
         if s.leak_window < min_window {
@@ -691,15 +694,32 @@ mod tests {
 
     #[test]
     fn the_restart_schedule_is_checked_at_load() {
-        let e = err(&format!("[supervisor]\nrestart_schedule = \"at three\"\n{ONE_BOT}"));
-        assert!(e.contains("supervisor.restart_schedule: 'at three' is not a cron expression"), "{e}");
-        let e = err(&format!("[supervisor]\nrestart_schedule = \"0 25 * * *\"\n{ONE_BOT}"));
+        let e = err(&format!(
+            "[supervisor]\nrestart_schedule = \"at three\"\n{ONE_BOT}"
+        ));
+        assert!(
+            e.contains("supervisor.restart_schedule: 'at three' is not a cron expression"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[supervisor]\nrestart_schedule = \"0 25 * * *\"\n{ONE_BOT}"
+        ));
         assert!(e.contains("supervisor.restart_schedule: "), "{e}");
-        let c = parse(&format!("[supervisor]\nrestart_schedule = \"off\"\n{ONE_BOT}")).unwrap();
+        let c = parse(&format!(
+            "[supervisor]\nrestart_schedule = \"off\"\n{ONE_BOT}"
+        ))
+        .unwrap();
         assert!(c.restart_schedule().unwrap().is_none());
-        let c = parse(&format!("[supervisor]\nrestart_schedule = \"*/5 * * * * *\"\n{ONE_BOT}")).unwrap();
+        let c = parse(&format!(
+            "[supervisor]\nrestart_schedule = \"*/5 * * * * *\"\n{ONE_BOT}"
+        ))
+        .unwrap();
         assert!(c.restart_schedule().unwrap().is_some());
-        assert!(parse(ONE_BOT).unwrap().restart_schedule().unwrap().is_some());
+        assert!(parse(ONE_BOT)
+            .unwrap()
+            .restart_schedule()
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -707,7 +727,10 @@ mod tests {
         let e = err(&format!(
             "[supervisor]\nsample_interval = \"5s\"\nleak_window = \"20s\"\n{ONE_BOT}"
         ));
-        assert!(e.contains("supervisor.leak_window: must hold at least 10 readings: 50s or more"), "{e}");
+        assert!(
+            e.contains("supervisor.leak_window: must hold at least 10 readings: 50s or more"),
+            "{e}"
+        );
     }
 
     #[test]

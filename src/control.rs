@@ -21,23 +21,52 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::Framed;
 use tracing::{debug, warn};
 
-use crate::supervisor::{GetStatus, StatusReport, Supervisor};
+use crate::supervisor::{
+    restart_all, rolling_restart, BotRestart, GetStatus, RestartBot, RestartReason, StatusReport,
+    Supervisor,
+};
 use crate::turn::{self, ErrorCode, TurnEvent};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlRequest {
     Status,
-    Chat { bot: String, text: String },
+    Chat {
+        bot: String,
+        text: String,
+    },
+    /// Handover restart of one bot, or of all of them (at once, or one at a
+    /// time when `rolling`). Answered with one `restarted` per bot as each
+    /// finishes, then `restarts_done`.
+    Restart {
+        bot: Option<String>,
+        rolling: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlResponse {
     Status(StatusReport),
-    Delta { text: String },
-    Done { usage: Usage },
-    Error { code: ErrorCode, message: String },
+    Delta {
+        text: String,
+    },
+    Done {
+        usage: Usage,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Restarted(BotRestart),
+    RestartsDone {
+        failed: usize,
+    },
+    /// The request was refused as a whole (a rolling restart is already
+    /// running, or the host is shutting down).
+    Refused {
+        message: String,
+    },
 }
 
 type ServerCodec = FrameCodec<ControlRequest, ControlResponse>;
@@ -91,9 +120,63 @@ async fn handle(stream: UnixStream, supervisor: &Addr<Supervisor>) -> Result<(),
                     framed.send(response).await?;
                 }
             }
+            ControlRequest::Restart { bot, rolling } => {
+                restart(&mut framed, supervisor, bot, rolling).await?;
+            }
         }
     }
     Ok(())
+}
+
+async fn restart(
+    framed: &mut Framed<UnixStream, ServerCodec>,
+    supervisor: &Addr<Supervisor>,
+    bot: Option<String>,
+    rolling: bool,
+) -> Result<(), FrameError> {
+    let reason = RestartReason::Operator;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Its own task: a client that disconnects does not stop a restart
+    // half-way through.
+    let sup = supervisor.clone();
+    let task = actix_rt::spawn(async move {
+        match bot {
+            Some(bot) => {
+                let result = match sup
+                    .send(RestartBot {
+                        bot: bot.clone(),
+                        reason,
+                    })
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(e) => Err(format!("the supervisor is not running: {e}")),
+                };
+                let _ = tx.send(BotRestart { bot, result });
+                Ok(())
+            }
+            None if rolling => rolling_restart(&sup, reason, Some(tx)).await.map(drop),
+            None => {
+                for outcome in restart_all(&sup, reason).await {
+                    let _ = tx.send(outcome);
+                }
+                Ok(())
+            }
+        }
+    });
+    let mut failed = 0;
+    while let Some(outcome) = rx.recv().await {
+        failed += usize::from(outcome.result.is_err());
+        framed.send(ControlResponse::Restarted(outcome)).await?;
+    }
+    let response = match task.await {
+        Ok(Err(message)) => ControlResponse::Refused { message },
+        Ok(Ok(())) => ControlResponse::RestartsDone { failed },
+        Err(e) => ControlResponse::Refused {
+            message: format!("the restart task failed: {e}"),
+        },
+    };
+    framed.send(response).await
 }
 
 fn error_response(e: turn::TurnError) -> ControlResponse {

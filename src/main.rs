@@ -34,6 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             Command::Serve => unreachable!("handled above"),
             Command::Status { json } => cli::status(&config, json).await.map(|()| true),
             Command::Chat { bot, text } => cli::chat(&config, bot, text).await,
+            Command::Restart { bot, rolling, .. } => cli::restart(&config, bot, rolling).await,
         }
     })
 }

@@ -211,7 +211,10 @@ fn least_squares_slope(points: &[(f64, f64)]) -> f64 {
     let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
     let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
     let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), &(x, y)| {
-        (num + (x - mean_x) * (y - mean_y), den + (x - mean_x).powi(2))
+        (
+            num + (x - mean_x) * (y - mean_y),
+            den + (x - mean_x).powi(2),
+        )
     });
     if den == 0.0 {
         0.0
@@ -256,13 +259,21 @@ mod tests {
         // 10 MB baseline, +50 kB/s: the budget is 30 minutes away.
         let (hit, _) = run(600, |t| 10 * MB + t * 50_000);
         let (t, action) = hit.expect("leak detected");
-        let Action::Leak { slope, time_to_budget, rss } = action else {
+        let Action::Leak {
+            slope,
+            time_to_budget,
+            rss,
+        } = action
+        else {
             panic!("{action:?}")
         };
         assert!(t <= 30 + 60 + 2, "after warm-up plus one window, at {t}s");
         assert!((slope - 50_000.0).abs() < 2_000.0, "{slope}");
         assert!(rss < 100 * MB / 2, "caught at {rss}, far under budget");
-        assert!(time_to_budget > Duration::from_secs(1000), "{time_to_budget:?}");
+        assert!(
+            time_to_budget > Duration::from_secs(1000),
+            "{time_to_budget:?}"
+        );
     }
 
     #[test]

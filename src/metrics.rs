@@ -5,7 +5,9 @@
 //! bot is registered, so a dashboard sees zeros rather than gaps. This module
 //! only records and renders; it decides nothing.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::supervisor::{BotState, RestartReason};
 
@@ -19,6 +21,9 @@ pub struct Metrics {
     pub worker_rss_bytes: IntGaugeVec,
     pub worker_memory_budget_bytes: IntGaugeVec,
     pub worker_state: IntGaugeVec,
+    pub worker_leak_slope: GaugeVec,
+    pub worker_memory_warning: IntGaugeVec,
+    pub worker_handover_failures: IntCounterVec,
     pub host_rss_bytes: IntGauge,
 }
 
@@ -66,6 +71,27 @@ impl Metrics {
             &["bot", "reason"],
         )?;
         registry.register(Box::new(worker_restarts.clone()))?;
+        let worker_memory_warning = gauge(
+            "worker_memory_warning",
+            "1 while the worker's RSS is above the warning fraction of its budget",
+            &["bot"],
+        )?;
+        let worker_leak_slope = GaugeVec::new(
+            Opts::new(
+                "worker_leak_slope_bytes_per_second",
+                "Fitted growth of the worker's memory floor over the leak window",
+            ),
+            &["bot"],
+        )?;
+        registry.register(Box::new(worker_leak_slope.clone()))?;
+        let worker_handover_failures = IntCounterVec::new(
+            Opts::new(
+                "worker_handover_failures_total",
+                "Restarts whose new generation never became ready (the old one kept serving)",
+            ),
+            &["bot"],
+        )?;
+        registry.register(Box::new(worker_handover_failures.clone()))?;
         let host_rss_bytes =
             IntGauge::new("host_rss_bytes", "Resident set size of the bothost process")?;
         registry.register(Box::new(host_rss_bytes.clone()))?;
@@ -78,6 +104,9 @@ impl Metrics {
             worker_rss_bytes,
             worker_memory_budget_bytes,
             worker_state,
+            worker_leak_slope,
+            worker_memory_warning,
+            worker_handover_failures,
             host_rss_bytes,
         })
     }
@@ -88,6 +117,9 @@ impl Metrics {
         self.worker_generation.with_label_values(&[bot]).set(0);
         self.worker_in_flight.with_label_values(&[bot]).set(0);
         self.worker_rss_bytes.with_label_values(&[bot]).set(0);
+        self.worker_leak_slope.with_label_values(&[bot]).set(0.0);
+        self.worker_memory_warning.with_label_values(&[bot]).set(0);
+        self.worker_handover_failures.with_label_values(&[bot]);
         self.worker_memory_budget_bytes
             .with_label_values(&[bot])
             .set(i64::try_from(budget_bytes).unwrap_or(i64::MAX));

@@ -12,8 +12,8 @@ use bot_worker::{ChatMessage, Usage};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::supervisor::{Route, Supervisor};
-use crate::worker::{CancelTurn, StartTurn, WorkerHandle};
+use crate::supervisor::{StartChat, Supervisor};
+use crate::worker::{CancelTurn, WorkerHandle};
 
 #[derive(Debug)]
 pub enum TurnEvent {
@@ -89,32 +89,21 @@ impl Drop for Turn {
     }
 }
 
-/// Routes one turn to the current worker of `bot`.
+/// Starts one turn on the current worker of `bot`.
 pub async fn start(
     supervisor: &Addr<Supervisor>,
     bot: &str,
     messages: Vec<ChatMessage>,
 ) -> Result<Turn, TurnError> {
-    let mailbox_gone = |_| TurnError::new(ErrorCode::Internal, "the supervisor is not running");
-    let worker = supervisor
-        .send(Route {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (id, worker) = supervisor
+        .send(StartChat {
             bot: bot.to_owned(),
-        })
-        .await
-        .map_err(mailbox_gone)??;
-    let (tx, events) = mpsc::unbounded_channel();
-    let id = worker
-        .send(StartTurn {
             messages,
-            events: tx,
+            events: events_tx,
         })
         .await
-        .map_err(|_| {
-            TurnError::new(
-                ErrorCode::BotUnavailable,
-                format!("the bot '{bot}' is restarting; please try again in a moment"),
-            )
-        })??;
+        .map_err(|_| TurnError::new(ErrorCode::Internal, "the supervisor is not running"))??;
     Ok(Turn {
         events,
         id,

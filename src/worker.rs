@@ -95,12 +95,14 @@ pub enum WorkerEvent {
     },
 }
 
-/// Start a turn; the reply is its request id.
+/// Start a turn; `reply` gets its request id. Sent by the Supervisor with
+/// `do_send`, which keeps it in order with the `Drain` that may follow.
 #[derive(Message)]
-#[rtype(result = "Result<u64, TurnError>")]
+#[rtype(result = "()")]
 pub struct StartTurn {
     pub messages: Vec<ChatMessage>,
     pub events: mpsc::UnboundedSender<TurnEvent>,
+    pub reply: oneshot::Sender<Result<u64, TurnError>>,
 }
 
 #[derive(Message)]
@@ -474,9 +476,20 @@ impl Handler<ChildExited> for WorkerHandle {
 }
 
 impl Handler<StartTurn> for WorkerHandle {
-    type Result = Result<u64, TurnError>;
+    type Result = ();
 
-    fn handle(&mut self, msg: StartTurn, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StartTurn, _: &mut Context<Self>) {
+        let started = self.start_turn(msg.messages, msg.events);
+        let _ = msg.reply.send(started);
+    }
+}
+
+impl WorkerHandle {
+    fn start_turn(
+        &mut self,
+        messages: Vec<ChatMessage>,
+        events: mpsc::UnboundedSender<TurnEvent>,
+    ) -> Result<u64, TurnError> {
         if self.phase != Phase::Ready {
             return Err(TurnError::new(
                 ErrorCode::BotUnavailable,
@@ -488,11 +501,7 @@ impl Handler<StartTurn> for WorkerHandle {
         }
         self.next_id += 1;
         let id = self.next_id;
-        let frame = encode_frame(&HostMessage::Chat {
-            id,
-            messages: msg.messages,
-        })
-        .map_err(|e| match e {
+        let frame = encode_frame(&HostMessage::Chat { id, messages }).map_err(|e| match e {
             FrameError::TooLarge { .. } => TurnError::new(
                 ErrorCode::TooLarge,
                 format!("the conversation is too large to send to the bot: {e}"),
@@ -506,7 +515,7 @@ impl Handler<StartTurn> for WorkerHandle {
                 "the bot's worker is not connected",
             ));
         }
-        self.turns.insert(id, msg.events);
+        self.turns.insert(id, events);
         self.in_flight.inc();
         Ok(id)
     }

@@ -28,7 +28,7 @@ bind = "127.0.0.1:0"
 runtime_dir = "run"
 sample_interval = "250ms"
 heartbeat_interval = "200ms"
-heartbeat_timeout = "1s"
+heartbeat_timeout = "3s"
 start_timeout = "5s"
 backoff_initial = "50ms"
 backoff_max = "200ms"
@@ -289,4 +289,115 @@ pub fn example(name: &str) -> PathBuf {
         .expect("bin dir")
         .join("examples")
         .join(name)
+}
+
+/// What one load connection saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub bot: String,
+    pub completed: u64,
+    /// Every turn that did not end in a reply answering its own message.
+    pub failures: Vec<String>,
+}
+
+/// Continuous chat traffic over control connections, `per_bot` connections
+/// per bot, each sending its next message as soon as the last is answered
+/// (after `pace`, if given). Every message carries a unique nonce, and the
+/// reply must echo it: a lost, duplicated or crossed reply is a failure.
+pub struct ChatLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    completed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<LoadReport>>,
+}
+
+impl ChatLoad {
+    pub fn start(host: &TestHost, bots: &[&str], per_bot: usize, pace: Option<Duration>) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let completed = std::sync::Arc::new(AtomicU64::new(0));
+        let socket = host.dir.path().join("run/control.sock");
+        let mut threads = Vec::new();
+        for bot in bots {
+            for conn in 0..per_bot {
+                let (stop, socket, bot) = (stop.clone(), socket.clone(), bot.to_string());
+                let total = completed.clone();
+                threads.push(std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async move {
+                        let mut report = LoadReport {
+                            bot: bot.clone(),
+                            completed: 0,
+                            failures: Vec::new(),
+                        };
+                        let mut client = Client::connect(&socket).await.expect("connect");
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            n += 1;
+                            let nonce = format!("n{conn}x{n}");
+                            if let Err(e) = one_turn(&mut client, &bot, &nonce).await {
+                                report.failures.push(format!("{bot} {nonce}: {e}"));
+                            } else {
+                                report.completed += 1;
+                                total.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Some(pace) = pace {
+                                tokio::time::sleep(pace).await;
+                            }
+                        }
+                        report
+                    })
+                }));
+            }
+        }
+        Self {
+            stop,
+            completed,
+            threads,
+        }
+    }
+
+    /// Turns completed so far, over all connections.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops sending, lets every connection finish its turn in flight, and
+    /// returns what each saw.
+    pub fn finish(self) -> Vec<LoadReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("load thread"))
+            .collect()
+    }
+}
+
+async fn one_turn(client: &mut Client, bot: &str, nonce: &str) -> Result<(), String> {
+    use bothost::control::ControlResponse;
+    client
+        .send(ControlRequest::Chat {
+            bot: bot.into(),
+            text: format!("{nonce} please"),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .map_err(|_| "no answer within 10 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        match next {
+            ControlResponse::Delta { text } => reply.push_str(&text),
+            ControlResponse::Done { .. } if reply.contains(&format!("\"{nonce} please\"")) => {
+                return Ok(())
+            }
+            ControlResponse::Done { .. } => return Err(format!("reply for someone else: {reply}")),
+            ControlResponse::Error { code, message } => return Err(format!("{code:?}: {message}")),
+            other => return Err(format!("unexpected {other:?}")),
+        }
+    }
 }

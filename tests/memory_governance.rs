@@ -1,0 +1,319 @@
+//! Memory governance and restarts, end to end with real workers: leaks and
+//! oversized workers replaced by handover, rolling restarts under load with
+//! nothing lost, a failed handover that leaves the old worker serving, and
+//! the restart schedule.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bothost::supervisor::BotState;
+use common::*;
+
+/// Fast sampling and a short leak window, so a test sees a trend in seconds.
+fn governed(bots_toml: &str) -> String {
+    let supervisor = FAST_SUPERVISOR.replace(
+        "[supervisor]\n",
+        "[supervisor]\nleak_window = \"4s\"\nleak_warmup = \"1s\"\nleak_horizon = \"1h\"\n\
+         leak_min_growth = \"2MB\"\nover_budget_samples = 3\nrestart_schedule = \"off\"\n",
+    );
+    format!("{supervisor}\n{bots_toml}")
+}
+
+fn assert_no_failures(reports: &[LoadReport]) -> u64 {
+    let failures: Vec<_> = reports.iter().flat_map(|r| &r.failures).collect();
+    assert!(failures.is_empty(), "failed turns: {failures:#?}");
+    reports.iter().map(|r| r.completed).sum()
+}
+
+/// The `rss` field of the first JSON log line whose message contains `needle`
+/// for `bot`.
+fn logged_rss(log: &str, bot: &str, needle: &str) -> Option<u64> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["bot"] == bot && v["message"].as_str().is_some_and(|m| m.contains(needle)))
+        .and_then(|v| v["rss"].as_u64())
+}
+
+#[test]
+fn leaks_and_oversized_workers_are_replaced_and_healthy_bots_are_left_alone() {
+    let host = TestHost::start_with_config(&governed(
+        r#"
+[[bots]]
+name = "leaky"
+memory_budget = "300MB"
+[bots.builtin]
+token_delay = "0s"
+leak_per_message = "256KB"
+
+[[bots]]
+name = "fat"
+memory_budget = "30MB"
+[bots.builtin]
+token_delay = "0s"
+leak_per_message = "12MB"
+
+[[bots]]
+name = "steady-a"
+[bots.builtin]
+token_delay = "0s"
+
+[[bots]]
+name = "steady-b"
+[bots.builtin]
+token_delay = "0s"
+"#,
+    ));
+    // About 20 turns a second per bot: the leaky bot grows ~5 MB/s.
+    let load = ChatLoad::start(
+        &host,
+        &["leaky", "fat", "steady-a", "steady-b"],
+        1,
+        Some(Duration::from_millis(50)),
+    );
+    host.wait_for(
+        "a leak restart and a memory restart",
+        Duration::from_secs(30),
+        || {
+            let leak =
+                host.metric("bothost_worker_restarts_total{bot=\"leaky\",reason=\"leak\"}")?;
+            let memory =
+                host.metric("bothost_worker_restarts_total{bot=\"fat\",reason=\"memory\"}")?;
+            (leak >= 1.0 && memory >= 1.0).then_some(())
+        },
+    );
+    let reports = load.finish();
+    let completed = assert_no_failures(&reports);
+    assert!(completed > 100, "{completed} turns");
+
+    let log = host.log();
+    let leak_rss = logged_rss(&log, "leaky", "leaking").expect("leak restart logged with its RSS");
+    assert!(
+        leak_rss < 300_000_000 / 2,
+        "replaced at {leak_rss} bytes, well before the 300MB budget"
+    );
+    let fat_rss = logged_rss(&log, "fat", "over budget").expect("memory restart logged");
+    assert!(fat_rss > 30_000_000, "{fat_rss}");
+
+    for name in ["steady-a", "steady-b"] {
+        let bot = host.bot(name);
+        assert_eq!((bot.generation, bot.restarts), (1, 0), "{bot:?}");
+        assert!(!bot.memory_warning);
+    }
+    let leaky = host.bot("leaky");
+    assert!(leaky.generation >= 2);
+    assert_eq!(
+        host.metric("bothost_worker_restarts_total{bot=\"leaky\",reason=\"crash\"}"),
+        Some(0.0)
+    );
+    assert!(host
+        .metric("bothost_worker_leak_slope_bytes_per_second{bot=\"steady-a\"}")
+        .is_some());
+}
+
+#[test]
+fn a_rolling_restart_under_continuous_load_loses_nothing() {
+    let names = ["alpha", "bravo", "charlie"];
+    let toml: String = names
+        .iter()
+        .map(|n| format!("[[bots]]\nname = \"{n}\"\n[bots.builtin]\ntoken_delay = \"10ms\"\n"))
+        .collect();
+    let host = TestHost::start_with_config(&governed(&toml));
+    let before: Vec<_> = host.status().bots.iter().map(|b| b.pid).collect();
+    // Turns take ~250 ms (25 tokens, 10 ms apart), so every handover has
+    // turns in flight on the old generation that must finish there.
+    let load = ChatLoad::start(&host, &names, 4, None);
+    host.wait_for(
+        "traffic on the first generation",
+        Duration::from_secs(10),
+        || (load.completed() >= 24).then_some(()),
+    );
+    let out = host.cli(&["restart", "--all", "--rolling"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in names {
+        assert!(
+            printed.contains(&format!("{name}: restarted, generation 1 -> 2")),
+            "{printed}"
+        );
+    }
+    let at_restart = load.completed();
+    host.wait_for(
+        "traffic on the second generation",
+        Duration::from_secs(10),
+        || (load.completed() >= at_restart + 24).then_some(()),
+    );
+    let reports = load.finish();
+    assert_no_failures(&reports);
+    let log = host.log();
+    assert_eq!(
+        log.matches("worker exited after drain (exited with status 0)")
+            .count(),
+        3,
+        "each old generation drained and exited cleanly:\n{log}"
+    );
+
+    let after = host.status();
+    for (bot, old_pid) in after.bots.iter().zip(before) {
+        assert_eq!(
+            (bot.state, bot.generation, bot.restarts),
+            (BotState::Ready, 2, 1),
+            "{bot:?}"
+        );
+        assert_ne!(bot.pid, old_pid);
+        assert_eq!(
+            host.metric(&format!(
+                "bothost_worker_restarts_total{{bot=\"{}\",reason=\"operator\"}}",
+                bot.name
+            )),
+            Some(1.0)
+        );
+    }
+}
+
+/// A wrapper the test can rewrite to make the next worker start fail.
+fn worker_wrapper(dir: &Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("wrapper.sh");
+    let tmp = dir.join("wrapper.tmp");
+    std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap(); // atomic: never a half-written script
+    path
+}
+
+fn real_worker() -> String {
+    Path::new(BOTHOST)
+        .with_file_name("bot-worker")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_new_generation_that_fails_to_start_leaves_the_old_one_serving() {
+    let scripts = tempfile::tempdir().unwrap();
+    let wrapper = worker_wrapper(scripts.path(), &format!("exec {} \"$@\"", real_worker()));
+    let host = TestHost::start_with_config(&governed(&format!(
+        "[[bots]]\nname = \"flaky\"\nworker_binary = \"{}\"\n",
+        wrapper.display()
+    )));
+    let before = host.bot("flaky");
+    worker_wrapper(scripts.path(), "exit 3");
+
+    let out = host.cli(&["restart", "flaky"]);
+    assert!(!out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("flaky: FAILED: generation 2 crashed: the worker exited with status 3; generation 1 keeps serving"),
+        "{printed}"
+    );
+    let after = host.bot("flaky");
+    assert_eq!(
+        (after.state, after.generation, after.pid),
+        (BotState::Ready, 1, before.pid)
+    );
+    assert!(host.chat("flaky", "still answering?").0);
+    assert_eq!(
+        host.metric("bothost_worker_handover_failures_total{bot=\"flaky\"}"),
+        Some(1.0)
+    );
+    assert_eq!(host.metric("bothost_worker_up{bot=\"flaky\"}"), Some(1.0));
+}
+
+#[test]
+fn an_operator_restart_brings_a_failed_bot_back() {
+    let scripts = tempfile::tempdir().unwrap();
+    let wrapper = worker_wrapper(scripts.path(), "exit 1");
+    let host = TestHost::start_with_config(&governed(&format!(
+        "[[bots]]\nname = \"phoenix\"\nworker_binary = \"{}\"\n",
+        wrapper.display()
+    )));
+    host.wait_for("phoenix failed", Duration::from_secs(10), || {
+        (host.bot("phoenix").state == BotState::Failed).then_some(())
+    });
+    worker_wrapper(scripts.path(), &format!("exec {} \"$@\"", real_worker()));
+    let out = host.cli(&["restart", "phoenix"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("phoenix: restarted, generation - -> "),
+        "{printed}"
+    );
+    assert_eq!(host.bot("phoenix").state, BotState::Ready);
+    assert!(host.chat("phoenix", "back?").0);
+}
+
+#[test]
+fn only_one_rolling_restart_runs_at_a_time() {
+    let scripts = tempfile::tempdir().unwrap();
+    // Each new generation takes a second to start, so the rolling restart of
+    // two bots takes at least two.
+    let wrapper = worker_wrapper(scripts.path(), &format!("exec {} \"$@\"", real_worker()));
+    let toml = format!(
+        "[[bots]]\nname = \"a\"\nworker_binary = \"{w}\"\n[[bots]]\nname = \"b\"\nworker_binary = \"{w}\"\n",
+        w = wrapper.display()
+    );
+    let host = TestHost::start_with_config(&governed(&toml));
+    worker_wrapper(
+        scripts.path(),
+        &format!("sleep 1\nexec {} \"$@\"", real_worker()),
+    );
+    let first = std::process::Command::new(BOTHOST)
+        .arg("--config")
+        .arg(&host.config)
+        .args(["restart", "--all", "--rolling"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    host.wait_for(
+        "the first rolling restart under way",
+        Duration::from_secs(5),
+        || host.bot("a").pending_generation.map(|_| ()),
+    );
+    let out = host.cli(&["restart", "--all", "--rolling"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a rolling restart is already running"),
+        "{err}"
+    );
+    let first = first.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{printed}");
+    assert!(
+        printed.contains("a: restarted") && printed.contains("b: restarted"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn the_restart_schedule_fires() {
+    let toml = bots(&["alpha", "bravo"]);
+    let config = governed(&toml).replace(
+        "restart_schedule = \"off\"",
+        "restart_schedule = \"* * * * * *\"",
+    );
+    let host = TestHost::start_with_config(&config);
+    host.wait_for(
+        "a scheduled restart of every bot",
+        Duration::from_secs(10),
+        || {
+            ["alpha", "bravo"]
+                .iter()
+                .all(|b| {
+                    host.metric(&format!(
+                        "bothost_worker_restarts_total{{bot=\"{b}\",reason=\"schedule\"}}"
+                    ))
+                    .is_some_and(|v| v >= 1.0)
+                })
+                .then_some(())
+        },
+    );
+    assert!(host.log().contains("rolling restart started"));
+    assert!(host.chat("alpha", "hi").0);
+}
