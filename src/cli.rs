@@ -130,36 +130,61 @@ pub async fn restart(config: &Config, bot: Option<String>, rolling: bool) -> any
 
 fn status_table(report: &StatusReport) -> String {
     let dash = || "-".to_owned();
-    let mut out = format!(
-        "{:<20} {:<10} {:>8} {:>4} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
-        "BOT", "STATE", "PID", "GEN", "RSS", "BUDGET", "UPTIME", "RESTARTS", "IN-FLIGHT"
-    );
+    let size = |b: u64| bytesize::ByteSize::b(b).display().si().to_string();
+    let row = |cells: [String; 10]| {
+        format!(
+            "{:<20} {:<10} {:>8} {:>4} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9]
+        )
+    };
+    let mut out = row([
+        "BOT",
+        "STATE",
+        "PID",
+        "GEN",
+        "RSS",
+        "BUDGET",
+        "LEAK/S",
+        "UPTIME",
+        "RESTARTS",
+        "IN-FLIGHT",
+    ]
+    .map(str::to_owned));
     for b in &report.bots {
-        out.push_str(&format!(
-            "{:<20} {:<10} {:>8} {:>4} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
-            b.name,
-            b.state.as_str(),
+        let warn = if b.memory_warning { " !" } else { "" };
+        out.push_str(&row([
+            b.name.clone(),
+            b.state.as_str().to_owned(),
             b.pid.map_or_else(dash, |p| p.to_string()),
-            b.generation,
-            b.rss_bytes.map_or_else(dash, |r| bytesize::ByteSize::b(r)
-                .display()
-                .si()
-                .to_string()),
-            bytesize::ByteSize::b(b.budget_bytes)
-                .display()
-                .si()
-                .to_string(),
-            b.uptime_seconds
-                .map_or_else(dash, |s| humantime::format_duration(
-                    std::time::Duration::from_secs(s)
-                )
-                .to_string()),
-            b.restarts,
-            b.in_flight,
-        ));
+            b.generation.to_string(),
+            b.rss_bytes
+                .map_or_else(dash, |r| format!("{}{warn}", size(r))),
+            size(b.budget_bytes),
+            size(b.leak_slope_bytes_per_second.max(0.0) as u64),
+            b.uptime_seconds.map_or_else(dash, |s| {
+                humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
+            }),
+            b.restarts.to_string(),
+            b.in_flight.to_string(),
+        ]));
+        if let Some(g) = b.pending_generation {
+            out.push_str(&format!("{:<20} handing over to generation {g}\n", ""));
+        }
         if let Some(why) = &b.last_failure {
             out.push_str(&format!("{:<20} last failure: {why}\n", ""));
         }
+    }
+    if let Some(rss) = report.host_rss_bytes {
+        out.push_str(&format!("host RSS {}\n", size(rss)));
     }
     out
 }

@@ -194,6 +194,8 @@ pub enum ClientError {
     Connect { path: PathBuf, source: io::Error },
     #[error("the host closed the connection before answering")]
     Closed,
+    #[error("unexpected answer from the host: {0}")]
+    Unexpected(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -231,6 +233,31 @@ impl Client {
             .await
             .ok_or(ClientError::Closed)?
             .map_err(Into::into)
+    }
+
+    /// One chat turn, the whole reply collected: the outer error is the
+    /// connection's, the inner one the turn's.
+    pub async fn chat(
+        &mut self,
+        bot: &str,
+        text: &str,
+    ) -> Result<Result<String, turn::TurnError>, ClientError> {
+        self.send(ControlRequest::Chat {
+            bot: bot.to_owned(),
+            text: text.to_owned(),
+        })
+        .await?;
+        let mut reply = String::new();
+        loop {
+            match self.next().await? {
+                ControlResponse::Delta { text } => reply.push_str(&text),
+                ControlResponse::Done { .. } => return Ok(Ok(reply)),
+                ControlResponse::Error { code, message } => {
+                    return Ok(Err(turn::TurnError { code, message }))
+                }
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+        }
     }
 
     /// Whether a host answers on `path`: used to refuse a second host on the

@@ -649,6 +649,9 @@ impl Handler<WorkerEvent> for Supervisor {
             } => {
                 if let Some(idx) = self.index_of(&bot) {
                     self.on_ready(idx, generation, pid);
+                    // A fresh worker's first reading should not wait a whole
+                    // interval.
+                    self.sample_memory(ctx);
                 }
             }
             WorkerEvent::Gone {

@@ -376,28 +376,15 @@ impl ChatLoad {
 }
 
 async fn one_turn(client: &mut Client, bot: &str, nonce: &str) -> Result<(), String> {
-    use bothost::control::ControlResponse;
-    client
-        .send(ControlRequest::Chat {
-            bot: bot.into(),
-            text: format!("{nonce} please"),
-        })
+    let text = format!("{nonce} please");
+    let reply = tokio::time::timeout(Duration::from_secs(10), client.chat(bot, &text))
         .await
-        .map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), client.next())
-            .await
-            .map_err(|_| "no answer within 10 s".to_owned())?
-            .map_err(|e| e.to_string())?;
-        match next {
-            ControlResponse::Delta { text } => reply.push_str(&text),
-            ControlResponse::Done { .. } if reply.contains(&format!("\"{nonce} please\"")) => {
-                return Ok(())
-            }
-            ControlResponse::Done { .. } => return Err(format!("reply for someone else: {reply}")),
-            ControlResponse::Error { code, message } => return Err(format!("{code:?}: {message}")),
-            other => return Err(format!("unexpected {other:?}")),
-        }
+        .map_err(|_| "no answer within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{:?}: {}", e.code, e.message))?;
+    if reply.contains(&format!("\"{text}\"")) {
+        Ok(())
+    } else {
+        Err(format!("reply for someone else: {reply}"))
     }
 }
