@@ -95,6 +95,8 @@ token_delay = "0s"
     );
     let fat_rss = logged_rss(&log, "fat", "over budget").expect("memory restart logged");
     assert!(fat_rss > 30_000_000, "{fat_rss}");
+    let warned = logged_rss(&log, "fat", "memory above 80% of budget").expect("warning logged");
+    assert!(warned >= 24_000_000, "{warned}");
 
     for name in ["steady-a", "steady-b"] {
         let bot = host.bot(name);
