@@ -51,7 +51,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The directory relative paths are anchored at (the file's).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
     pub server: ServerConfig,
+    pub database: DatabaseConfig,
     pub supervisor: SupervisorConfig,
     pub logging: LoggingConfig,
     pub bots: Vec<BotConfig>,
@@ -68,6 +72,89 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// A value that must never reach a log: `Debug` and `Display` redact it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host/db` or `sqlite://path` (relative to
+    /// this file). Also `BOTHOST_DATABASE_URL`.
+    pub url: Secret,
+    /// Connections the pool starts with as its limit.
+    pub pool_size: usize,
+    /// The limit the pool may grow to by itself under sustained load.
+    pub pool_max: usize,
+    /// Utilisation at or above 80% for this long grows the pool.
+    #[serde(with = "humantime_serde")]
+    pub pool_grow_window: Duration,
+    /// Waiting longer than this for a connection is an error (503).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL statements running longer are cancelled.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("sqlite://data/bothost.db"),
+            pool_size: 20,
+            pool_max: 40,
+            pool_grow_window: Duration::from_secs(30),
+            acquire_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the store lives, read from `database.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Postgres(Secret),
+    Sqlite(PathBuf),
+}
+
+impl DatabaseConfig {
+    /// Parses the URL; relative SQLite paths are anchored at `base`.
+    pub fn target_from(&self, base: &Path) -> Result<DatabaseTarget, String> {
+        let url = self.url.expose();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseTarget::Postgres(self.url.clone()));
+        }
+        match url.strip_prefix("sqlite://") {
+            Some("") | Some(":memory:") => Err(
+                "an SQLite database needs a file path (the pool shares it), e.g. sqlite://data/bothost.db"
+                    .into(),
+            ),
+            Some(path) => Ok(DatabaseTarget::Sqlite(base.join(path))),
+            None => Err("must start with postgres://, postgresql:// or sqlite://".into()),
         }
     }
 }
@@ -278,6 +365,7 @@ impl Config {
         let base = std::path::absolute(path.parent().unwrap_or(Path::new("")))
             .unwrap_or_else(|_| path.parent().unwrap_or(Path::new(".")).to_owned());
         config.resolve_paths(&base);
+        config.base_dir = base;
         config
             .validate()
             .map_err(|(key, reason)| ConfigError::Invalid {
@@ -310,6 +398,22 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         let s = &self.supervisor;
         let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
+        let db = &self.database;
+        if let Err(reason) = self.database_target() {
+            return bad("database.url", reason);
+        }
+        if db.pool_size == 0 {
+            return bad("database.pool_size", "must be at least 1".into());
+        }
+        if db.pool_max < db.pool_size {
+            return bad(
+                "database.pool_max",
+                format!(
+                    "{} is below database.pool_size ({})",
+                    db.pool_max, db.pool_size
+                ),
+            );
+        }
         if self.bots.is_empty() {
             return bad("bots", "at least one [[bots]] entry is required".into());
         }
@@ -418,6 +522,10 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn database_target(&self) -> Result<DatabaseTarget, String> {
+        self.database.target_from(&self.base_dir)
     }
 
     /// The rolling-restart schedule, `None` when it is "off".
@@ -535,15 +643,19 @@ fn check_budget(key: &str, budget: ByteSize) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Lays `BOTHOST_<SECTION>__<KEY>` variables over the table. Values that
-/// read as TOML integers, floats or booleans keep that type; anything else
-/// is a string.
+/// Environment variables DESIGN.md names for secrets, and the key each sets.
+const ENV_ALIASES: [(&str, &str); 1] = [("BOTHOST_DATABASE_URL", "DATABASE__URL")];
+
+/// Lays `BOTHOST_<SECTION>__<KEY>` variables (and the [`ENV_ALIASES`]) over
+/// the table. Values that read as TOML integers, floats or booleans keep
+/// that type; anything else is a string.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), (String, String)> {
     for (name, value) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+        let alias = ENV_ALIASES.iter().find(|(n, _)| *n == name);
+        let Some(rest) = alias.map(|(_, key)| *key).or(name.strip_prefix(ENV_PREFIX)) else {
             continue;
         };
         if !rest.contains("__") {
@@ -690,6 +802,56 @@ mod tests {
             e.contains("bots[0].builtin.fail_rate: 1.5 is outside 0.0 to 1.0"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_database_url_picks_the_backend_and_anchors_sqlite_paths() {
+        let c = parse(ONE_BOT).unwrap();
+        assert_eq!(
+            c.database_target().unwrap(),
+            DatabaseTarget::Sqlite(PathBuf::from("/etc/bothost/data/bothost.db"))
+        );
+        let c = parse(&format!(
+            "[database]\nurl = \"sqlite:///var/lib/b.db\"\n{ONE_BOT}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.database_target().unwrap(),
+            DatabaseTarget::Sqlite(PathBuf::from("/var/lib/b.db"))
+        );
+        let e = err(&format!("[database]\nurl = \"mysql://x\"\n{ONE_BOT}"));
+        assert!(
+            e.contains("database.url: must start with postgres://"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[database]\nurl = \"sqlite://:memory:\"\n{ONE_BOT}"
+        ));
+        assert!(
+            e.contains("database.url: an SQLite database needs a file path"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[database]\npool_size = 20\npool_max = 10\n{ONE_BOT}"
+        ));
+        assert!(
+            e.contains("database.pool_max: 10 is below database.pool_size (20)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_database_url_comes_from_the_environment_and_never_prints() {
+        let env = vec![(
+            "BOTHOST_DATABASE_URL".to_owned(),
+            "postgres://app:hunter2@db/bothost".to_owned(),
+        )];
+        let c = Config::parse(ONE_BOT, Path::new("x.toml"), env).unwrap();
+        let DatabaseTarget::Postgres(url) = c.database_target().unwrap() else {
+            panic!("postgres expected");
+        };
+        assert_eq!(url.expose(), "postgres://app:hunter2@db/bothost");
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

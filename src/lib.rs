@@ -10,6 +10,7 @@ pub mod control;
 pub mod memory;
 pub mod metrics;
 pub mod startup;
+pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod turn;

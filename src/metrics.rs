@@ -6,7 +6,8 @@
 //! only records and renders; it decides nothing.
 
 use prometheus::{
-    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::supervisor::{BotState, RestartReason};
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub worker_memory_warning: IntGaugeVec,
     pub worker_handover_failures: IntCounterVec,
     pub host_rss_bytes: IntGauge,
+    pub db_pool_connections: IntGaugeVec,
+    pub db_query_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -92,6 +95,22 @@ impl Metrics {
             &["bot"],
         )?;
         registry.register(Box::new(worker_handover_failures.clone()))?;
+        let db_pool_connections = gauge(
+            "db_pool_connections",
+            "Database pool connections: in_use, idle, and the current max",
+            &["state"],
+        )?;
+        let db_query_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "db_query_duration_seconds",
+                "Store operations, by operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["query"],
+        )?;
+        registry.register(Box::new(db_query_duration.clone()))?;
         let host_rss_bytes =
             IntGauge::new("host_rss_bytes", "Resident set size of the bothost process")?;
         registry.register(Box::new(host_rss_bytes.clone()))?;
@@ -108,6 +127,8 @@ impl Metrics {
             worker_memory_warning,
             worker_handover_failures,
             host_rss_bytes,
+            db_pool_connections,
+            db_query_duration,
         })
     }
 

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod db;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

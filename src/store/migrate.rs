@@ -1,0 +1,50 @@
+//! Embedded migrations for both backends, run before anything listens.
+//!
+//! diesel's migration harness is synchronous: it runs on a blocking thread,
+//! PostgreSQL through diesel-async's `AsyncConnectionWrapper` (no libpq),
+//! SQLite through diesel's own connection.
+
+use diesel::{Connection, SqliteConnection};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::AsyncPgConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::StoreError;
+use crate::config::DatabaseTarget;
+
+const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Applies pending migrations; returns the versions applied (empty when the
+/// schema was current).
+pub async fn migrate(target: &DatabaseTarget) -> Result<Vec<String>, StoreError> {
+    let target = target.clone();
+    tokio::task::spawn_blocking(move || match target {
+        DatabaseTarget::Postgres(url) => {
+            let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose())
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            run(&mut conn, POSTGRES)
+        }
+        DatabaseTarget::Sqlite(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Setup(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let mut conn = SqliteConnection::establish(&path.display().to_string())
+                .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
+            run(&mut conn, SQLITE)
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
+}
+
+fn run<DB: diesel::backend::Backend>(
+    conn: &mut impl MigrationHarness<DB>,
+    migrations: EmbeddedMigrations,
+) -> Result<Vec<String>, StoreError> {
+    conn.run_pending_migrations(migrations)
+        .map(|done| done.iter().map(ToString::to_string).collect())
+        .map_err(|e| StoreError::Setup(format!("migration failed: {e}")))
+}

@@ -1,0 +1,463 @@
+//! The store: users, conversations and chat history, on PostgreSQL or SQLite.
+//!
+//! Owns the connection pool, every query, and the rules that make chat
+//! history impossible to lose or duplicate:
+//!
+//! - a user message is inserted (and its id returned) before anything is
+//!   sent to a bot; the same `client_msg_id` in a conversation returns the
+//!   existing row, enforced by a unique index (`INSERT … ON CONFLICT DO
+//!   NOTHING`, then read), never by check-then-insert;
+//! - a reply is stored once per user message (unique `reply_to`), with its
+//!   status: `complete`, or `partial`/`failed` with what was produced.
+//!
+//! It never talks to bots and never decides who may see what: callers pass
+//! the owner they have authenticated, and every read is scoped by it.
+//!
+//! Both backends run the very same query code: [`with_conn!`] expands one
+//! body per backend, so a query cannot be written for one and forgotten for
+//! the other. Errors are classified into what a caller can act on
+//! ([`StoreError`]): unavailable (503), conflict, not found.
+
+mod migrate;
+mod models;
+mod pool;
+mod schema;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+pub use migrate::migrate;
+pub use models::{Conversation, Message, User};
+pub use pool::{PoolGrowth, PoolSnapshot};
+
+use crate::config::{DatabaseConfig, DatabaseTarget};
+use crate::metrics::Metrics;
+use models::{NewConversation, NewMessage, NewUser};
+use schema::{conversations, messages, users};
+
+/// Most messages one history page returns.
+pub const MAX_PAGE: u32 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or has no free connection: retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Query(DieselError),
+    #[error("cannot prepare the database: {0}")]
+    Setup(String),
+}
+
+impl From<DieselError> for StoreError {
+    fn from(e: DieselError) -> Self {
+        match &e {
+            DieselError::NotFound => StoreError::NotFound,
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                StoreError::Conflict(info.message().to_owned())
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            | DieselError::BrokenTransactionManager => StoreError::Unavailable(e.to_string()),
+            DieselError::DatabaseError(_, info) if is_connection_loss(info.message()) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Query(e),
+        }
+    }
+}
+
+/// tokio-postgres reports a dead server as an unclassified error; these are
+/// its words for it (and PostgreSQL's for a cancelled statement).
+fn is_connection_loss(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "connection closed",
+        "connection reset",
+        "connection refused",
+        "broken pipe",
+        "canceling statement due to statement timeout",
+        "terminating connection",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+impl From<PoolError> for StoreError {
+    fn from(e: PoolError) -> Self {
+        StoreError::Unavailable(match e {
+            PoolError::Timeout(_) => "no database connection became free in time".to_owned(),
+            other => other.to_string(),
+        })
+    }
+}
+
+enum Pools {
+    Postgres(Pool<AsyncPgConnection>),
+    Sqlite(Pool<SyncConnectionWrapper<SqliteConnection>>),
+}
+
+/// Cheap to clone; all clones share one pool.
+#[derive(Clone)]
+pub struct Store {
+    pools: Arc<Pools>,
+    metrics: Metrics,
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever
+/// backend the store uses, times it as `$op`, and classifies its errors.
+/// Marks a conversation active now, so it sorts first in its owner's list.
+macro_rules! touch {
+    ($tx:expr, $conversation_id:expr, $now:expr) => {
+        diesel::update(conversations::table.filter(conversations::id.eq($conversation_id)))
+            .set(conversations::updated_at.eq($now))
+            .execute($tx)
+            .await
+    };
+}
+
+macro_rules! with_conn {
+    ($store:expr, $op:literal, |$conn:ident| $body:expr) => {{
+        let started = Instant::now();
+        let result: Result<_, StoreError> = async {
+            match &*$store.pools {
+                Pools::Postgres(pool) => {
+                    let mut pooled = pool.get().await?;
+                    let $conn = &mut *pooled;
+                    Ok($body?)
+                }
+                Pools::Sqlite(pool) => {
+                    let mut pooled = pool.get().await?;
+                    let $conn = &mut *pooled;
+                    Ok($body?)
+                }
+            }
+        }
+        .await;
+        $store
+            .metrics
+            .db_query_duration
+            .with_label_values(&[$op])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }};
+}
+
+impl Store {
+    /// Builds the pool. Nothing is queried: a database that is down now
+    /// makes the first query fail, not start-up.
+    pub fn connect(
+        config: &DatabaseConfig,
+        target: &DatabaseTarget,
+        metrics: Metrics,
+    ) -> Result<Self, StoreError> {
+        let pools = pool::build(config, target)?;
+        let store = Self {
+            pools: Arc::new(pools),
+            metrics,
+        };
+        pool::spawn_growth(&store, config);
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match &*self.pools {
+            Pools::Postgres(_) => "postgres",
+            Pools::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// One round trip: is the database there?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_conn!(self, "ping", |conn| diesel::sql_query("SELECT 1")
+            .execute(conn)
+            .await
+            .map(drop))
+    }
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+    ) -> Result<User, StoreError> {
+        let new = NewUser {
+            username,
+            password_hash,
+            role,
+            created_at: now_ms(),
+        };
+        with_conn!(self, "create_user", |conn| diesel::insert_into(
+            users::table
+        )
+        .values(&new)
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await)
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("the user '{username}' already exists"))
+            }
+            other => other,
+        })
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        with_conn!(self, "user_by_name", |conn| users::table
+            .filter(users::username.eq(username))
+            .select(User::as_select())
+            .first(conn)
+            .await
+            .optional())
+    }
+
+    pub async fn user(&self, id: i64) -> Result<Option<User>, StoreError> {
+        with_conn!(self, "user", |conn| users::table
+            .find(id)
+            .select(User::as_select())
+            .first(conn)
+            .await
+            .optional())
+    }
+
+    pub async fn create_conversation(
+        &self,
+        owner_id: i64,
+        bot: &str,
+        title: &str,
+    ) -> Result<Conversation, StoreError> {
+        let now = now_ms();
+        let new = NewConversation {
+            owner_id,
+            bot,
+            title,
+            created_at: now,
+            updated_at: now,
+        };
+        with_conn!(self, "create_conversation", |conn| {
+            diesel::insert_into(conversations::table)
+                .values(&new)
+                .returning(Conversation::as_returning())
+                .get_result(conn)
+                .await
+        })
+    }
+
+    /// `owner`'s conversation `id`, or `None`, also when it is someone
+    /// else's: callers cannot tell the two apart, by design.
+    pub async fn conversation(
+        &self,
+        owner_id: i64,
+        id: i64,
+    ) -> Result<Option<Conversation>, StoreError> {
+        with_conn!(self, "conversation", |conn| conversations::table
+            .find(id)
+            .filter(conversations::owner_id.eq(owner_id))
+            .select(Conversation::as_select())
+            .first(conn)
+            .await
+            .optional())
+    }
+
+    /// `owner`'s conversations, most recently active first.
+    pub async fn conversations(
+        &self,
+        owner_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let limit = i64::from(limit.clamp(1, MAX_PAGE));
+        with_conn!(self, "conversations", |conn| conversations::table
+            .filter(conversations::owner_id.eq(owner_id))
+            .order((conversations::updated_at.desc(), conversations::id.desc()))
+            .limit(limit)
+            .select(Conversation::as_select())
+            .load(conn)
+            .await)
+    }
+
+    /// Stores a user's message unless one with the same client id exists in
+    /// the conversation. Returns the row and whether it is new.
+    pub async fn append_user_message(
+        &self,
+        conversation_id: i64,
+        client_msg_id: &str,
+        content: &str,
+    ) -> Result<(Message, bool), StoreError> {
+        let now = now_ms();
+        let new = NewMessage {
+            conversation_id,
+            role: "user",
+            content,
+            status: "complete",
+            client_msg_id: Some(client_msg_id),
+            reply_to: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            created_at: now,
+            updated_at: now,
+        };
+        with_conn!(self, "append_user_message", |conn| {
+            conn.transaction::<_, DieselError, _>(async move |tx| {
+                let inserted = diesel::insert_into(messages::table)
+                    .values(&new)
+                    .on_conflict((messages::conversation_id, messages::client_msg_id))
+                    .do_nothing()
+                    .returning(Message::as_returning())
+                    .get_result(tx)
+                    .await
+                    .optional()?;
+                if let Some(message) = inserted {
+                    touch!(tx, conversation_id, now)?;
+                    return Ok((message, true));
+                }
+                let existing = messages::table
+                    .filter(messages::conversation_id.eq(conversation_id))
+                    .filter(messages::client_msg_id.eq(client_msg_id))
+                    .select(Message::as_select())
+                    .first(tx)
+                    .await?;
+                Ok((existing, false))
+            })
+            .await
+        })
+    }
+
+    /// Stores the bot's reply to user message `reply_to` (once: a second
+    /// call returns the first reply).
+    pub async fn append_reply(&self, reply: NewReply<'_>) -> Result<Message, StoreError> {
+        let now = now_ms();
+        let conversation_id = reply.conversation_id;
+        let reply_to = reply.reply_to;
+        let new = NewMessage {
+            conversation_id,
+            role: "assistant",
+            content: reply.content,
+            status: reply.status.as_str(),
+            client_msg_id: None,
+            reply_to: Some(reply_to),
+            prompt_tokens: reply.prompt_tokens,
+            completion_tokens: reply.completion_tokens,
+            created_at: now,
+            updated_at: now,
+        };
+        with_conn!(self, "append_reply", |conn| {
+            conn.transaction::<_, DieselError, _>(async move |tx| {
+                let inserted = diesel::insert_into(messages::table)
+                    .values(&new)
+                    .on_conflict(messages::reply_to)
+                    .do_nothing()
+                    .returning(Message::as_returning())
+                    .get_result(tx)
+                    .await
+                    .optional()?;
+                if let Some(message) = inserted {
+                    touch!(tx, conversation_id, now)?;
+                    return Ok(message);
+                }
+                messages::table
+                    .filter(messages::reply_to.eq(reply_to))
+                    .select(Message::as_select())
+                    .first(tx)
+                    .await
+            })
+            .await
+        })
+    }
+
+    /// The reply to user message `id`, if one was stored.
+    pub async fn reply_to(&self, id: i64) -> Result<Option<Message>, StoreError> {
+        with_conn!(self, "reply_to", |conn| messages::table
+            .filter(messages::reply_to.eq(id))
+            .select(Message::as_select())
+            .first(conn)
+            .await
+            .optional())
+    }
+
+    /// A page of history, newest first: messages with ids below `before`
+    /// (all when `None`), at most `limit` (capped at [`MAX_PAGE`]).
+    pub async fn history(
+        &self,
+        conversation_id: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let limit = i64::from(limit.clamp(1, MAX_PAGE));
+        let before = before.unwrap_or(i64::MAX);
+        with_conn!(self, "history", |conn| messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::id.lt(before))
+            .order(messages::id.desc())
+            .limit(limit)
+            .select(Message::as_select())
+            .load(conn)
+            .await)
+    }
+
+    /// The last `window` messages, oldest first: what a bot is shown.
+    pub async fn context(
+        &self,
+        conversation_id: i64,
+        window: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut page = with_conn!(self, "context", |conn| messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .order(messages::id.desc())
+            .limit(i64::from(window))
+            .select(Message::as_select())
+            .load::<Message>(conn)
+            .await)?;
+        page.reverse();
+        Ok(page)
+    }
+
+    /// The pool as it is now.
+    pub fn pool_snapshot(&self) -> PoolSnapshot {
+        pool::snapshot(&self.pools)
+    }
+}
+
+/// How a reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStatus {
+    Complete,
+    /// Cut off (crash, cancel, restart) after some text was produced.
+    Partial,
+    /// Nothing usable was produced.
+    Failed,
+}
+
+impl ReplyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyStatus::Complete => "complete",
+            ReplyStatus::Partial => "partial",
+            ReplyStatus::Failed => "failed",
+        }
+    }
+}
+
+pub struct NewReply<'a> {
+    pub conversation_id: i64,
+    pub reply_to: i64,
+    pub content: &'a str,
+    pub status: ReplyStatus,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

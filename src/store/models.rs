@@ -1,0 +1,84 @@
+//! Rows as the rest of the host sees them. These are boundary types (the
+//! REST API returns them), so they derive `Serialize`; the password hash is
+//! never serialized.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::{conversations, messages, users};
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = users)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub role: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = conversations)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Conversation {
+    pub id: i64,
+    pub owner_id: i64,
+    pub bot: String,
+    pub title: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = messages)]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct Message {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub role: String,
+    pub content: String,
+    /// `complete`, `partial` (cut off, with what was produced) or `failed`.
+    pub status: String,
+    pub client_msg_id: Option<String>,
+    pub reply_to: Option<i64>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = users)]
+pub(super) struct NewUser<'a> {
+    pub username: &'a str,
+    pub password_hash: &'a str,
+    pub role: &'a str,
+    pub created_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = conversations)]
+pub(super) struct NewConversation<'a> {
+    pub owner_id: i64,
+    pub bot: &'a str,
+    pub title: &'a str,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = messages)]
+pub(super) struct NewMessage<'a> {
+    pub conversation_id: i64,
+    pub role: &'a str,
+    pub content: &'a str,
+    pub status: &'a str,
+    pub client_msg_id: Option<&'a str>,
+    pub reply_to: Option<i64>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

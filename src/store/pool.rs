@@ -1,0 +1,258 @@
+//! Building the pool for either backend, and growing it under load.
+//!
+//! Every new connection is set up before use: PostgreSQL gets a connect
+//! timeout and a `statement_timeout`; SQLite gets WAL, a busy timeout and
+//! foreign keys (without them concurrent writers see "database is locked"
+//! and cascades do nothing). Checkout waits at most `acquire_timeout`, and
+//! each checkout is verified with a round trip, so connections broken by a
+//! database restart are replaced instead of handed out.
+//!
+//! Growth: when utilisation (in use, or anyone waiting) stays at or above
+//! 80% for `pool_grow_window`, the limit grows by a quarter toward
+//! `pool_max`, and the log says so. It never shrinks by itself.
+
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use diesel::{ConnectionError, SqliteConnection};
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::FutureExt;
+use tracing::{info, warn};
+
+use super::{Pools, Store, StoreError};
+use crate::config::{DatabaseConfig, DatabaseTarget};
+
+const HIGH_WATER: f64 = 0.8;
+
+pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<Pools, StoreError> {
+    let setup_err =
+        |e: diesel_async::pooled_connection::deadpool::BuildError| StoreError::Setup(e.to_string());
+    match target {
+        DatabaseTarget::Postgres(url) => {
+            let connect_timeout = config.connect_timeout;
+            let statement_ms = config.statement_timeout.as_millis();
+            let mut manager_config = ManagerConfig::default();
+            manager_config.custom_setup = Box::new(move |url: &str| {
+                let url = url.to_owned();
+                async move {
+                    let mut conn =
+                        tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                            .await
+                            .map_err(|_| {
+                                ConnectionError::BadConnection(format!(
+                                    "no connection within {connect_timeout:?}"
+                                ))
+                            })??;
+                    conn.batch_execute(&format!("SET statement_timeout = {statement_ms}"))
+                        .await
+                        .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                    Ok(conn)
+                }
+                .boxed()
+            });
+            let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+                url.expose(),
+                manager_config,
+            );
+            Pool::builder(manager)
+                .max_size(config.pool_size)
+                .wait_timeout(Some(config.acquire_timeout))
+                .create_timeout(Some(config.connect_timeout))
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map(Pools::Postgres)
+                .map_err(setup_err)
+        }
+        DatabaseTarget::Sqlite(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Setup(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let busy_ms = config.acquire_timeout.as_millis().max(1000);
+            let mut manager_config = ManagerConfig::default();
+            manager_config.custom_setup = Box::new(move |path: &str| {
+                let path = path.to_owned();
+                async move {
+                    let mut conn =
+                        SyncConnectionWrapper::<SqliteConnection>::establish(&path).await?;
+                    conn.batch_execute(&format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {busy_ms}; \
+                         PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
+                    ))
+                    .await
+                    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                    Ok(conn)
+                }
+                .boxed()
+            });
+            let manager = AsyncDieselConnectionManager::<SyncConnectionWrapper<SqliteConnection>>::new_with_config(
+                path.display().to_string(),
+                manager_config,
+            );
+            Pool::builder(manager)
+                .max_size(config.pool_size)
+                .wait_timeout(Some(config.acquire_timeout))
+                .create_timeout(Some(config.connect_timeout))
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map(Pools::Sqlite)
+                .map_err(setup_err)
+        }
+    }
+}
+
+/// The pool's numbers at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    pub max: usize,
+    pub in_use: usize,
+    pub idle: usize,
+    pub waiting: usize,
+}
+
+impl PoolSnapshot {
+    fn utilisation(&self) -> f64 {
+        if self.waiting > 0 {
+            return 1.0;
+        }
+        self.in_use as f64 / self.max.max(1) as f64
+    }
+}
+
+pub(super) fn snapshot(pools: &Pools) -> PoolSnapshot {
+    let status = match pools {
+        Pools::Postgres(p) => p.status(),
+        Pools::Sqlite(p) => p.status(),
+    };
+    PoolSnapshot {
+        max: status.max_size,
+        in_use: status.size.saturating_sub(status.available),
+        idle: status.available,
+        waiting: status.waiting,
+    }
+}
+
+/// The growth rule, fed one snapshot at a time.
+#[derive(Debug)]
+pub struct PoolGrowth {
+    window: Duration,
+    ceiling: usize,
+    high_since: Option<Instant>,
+}
+
+impl PoolGrowth {
+    pub fn new(window: Duration, ceiling: usize) -> Self {
+        Self {
+            window,
+            ceiling,
+            high_since: None,
+        }
+    }
+
+    /// The new limit, when the pool should grow now.
+    pub fn observe(&mut self, snap: PoolSnapshot, now: Instant) -> Option<usize> {
+        if snap.utilisation() < HIGH_WATER || snap.max >= self.ceiling {
+            self.high_since = None;
+            return None;
+        }
+        let since = *self.high_since.get_or_insert(now);
+        if now.duration_since(since) < self.window {
+            return None;
+        }
+        self.high_since = None;
+        Some((snap.max + snap.max.div_ceil(4)).min(self.ceiling))
+    }
+}
+
+/// Watches the pool once a second: metrics, and growth. Stops when the
+/// store is dropped.
+pub(super) fn spawn_growth(store: &Store, config: &DatabaseConfig) {
+    let pools: Weak<Pools> = std::sync::Arc::downgrade(&store.pools);
+    let metrics = store.metrics.clone();
+    let mut growth = PoolGrowth::new(config.pool_grow_window, config.pool_max);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(pools) = pools.upgrade() else { return };
+            let snap = snapshot(&pools);
+            for (state, value) in [
+                ("in_use", snap.in_use),
+                ("idle", snap.idle),
+                ("max", snap.max),
+            ] {
+                metrics
+                    .db_pool_connections
+                    .with_label_values(&[state])
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+            if let Some(to) = growth.observe(snap, Instant::now()) {
+                warn!(
+                    from = snap.max,
+                    to,
+                    in_use = snap.in_use,
+                    waiting = snap.waiting,
+                    "database pool busy; growing it"
+                );
+                match &*pools {
+                    Pools::Postgres(p) => p.resize(to),
+                    Pools::Sqlite(p) => p.resize(to),
+                }
+                info!(max = to, "database pool resized");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(max: usize, in_use: usize, waiting: usize) -> PoolSnapshot {
+        PoolSnapshot {
+            max,
+            in_use,
+            idle: max - in_use,
+            waiting,
+        }
+    }
+
+    #[test]
+    fn grows_by_a_quarter_after_a_busy_window() {
+        let mut g = PoolGrowth::new(Duration::from_secs(10), 40);
+        let t0 = Instant::now();
+        assert_eq!(g.observe(snap(20, 16, 0), t0), None);
+        assert_eq!(
+            g.observe(snap(20, 17, 0), t0 + Duration::from_secs(5)),
+            None
+        );
+        assert_eq!(
+            g.observe(snap(20, 16, 0), t0 + Duration::from_secs(10)),
+            Some(25)
+        );
+    }
+
+    #[test]
+    fn a_quiet_moment_restarts_the_window() {
+        let mut g = PoolGrowth::new(Duration::from_secs(10), 40);
+        let t0 = Instant::now();
+        g.observe(snap(20, 18, 0), t0);
+        g.observe(snap(20, 5, 0), t0 + Duration::from_secs(6));
+        assert_eq!(
+            g.observe(snap(20, 18, 0), t0 + Duration::from_secs(11)),
+            None
+        );
+    }
+
+    #[test]
+    fn waiters_count_as_full_and_growth_stops_at_the_ceiling() {
+        let mut g = PoolGrowth::new(Duration::ZERO, 40);
+        let t0 = Instant::now();
+        assert_eq!(g.observe(snap(36, 10, 3), t0), Some(40));
+        assert_eq!(g.observe(snap(40, 40, 9), t0), None);
+    }
+}

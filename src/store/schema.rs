@@ -1,0 +1,43 @@
+//! Diesel's view of the tables in `migrations/`, shared by both backends:
+//! every column type here (BigInt, Integer, Text) means the same on each.
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        username -> Text,
+        password_hash -> Text,
+        role -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    conversations (id) {
+        id -> BigInt,
+        owner_id -> BigInt,
+        bot -> Text,
+        title -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> BigInt,
+        conversation_id -> BigInt,
+        role -> Text,
+        content -> Text,
+        status -> Text,
+        client_msg_id -> Nullable<Text>,
+        reply_to -> Nullable<BigInt>,
+        prompt_tokens -> Nullable<Integer>,
+        completion_tokens -> Nullable<Integer>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(conversations -> users (owner_id));
+diesel::joinable!(messages -> conversations (conversation_id));
+diesel::allow_tables_to_appear_in_same_query!(users, conversations, messages);

@@ -1,0 +1,408 @@
+//! The store on both backends: migrations, schema parity, history reads,
+//! idempotent writes under concurrency, and the pool growing by itself.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bothost::config::{DatabaseConfig, DatabaseTarget};
+use bothost::store::{self, NewReply, ReplyStatus, Store, StoreError};
+use common::db::{backends, pg_base_url};
+use diesel::sql_types::{BigInt, Text};
+use diesel::{Connection, QueryableByName, SqliteConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+
+fn config() -> DatabaseConfig {
+    DatabaseConfig {
+        pool_size: 8,
+        pool_max: 8,
+        ..DatabaseConfig::default()
+    }
+}
+
+async fn user_and_conversation(store: &Store, name: &str) -> (i64, i64) {
+    let user = store.create_user(name, "hash", "user").await.unwrap();
+    let conv = store
+        .create_conversation(user.id, "helper", "")
+        .await
+        .unwrap();
+    (user.id, conv.id)
+}
+
+#[tokio::test]
+async fn migrations_apply_from_empty_and_rerun_as_a_no_op() {
+    for db in backends(&config()).await {
+        // `backends` already migrated from empty; a second run finds nothing.
+        let again = store::migrate(&db.target).await.unwrap();
+        assert!(again.is_empty(), "{}: {again:?}", db.store.backend());
+        db.store.ping().await.unwrap();
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn users_are_unique_and_the_hash_never_serializes() {
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let alice = s
+            .create_user("alice", "secret-hash", "admin")
+            .await
+            .unwrap();
+        let err = s.create_user("alice", "x", "user").await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m == "the user 'alice' already exists"),
+            "{}: {err:?}",
+            s.backend()
+        );
+        assert_eq!(s.user_by_name("alice").await.unwrap(), Some(alice.clone()));
+        assert_eq!(s.user(alice.id).await.unwrap(), Some(alice.clone()));
+        assert_eq!(s.user_by_name("bob").await.unwrap(), None);
+        let json = serde_json::to_string(&alice).unwrap();
+        assert!(!json.contains("secret-hash"), "{json}");
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn history_pages_newest_first_and_context_is_the_last_window_in_order() {
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let (_, conv) = user_and_conversation(s, "alice").await;
+        let mut ids = Vec::new();
+        for i in 0..25 {
+            let (m, created) = s
+                .append_user_message(conv, &format!("c{i}"), &format!("message {i}"))
+                .await
+                .unwrap();
+            assert!(created);
+            ids.push(m.id);
+        }
+        let page = s.history(conv, None, 10).await.unwrap();
+        let got: Vec<i64> = page.iter().map(|m| m.id).collect();
+        let want: Vec<i64> = ids.iter().rev().take(10).copied().collect();
+        assert_eq!(got, want, "{}", s.backend());
+        let older = s
+            .history(conv, Some(*got.last().unwrap()), 10)
+            .await
+            .unwrap();
+        assert_eq!(older[0].id, ids[14]);
+        assert_eq!(
+            s.history(conv, None, 1000).await.unwrap().len(),
+            25,
+            "limit is capped, not refused"
+        );
+
+        let context = s.context(conv, 3).await.unwrap();
+        let contents: Vec<&str> = context.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, vec!["message 22", "message 23", "message 24"]);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_conversation_is_visible_to_its_owner_only_and_lists_by_activity() {
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let (alice, first) = user_and_conversation(s, "alice").await;
+        let (bob, bobs) = user_and_conversation(s, "bob").await;
+        let second = s
+            .create_conversation(alice, "coder", "code")
+            .await
+            .unwrap()
+            .id;
+        assert!(s.conversation(alice, first).await.unwrap().is_some());
+        assert_eq!(
+            s.conversation(bob, first).await.unwrap(),
+            None,
+            "{}",
+            s.backend()
+        );
+        assert_eq!(s.conversation(alice, bobs).await.unwrap(), None);
+
+        // Writing to the first makes it the most recently active.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        s.append_user_message(first, "x", "hi").await.unwrap();
+        let list: Vec<i64> = s
+            .conversations(alice, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(list, vec![first, second]);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn the_same_client_message_id_is_stored_once_and_replies_once() {
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let (_, conv) = user_and_conversation(s, "alice").await;
+        let (first, created) = s.append_user_message(conv, "abc", "hello").await.unwrap();
+        assert!(created);
+        let (again, created) = s
+            .append_user_message(conv, "abc", "hello again")
+            .await
+            .unwrap();
+        assert!(!created);
+        assert_eq!(
+            again,
+            first,
+            "{}: the resend returns the stored message",
+            s.backend()
+        );
+
+        let reply = |content, status| NewReply {
+            conversation_id: conv,
+            reply_to: first.id,
+            content,
+            status,
+            prompt_tokens: Some(1),
+            completion_tokens: Some(2),
+        };
+        let stored = s
+            .append_reply(reply("Hi th", ReplyStatus::Partial))
+            .await
+            .unwrap();
+        assert_eq!(
+            (stored.status.as_str(), stored.content.as_str()),
+            ("partial", "Hi th")
+        );
+        let second = s
+            .append_reply(reply("other", ReplyStatus::Complete))
+            .await
+            .unwrap();
+        assert_eq!(second, stored, "one reply per user message");
+        assert_eq!(s.reply_to(first.id).await.unwrap(), Some(stored));
+        assert_eq!(s.history(conv, None, 100).await.unwrap().len(), 2);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_lose_nothing_and_duplicate_nothing() {
+    for db in backends(&config()).await {
+        let s = db.store.clone();
+        let (_, shared) = user_and_conversation(&s, "alice").await;
+        let mut tasks = Vec::new();
+        // 8 conversations × 25 messages, plus 20 tasks racing one client id.
+        for c in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let conv = s.create_conversation(1, "helper", "").await.unwrap().id;
+                for i in 0..25 {
+                    s.append_user_message(conv, &format!("m{i}"), "x")
+                        .await
+                        .unwrap();
+                    s.append_user_message(shared, &format!("c{c}-{i}"), "x")
+                        .await
+                        .unwrap();
+                }
+                0usize
+            }));
+        }
+        for _ in 0..20 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let (_, created) = s.append_user_message(shared, "same", "race").await.unwrap();
+                usize::from(created)
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            created += t.await.unwrap();
+        }
+        assert_eq!(
+            created,
+            1,
+            "{}: exactly one racer created the row",
+            s.backend()
+        );
+        let all = s.history(shared, None, 100).await.unwrap();
+        let mut count = all.len();
+        let mut before = all.last().map(|m| m.id);
+        while let Some(b) = before {
+            let page = s.history(shared, Some(b), 100).await.unwrap();
+            count += page.len();
+            before = page.last().map(|m| m.id);
+        }
+        assert_eq!(count, 8 * 25 + 1, "{}", s.backend());
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_pool_grows_toward_its_max_by_itself() {
+    let config = DatabaseConfig {
+        pool_size: 2,
+        pool_max: 4,
+        pool_grow_window: Duration::from_secs(1),
+        acquire_timeout: Duration::from_secs(10),
+        ..DatabaseConfig::default()
+    };
+    for db in backends(&config).await {
+        let s = db.store.clone();
+        let (_, conv) = user_and_conversation(&s, "alice").await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let (s, stop) = (s.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        i += 1;
+                        s.append_user_message(conv, &format!("{w}-{i}"), "x")
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while s.pool_snapshot().max < 4 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(
+            s.pool_snapshot().max,
+            4,
+            "{}: grew from 2 to its max",
+            s.backend()
+        );
+        let rendered = db.metrics.render();
+        assert!(
+            rendered.contains("bothost_db_pool_connections{state=\"max\"}"),
+            "{rendered}"
+        );
+        assert!(rendered
+            .contains("bothost_db_query_duration_seconds_bucket{query=\"append_user_message\""));
+        db.cleanup().await;
+    }
+}
+
+#[derive(QueryableByName, Debug)]
+struct Column {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = BigInt)]
+    not_null: i64,
+}
+
+#[derive(QueryableByName, Debug)]
+struct Named {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[tokio::test]
+async fn both_backends_have_the_same_schema() {
+    use diesel_async::RunQueryDsl;
+    let Some(base) = pg_base_url() else { return };
+    let pg = common::db::postgres(&base, &config()).await;
+    let sqlite = common::db::sqlite(&config()).await;
+    let (DatabaseTarget::Postgres(pg_url), DatabaseTarget::Sqlite(path)) =
+        (&pg.target, &sqlite.target)
+    else {
+        unreachable!()
+    };
+    let schema = pg_url.expose().rsplit("%3D").next().unwrap().to_owned();
+
+    let mut conn = AsyncPgConnection::establish(pg_url.expose()).await.unwrap();
+    let pg_columns: BTreeSet<(String, String, bool)> = diesel::sql_query(
+        "SELECT table_name::text, column_name::text, (CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END)::int8 AS not_null \
+         FROM information_schema.columns WHERE table_schema = $1 AND table_name <> '__diesel_schema_migrations'",
+    )
+    .bind::<Text, _>(&schema)
+    .load::<Column>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|c| (c.table_name, c.column_name, c.not_null == 1))
+    .collect();
+    let pg_indexes: BTreeSet<String> = diesel::sql_query(
+        "SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = $1 AND indexname NOT LIKE '%_pkey' \
+         AND tablename <> '__diesel_schema_migrations'",
+    )
+    .bind::<Text, _>(&schema)
+    .load::<Named>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|n| n.name)
+    .collect();
+    let pg_fks: BTreeSet<String> = diesel::sql_query(
+        "SELECT (tc.table_name || '.' || kcu.column_name || '->' || ccu.table_name)::text AS name \
+         FROM information_schema.table_constraints tc \
+         JOIN information_schema.key_column_usage kcu ON tc.constraint_name = kcu.constraint_name AND tc.table_schema = kcu.table_schema \
+         JOIN information_schema.constraint_column_usage ccu ON tc.constraint_name = ccu.constraint_name AND tc.table_schema = ccu.table_schema \
+         WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = $1",
+    )
+    .bind::<Text, _>(&schema)
+    .load::<Named>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|n| n.name)
+    .collect();
+
+    let mut lite = SqliteConnection::establish(&path.display().to_string()).unwrap();
+    let tables = ["users", "conversations", "messages"];
+    let mut lite_columns = BTreeSet::new();
+    let mut lite_fks = BTreeSet::new();
+    for table in tables {
+        #[derive(QueryableByName)]
+        struct Info {
+            #[diesel(sql_type = Text)]
+            name: String,
+            #[diesel(sql_type = BigInt)]
+            notnull: i64,
+            #[diesel(sql_type = BigInt)]
+            pk: i64,
+        }
+        for c in diesel::RunQueryDsl::load::<Info>(
+            diesel::sql_query(format!(
+                "SELECT name, \"notnull\", pk FROM pragma_table_info('{table}')"
+            )),
+            &mut lite,
+        )
+        .unwrap()
+        {
+            // SQLite does not mark an INTEGER PRIMARY KEY NOT NULL; it is.
+            lite_columns.insert((table.to_owned(), c.name, c.notnull == 1 || c.pk == 1));
+        }
+        lite_fks.extend(
+            diesel::RunQueryDsl::load::<Named>(
+                diesel::sql_query(format!(
+                    "SELECT '{table}.' || \"from\" || '->' || \"table\" AS name FROM pragma_foreign_key_list('{table}')"
+                )),
+                &mut lite,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name),
+        );
+    }
+    let lite_indexes: BTreeSet<String> = diesel::RunQueryDsl::load::<Named>(
+        diesel::sql_query(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'",
+        ),
+        &mut lite,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|n| n.name)
+    .collect();
+
+    assert_eq!(pg_columns, lite_columns, "columns and nullability");
+    assert_eq!(pg_indexes, lite_indexes, "indexes");
+    assert_eq!(pg_fks, lite_fks, "foreign keys");
+    assert_eq!(lite_indexes.len(), 5, "{lite_indexes:?}");
+    pg.cleanup().await;
+}
