@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the host: workers, control socket and HTTP.
     Serve,
+    /// Apply pending database migrations and exit (`serve` also does).
+    Migrate,
     /// Show every bot of the running host.
     Status {
         /// Machine-readable output.
@@ -49,6 +51,21 @@ pub enum Command {
         #[arg(long, requires = "all")]
         rolling: bool,
     },
+}
+
+/// `bothost migrate`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let target = config
+        .database_target()
+        .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    let applied = crate::store::migrate(&target).await?;
+    if applied.is_empty() {
+        println!("the database schema is current");
+    }
+    for version in applied {
+        println!("applied {version}");
+    }
+    Ok(())
 }
 
 /// `bothost status`.

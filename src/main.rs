@@ -32,6 +32,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve => unreachable!("handled above"),
+            Command::Migrate => cli::migrate(&config).await.map(|()| true),
             Command::Status { json } => cli::status(&config, json).await.map(|()| true),
             Command::Chat { bot, text } => cli::chat(&config, bot, text).await,
             Command::Restart { bot, rolling, .. } => cli::restart(&config, bot, rolling).await,

@@ -1,7 +1,7 @@
 //! `bothost serve`: brings the host up in order and takes it down in reverse.
 //!
-//! Order: runtime directory (0700, refusing a second host on it), then the
-//! Supervisor and its workers (waiting until each is ready or has failed, at
+//! Order: runtime directory (0700, refusing a second host on it), then
+//! database migrations and the store's pool, then the Supervisor and its workers (waiting until each is ready or has failed, at
 //! most `start_timeout` plus the crash backoff), then the control socket, then
 //! HTTP, and only then the `listening on` line that scripts and tests wait
 //! for. Shutdown (SIGINT/SIGTERM): stop HTTP, drain and stop every worker,
@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::control;
 use crate::memory::Sampler;
 use crate::metrics::Metrics;
+use crate::store::{self, Store};
 use crate::supervisor::{AwaitSettled, GetStatus, Shutdown, Supervisor};
 use crate::web::{configure, AppState};
 
@@ -42,6 +43,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let metrics = Metrics::new().context("cannot create the metrics registry")?;
+    let store = open_store(&config, metrics.clone()).await?;
     // Started on the System arbiter: WorkerHandles live on its thread, which
     // the parent-death signal of every worker is tied to (see `worker`).
     let sampler = Sampler::new().context("cannot read process memory (sysinfo)")?;
@@ -66,6 +68,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let state = web::Data::new(AppState {
         supervisor: supervisor.clone(),
+        store,
         metrics,
     });
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
@@ -93,6 +96,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&control_path);
     info!("stopped");
     Ok(())
+}
+
+/// Runs pending migrations, then builds the pool.
+pub async fn open_store(config: &Config, metrics: Metrics) -> anyhow::Result<Store> {
+    let target = config
+        .database_target()
+        .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    let applied = store::migrate(&target)
+        .await
+        .context("database migrations failed")?;
+    for version in &applied {
+        info!(version = %version, "migration applied");
+    }
+    let store = Store::connect(&config.database, &target, metrics)?;
+    info!(
+        backend = store.backend(),
+        migrations_applied = applied.len(),
+        "store ready"
+    );
+    Ok(store)
 }
 
 async fn wait_for_stop_signal() -> io::Result<()> {

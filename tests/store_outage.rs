@@ -1,0 +1,319 @@
+//! PostgreSQL down and back, on a throwaway server this test starts itself
+//! (initdb and pg_ctl from the machine's postgresql package, on a free
+//! port): requests fail fast with a clear error while it is down, `/readyz`
+//! says so, and everything recovers without restarting bothost, with no
+//! acknowledged row lost.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
+use bothost::metrics::Metrics;
+use bothost::store::{self, Store, StoreError};
+use common::*;
+
+/// A PostgreSQL server of the test's own, stopped for good on drop.
+struct ThrowawayPg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl ThrowawayPg {
+    /// `None` (the test skips) when the server binaries are not installed,
+    /// except under CI, where they must be.
+    fn start() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| {
+                versions
+                    .filter_map(Result::ok)
+                    .map(|v| v.path().join("bin"))
+                    .max()
+            })
+            .filter(|bin| bin.join("pg_ctl").exists());
+        let Some(bin) = bin else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but the PostgreSQL server binaries are missing");
+            }
+            eprintln!("no PostgreSQL server binaries under /usr/lib/postgresql: skipping");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        if nix::unistd::geteuid().is_root() {
+            // initdb refuses to run as root: the server runs as postgres.
+            let pg = nix::unistd::User::from_name("postgres")
+                .expect("user lookup")
+                .expect("a postgres user");
+            nix::unistd::chown(dir.path(), Some(pg.uid), Some(pg.gid)).expect("chown");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let pg = Self { dir, bin, port };
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        pg.start_again();
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// With a password, which trust authentication ignores: lets a test
+    /// check that the secret never reaches a log.
+    fn url(&self) -> String {
+        format!(
+            "postgres://postgres:hunter2@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).output().expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-w",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+    }
+
+    /// Fast shutdown: open connections are terminated, as in a crash of the
+    /// database host.
+    fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+}
+
+impl Drop for ThrowawayPg {
+    fn drop(&mut self) {
+        let data = self.data();
+        let exe = self.bin.join("pg_ctl");
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    acked: Vec<String>,
+    errors: Vec<(Duration, String)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fail_fast_while_postgres_is_down_and_recover_with_nothing_lost() {
+    let Some(pg) = ThrowawayPg::start() else {
+        return;
+    };
+    let target = DatabaseTarget::Postgres(Secret::new(pg.url()));
+    store::migrate(&target).await.unwrap();
+    let config = DatabaseConfig {
+        pool_size: 4,
+        pool_max: 4,
+        acquire_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
+        ..DatabaseConfig::default()
+    };
+    let store = Store::connect(&config, &target, Metrics::new().unwrap()).unwrap();
+    let user = store.create_user("alice", "h", "user").await.unwrap();
+    let conv = store
+        .create_conversation(user.id, "helper", "")
+        .await
+        .unwrap()
+        .id;
+
+    let log = Arc::new(Mutex::new(Log::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, log, stop) = (store.clone(), log.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let id = format!("w{i}");
+                let started = Instant::now();
+                let result = store.append_user_message(conv, &id, "hello").await;
+                {
+                    let mut log = log.lock().unwrap();
+                    match result {
+                        Ok(_) => log.acked.push(id),
+                        Err(e @ StoreError::Unavailable(_)) => {
+                            log.errors.push((started.elapsed(), e.to_string()))
+                        }
+                        Err(other) => panic!("not a clear outage error: {other:?}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let wait = |what: &'static str, limit: Duration, cond: Box<dyn Fn(&Log) -> bool + Send>| {
+        let log = log.clone();
+        async move {
+            let deadline = Instant::now() + limit;
+            while !cond(&log.lock().unwrap()) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait(
+        "writes before the outage",
+        Duration::from_secs(10),
+        Box::new(|l| l.acked.len() >= 20),
+    )
+    .await;
+
+    pg.stop();
+    wait(
+        "errors while down",
+        Duration::from_secs(15),
+        Box::new(|l| l.errors.len() >= 5),
+    )
+    .await;
+    assert!(store.ping().await.is_err());
+    {
+        let log = log.lock().unwrap();
+        for (took, message) in &log.errors {
+            assert!(
+                *took < Duration::from_secs(3),
+                "failed fast, not after {took:?}: {message}"
+            );
+            assert!(
+                message.starts_with("the database is unavailable"),
+                "{message}"
+            );
+        }
+    }
+
+    let acked_before = log.lock().unwrap().acked.len();
+    pg.start_again();
+    wait(
+        "writes after the restart",
+        Duration::from_secs(30),
+        Box::new(move |l| l.acked.len() >= acked_before + 10),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let mut stored = BTreeSet::new();
+    let mut before = None;
+    loop {
+        let page = store.history(conv, before, 100).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        stored.extend(page.into_iter().filter_map(|m| m.client_msg_id));
+    }
+    let log = log.lock().unwrap();
+    let lost: Vec<_> = log
+        .acked
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+}
+
+#[test]
+fn readyz_follows_the_database_and_the_host_recovers_without_a_restart() {
+    let Some(pg) = ThrowawayPg::start() else {
+        return;
+    };
+    let host = TestHost::start_with_config(&format!(
+        "{FAST_SUPERVISOR}\n{}\n[database]\nurl = \"{}\"\nacquire_timeout = \"1s\"\nconnect_timeout = \"1s\"\n",
+        bots(&["alpha"]),
+        pg.url()
+    ));
+    let pid = host.pid();
+    let (code, body) = host.http_get("/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"backend\":\"postgres\""), "{body}");
+
+    pg.stop();
+    let body = host.wait_for(
+        "/readyz to report the store down",
+        Duration::from_secs(15),
+        || {
+            let (code, body) = host.http_get("/readyz");
+            (code == 503).then_some(body)
+        },
+    );
+    assert!(body.contains("the database is unavailable"), "{body}");
+    assert!(
+        body.contains("\"alpha\":\"ready\""),
+        "the workers are fine: {body}"
+    );
+
+    pg.start_again();
+    host.wait_for("/readyz to recover", Duration::from_secs(30), || {
+        (host.http_get("/readyz").0 == 200).then_some(())
+    });
+    assert_eq!(host.pid(), pid);
+    let log = host.log();
+    assert!(
+        log.contains("the database is unavailable") || log.contains("store ready"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("hunter2"),
+        "the database password reached the log"
+    );
+}
