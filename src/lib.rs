@@ -4,6 +4,7 @@
 //! line, [`startup::serve`] runs the host, [`control`] is how the other
 //! commands reach a running host.
 
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -41,6 +41,10 @@ pub enum ErrorCode {
     EngineFailed,
     Cancelled,
     TooLarge,
+    /// The database could not store or read the conversation.
+    StoreUnavailable,
+    /// The same message is being answered by another request right now.
+    InProgress,
     Internal,
 }
 

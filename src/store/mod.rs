@@ -447,6 +447,7 @@ impl ReplyStatus {
     }
 }
 
+#[derive(Clone)]
 pub struct NewReply<'a> {
     pub conversation_id: i64,
     pub reply_to: i64,

@@ -1,0 +1,296 @@
+//! One user chat turn, from the stored question to the stored answer.
+//!
+//! Owns the order that makes history impossible to lose:
+//!
+//! 1. the user's message is stored first (or found, when its client id was
+//!    seen before); only then does anything reach a bot;
+//! 2. a message that already has a reply is answered from the store, never
+//!    by asking the bot again, and one still being answered is not started a
+//!    second time;
+//! 3. the bot sees its context window (the last `history_window` messages);
+//! 4. the reply is stored when the turn ends, however it ends: `complete`,
+//!    or `partial` / `failed` with exactly the text the user was shown,
+//!    including when the caller goes away (which also cancels the turn).
+//!
+//! A turn whose bot cannot take it at all (unknown, failed, restarting)
+//! stores no reply, so the same message can simply be sent again.
+//!
+//! It never decides who may use a conversation: callers pass one they have
+//! already checked belongs to the user.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Addr;
+use bot_worker::{ChatMessage, Role};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::store::{Conversation, Message, NewReply, ReplyStatus, Store, StoreError};
+use crate::supervisor::Supervisor;
+use crate::turn::{self, ErrorCode, TurnError, TurnEvent};
+
+/// What the caller is told, in this order: `Accepted`, then `Delta`s, then
+/// `Done` or `Failed`.
+#[derive(Debug)]
+pub enum ChatEvent {
+    /// The user's message is stored. `replay`: it was stored before.
+    Accepted {
+        message: Message,
+        replay: bool,
+    },
+    Delta(String),
+    Done {
+        reply: Message,
+    },
+    /// `reply` is what was stored of the answer, if anything was.
+    Failed {
+        error: TurnError,
+        reply: Option<Message>,
+    },
+}
+
+/// The chat service, shared by every caller of a host. Cheap to clone.
+#[derive(Clone)]
+pub struct Chats {
+    store: Store,
+    supervisor: Addr<Supervisor>,
+    /// User messages being answered now.
+    in_flight: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// Removes its message from the in-flight set when the turn ends.
+struct Claim {
+    chats: Chats,
+    id: i64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.chats.in_flight.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
+impl Chats {
+    pub fn new(store: Store, supervisor: Addr<Supervisor>) -> Self {
+        Self {
+            store,
+            supervisor,
+            in_flight: Arc::default(),
+        }
+    }
+
+    fn claim(&self, id: i64) -> Option<Claim> {
+        let mut set = self.in_flight.lock().ok()?;
+        set.insert(id).then(|| Claim {
+            chats: self.clone(),
+            id,
+        })
+    }
+
+    /// Runs one turn, reporting to `events`. Returns when the turn is over
+    /// and its reply stored; dropping `events`'s receiver cancels the turn.
+    pub async fn send(
+        &self,
+        conversation: &Conversation,
+        client_msg_id: &str,
+        content: &str,
+        history_window: u32,
+        events: mpsc::UnboundedSender<ChatEvent>,
+    ) {
+        let (store, supervisor) = (&self.store, &self.supervisor);
+        let fail = |error: TurnError| ChatEvent::Failed { error, reply: None };
+        let (message, created) = match store
+            .append_user_message(conversation.id, client_msg_id, content)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(e) => {
+                let _ = events.send(fail(store_error(&e, "your message could not be saved")));
+                return;
+            }
+        };
+        let user_message_id = message.id;
+        let _ = events.send(ChatEvent::Accepted {
+            message,
+            replay: !created,
+        });
+
+        if !created {
+            match store.reply_to(user_message_id).await {
+                Ok(Some(reply)) => {
+                    let _ = events.send(ChatEvent::Delta(reply.content.clone()));
+                    let _ = events.send(ChatEvent::Done { reply });
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ =
+                        events.send(fail(store_error(&e, "your conversation could not be read")));
+                    return;
+                }
+            }
+        }
+        let Some(_claim) = self.claim(user_message_id) else {
+            let _ = events.send(fail(TurnError::new(
+                ErrorCode::InProgress,
+                "this message is still being answered",
+            )));
+            return;
+        };
+
+        let context = match store.context(conversation.id, history_window).await {
+            Ok(context) => context,
+            Err(e) => {
+                let _ = events.send(fail(store_error(&e, "your conversation could not be read")));
+                return;
+            }
+        };
+        let mut turn = match turn::start(supervisor, &conversation.bot, to_prompt(&context)).await {
+            Ok(turn) => turn,
+            Err(error) => {
+                let _ = events.send(fail(error));
+                return;
+            }
+        };
+
+        let mut text = String::new();
+        let ended = loop {
+            tokio::select! {
+                event = turn.next() => match event {
+                    Some(TurnEvent::Delta(delta)) => {
+                        text.push_str(&delta);
+                        let _ = events.send(ChatEvent::Delta(delta));
+                    }
+                    Some(TurnEvent::Done(usage)) => break Ok(usage),
+                    Some(TurnEvent::Failed(error)) => break Err(error),
+                    None => break Err(TurnError::new(ErrorCode::WorkerDied, "the reply ended unexpectedly")),
+                },
+                () = events.closed() => {
+                    // The caller went away: dropping the turn cancels it in
+                    // the worker; what they were shown is kept.
+                    drop(turn);
+                    break Err(TurnError::new(ErrorCode::Cancelled, "the client went away"));
+                }
+            }
+        };
+
+        let (status, usage) = match &ended {
+            Ok(usage) => (ReplyStatus::Complete, Some(*usage)),
+            Err(_) if text.is_empty() => (ReplyStatus::Failed, None),
+            Err(_) => (ReplyStatus::Partial, None),
+        };
+        let reply = NewReply {
+            conversation_id: conversation.id,
+            reply_to: user_message_id,
+            content: &text,
+            status,
+            prompt_tokens: usage.map(|u| clamp_i32(u.prompt_tokens)),
+            completion_tokens: usage.map(|u| clamp_i32(u.completion_tokens)),
+        };
+        let stored = store_reply(store, reply).await;
+        let event = match (ended, stored) {
+            (Ok(_), Ok(reply)) => ChatEvent::Done { reply },
+            (Err(error), stored) => ChatEvent::Failed {
+                error,
+                reply: stored.ok(),
+            },
+            (Ok(_), Err(e)) => fail(store_error(&e, "the reply could not be saved")),
+        };
+        let _ = events.send(event);
+    }
+}
+
+/// A reply the user has seen must not be lost to a brief database hiccup:
+/// a few retries before giving up.
+async fn store_reply(store: &Store, reply: NewReply<'_>) -> Result<Message, StoreError> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match store.append_reply(reply.clone()).await {
+            Err(StoreError::Unavailable(why)) if attempt < 4 => {
+                warn!(
+                    attempt,
+                    "storing a reply failed ({why}); retrying in {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The stored context as the bot sees it: what users and the bot said, in
+/// order, leaving out replies that failed with nothing to show.
+fn to_prompt(context: &[Message]) -> Vec<ChatMessage> {
+    context
+        .iter()
+        .filter(|m| !(m.role == "assistant" && m.content.is_empty()))
+        .map(|m| ChatMessage {
+            role: match m.role.as_str() {
+                "assistant" => Role::Assistant,
+                "system" => Role::System,
+                _ => Role::User,
+            },
+            content: m.content.clone(),
+        })
+        .collect()
+}
+
+fn store_error(e: &StoreError, what: &str) -> TurnError {
+    match e {
+        StoreError::Unavailable(_) => TurnError::new(
+            ErrorCode::StoreUnavailable,
+            format!("{what}: the database is unavailable; please try again shortly"),
+        ),
+        other => TurnError::new(ErrorCode::Internal, format!("{what}: {other}")),
+    }
+}
+
+fn clamp_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            id: 1,
+            conversation_id: 1,
+            role: role.into(),
+            content: content.into(),
+            status: "complete".into(),
+            client_msg_id: None,
+            reply_to: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_prompt_keeps_order_and_drops_empty_failed_replies() {
+        let prompt = to_prompt(&[
+            msg("user", "a"),
+            msg("assistant", ""),
+            msg("user", "b"),
+            msg("assistant", "c"),
+        ]);
+        let got: Vec<(Role, &str)> = prompt
+            .iter()
+            .map(|m| (m.role, m.content.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(Role::User, "a"), (Role::User, "b"), (Role::Assistant, "c")]
+        );
+    }
+}
