@@ -77,3 +77,37 @@ fn a_missing_file_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn migrate_applies_once_then_reports_the_schema_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("supervisor.toml");
+    std::fs::write(
+        &config,
+        format!("{FAST_SUPERVISOR}\n[[bots]]\nname = \"a\"\n"),
+    )
+    .unwrap();
+    let migrate = || {
+        let out = Command::new(BOTHOST)
+            .arg("--config")
+            .arg(&config)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        migrate().starts_with("applied "),
+        "first run applies the schema"
+    );
+    assert_eq!(migrate(), "the database schema is current\n");
+    assert!(
+        dir.path().join("data/bothost.db").exists(),
+        "created next to the config"
+    );
+}

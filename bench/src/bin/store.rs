@@ -29,7 +29,12 @@ async fn main() -> anyhow::Result<()> {
     println!("# bothost store benchmark ({seconds} s per run, 2 runtime threads)");
 
     let dir = tempfile::tempdir()?;
-    bench("SQLite (bundled, WAL)", DatabaseTarget::Sqlite(dir.path().join("bench.db")), run).await?;
+    bench(
+        "SQLite (bundled, WAL)",
+        DatabaseTarget::Sqlite(dir.path().join("bench.db")),
+        run,
+    )
+    .await?;
 
     let pg = std::env::var("BOTHOST_BENCH_DATABASE_URL")
         .or_else(|_| std::env::var("BOTHOST_TEST_DATABASE_URL"));
@@ -37,11 +42,20 @@ async fn main() -> anyhow::Result<()> {
         Ok(base) => {
             let schema = format!("bench_{}", std::process::id());
             let mut admin = AsyncPgConnection::establish(&base).await?;
-            admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+            admin
+                .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .await?;
             let sep = if base.contains('?') { '&' } else { '?' };
             let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-            let result = bench("PostgreSQL", DatabaseTarget::Postgres(Secret::new(url)), run).await;
-            admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
+            let result = bench(
+                "PostgreSQL",
+                DatabaseTarget::Postgres(Secret::new(url)),
+                run,
+            )
+            .await;
+            admin
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await?;
             result?;
         }
         Err(_) => println!("\n(PostgreSQL skipped: set BOTHOST_BENCH_DATABASE_URL)"),
@@ -82,7 +96,9 @@ async fn bench(name: &str, target: DatabaseTarget, run: Duration) -> anyhow::Res
     let owner = store.create_user("reader", "h", "user").await?.id;
     let conv = store.create_conversation(owner, "helper", "").await?.id;
     for i in 0..1000 {
-        let (m, _) = store.append_user_message(conv, &format!("r{i}"), "a question of some length").await?;
+        let (m, _) = store
+            .append_user_message(conv, &format!("r{i}"), "a question of some length")
+            .await?;
         store.append_reply(reply(conv, m.id)).await?;
     }
     let middle = store.history(conv, None, 100).await?.last().map(|m| m.id);
@@ -105,7 +121,12 @@ async fn bench(name: &str, target: DatabaseTarget, run: Duration) -> anyhow::Res
             lat.push(t.elapsed());
         }
         let p = Percentiles::of(&mut lat);
-        println!("| {label} | {} | {} | {} |", ms(p.p50), ms(p.p95), ms(p.p99));
+        println!(
+            "| {label} | {} | {} | {} |",
+            ms(p.p50),
+            ms(p.p95),
+            ms(p.p99)
+        );
     }
     Ok(())
 }
