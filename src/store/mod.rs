@@ -462,3 +462,43 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deadpool::managed::TimeoutType;
+
+    #[test]
+    fn a_pool_that_stays_busy_is_unavailable_not_a_query_error() {
+        let e = StoreError::from(PoolError::Timeout(TimeoutType::Wait));
+        assert_eq!(
+            e.to_string(),
+            "the database is unavailable: no database connection became free in time"
+        );
+    }
+
+    #[test]
+    fn lost_connections_and_cancelled_statements_are_unavailable() {
+        for message in [
+            "connection closed",
+            "ERROR: canceling statement due to statement timeout",
+            "FATAL: terminating connection due to administrator command",
+        ] {
+            let info: Box<dyn diesel::result::DatabaseErrorInformation + Send + Sync> =
+                Box::new(message.to_owned());
+            let e = StoreError::from(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info));
+            assert!(matches!(e, StoreError::Unavailable(_)), "{message}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_unique_violation_is_a_conflict() {
+        let info: Box<dyn diesel::result::DatabaseErrorInformation + Send + Sync> =
+            Box::new("duplicate key".to_owned());
+        let e = StoreError::from(DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            info,
+        ));
+        assert!(matches!(e, StoreError::Conflict(_)));
+    }
+}
