@@ -20,13 +20,14 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use bot_worker::{ChatMessage, Role};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::metrics::Metrics;
 use crate::store::{Conversation, Message, NewReply, ReplyStatus, Store, StoreError};
 use crate::supervisor::Supervisor;
 use crate::turn::{self, ErrorCode, TurnError, TurnEvent};
@@ -56,6 +57,7 @@ pub enum ChatEvent {
 pub struct Chats {
     store: Store,
     supervisor: Addr<Supervisor>,
+    metrics: Metrics,
     /// User messages being answered now.
     in_flight: Arc<Mutex<HashSet<i64>>>,
 }
@@ -75,10 +77,11 @@ impl Drop for Claim {
 }
 
 impl Chats {
-    pub fn new(store: Store, supervisor: Addr<Supervisor>) -> Self {
+    pub fn new(store: Store, supervisor: Addr<Supervisor>, metrics: Metrics) -> Self {
         Self {
             store,
             supervisor,
+            metrics,
             in_flight: Arc::default(),
         }
     }
@@ -102,7 +105,11 @@ impl Chats {
         events: mpsc::UnboundedSender<ChatEvent>,
     ) {
         let (store, supervisor) = (&self.store, &self.supervisor);
-        let fail = |error: TurnError| ChatEvent::Failed { error, reply: None };
+        let outcome = |name: &str| self.metrics.chat_messages.with_label_values(&[name]).inc();
+        let fail = |error: TurnError| {
+            outcome("unavailable");
+            ChatEvent::Failed { error, reply: None }
+        };
         let (message, created) = match store
             .append_user_message(conversation.id, client_msg_id, content)
             .await
@@ -114,6 +121,7 @@ impl Chats {
             }
         };
         let user_message_id = message.id;
+        let stored_at = Instant::now();
         let _ = events.send(ChatEvent::Accepted {
             message,
             replay: !created,
@@ -122,6 +130,7 @@ impl Chats {
         if !created {
             match store.reply_to(user_message_id).await {
                 Ok(Some(reply)) => {
+                    outcome("replayed");
                     let _ = events.send(ChatEvent::Delta(reply.content.clone()));
                     let _ = events.send(ChatEvent::Done { reply });
                     return;
@@ -162,6 +171,9 @@ impl Chats {
             tokio::select! {
                 event = turn.next() => match event {
                     Some(TurnEvent::Delta(delta)) => {
+                        if text.is_empty() {
+                            self.metrics.chat_first_token.observe(stored_at.elapsed().as_secs_f64());
+                        }
                         text.push_str(&delta);
                         let _ = events.send(ChatEvent::Delta(delta));
                     }
@@ -192,6 +204,10 @@ impl Chats {
             completion_tokens: usage.map(|u| clamp_i32(u.completion_tokens)),
         };
         let stored = store_reply(store, reply).await;
+        self.metrics
+            .chat_reply
+            .observe(stored_at.elapsed().as_secs_f64());
+        outcome(status.as_str());
         let event = match (ended, stored) {
             (Ok(_), Ok(reply)) => ChatEvent::Done { reply },
             (Err(error), stored) => ChatEvent::Failed {

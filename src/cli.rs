@@ -30,6 +30,11 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit (`serve` also does).
     Migrate,
+    /// Manage user accounts in the database.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Show every bot of the running host.
     Status {
         /// Machine-readable output.
@@ -65,6 +70,32 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     for version in applied {
         println!("applied {version}");
     }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user; the password is read from the first line of stdin.
+    Add {
+        name: String,
+        /// Give the user the admin role.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+/// `bothost user add`.
+pub async fn user_add(config: &Config, name: &str, admin: bool) -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    crate::web::check_credentials(name, password).map_err(|e| anyhow::anyhow!(e.message))?;
+    let metrics = crate::metrics::Metrics::new()?;
+    let store = crate::startup::open_store(config, metrics).await?;
+    let hash = crate::web::auth::hash_password(password).map_err(|e| anyhow::anyhow!(e.message))?;
+    let role = if admin { "admin" } else { "user" };
+    let user = store.create_user(name, &hash, role).await?;
+    println!("created {role} '{}' (id {})", user.username, user.id);
     Ok(())
 }
 

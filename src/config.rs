@@ -55,6 +55,8 @@ pub struct Config {
     #[serde(skip)]
     pub base_dir: PathBuf,
     pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
     pub database: DatabaseConfig,
     pub supervisor: SupervisorConfig,
     pub logging: LoggingConfig,
@@ -66,12 +68,83 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address of the HTTP front end; port 0 picks a free port.
     pub bind: SocketAddr,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub tls: Option<TlsConfig>,
+    /// How often the server pings each WebSocket client.
+    #[serde(with = "humantime_serde")]
+    pub ws_heartbeat: Duration,
+    /// A WebSocket client silent for this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub ws_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
+            ws_heartbeat: Duration::from_secs(10),
+            ws_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 signing secret (also `BOTHOST_JWT_SECRET`). Empty: a random one
+    /// per start, so tokens do not survive a restart (a warning says so).
+    pub jwt_secret: Secret,
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Anyone may register; when false, `bothost user add` creates users.
+    pub open_registration: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::default(),
+            token_ttl: Duration::from_secs(24 * 3600),
+            open_registration: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest JSON request body.
+    pub max_body: ByteSize,
+    /// Longest chat message, in characters.
+    pub max_message_chars: usize,
+    /// Largest WebSocket message.
+    pub max_ws_frame: ByteSize,
+    pub messages_per_minute_per_user: u32,
+    pub messages_per_minute_per_ip: u32,
+    /// Login and registration attempts.
+    pub logins_per_minute_per_ip: u32,
+    /// Turns one user may have running at once.
+    pub max_in_flight_per_user: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body: ByteSize::kib(64),
+            max_message_chars: 8000,
+            max_ws_frame: ByteSize::kib(64),
+            messages_per_minute_per_user: 60,
+            messages_per_minute_per_ip: 600,
+            logins_per_minute_per_ip: 10,
+            max_in_flight_per_user: 4,
         }
     }
 }
@@ -280,12 +353,19 @@ pub struct BotConfig {
     pub memory_budget: Option<ByteSize>,
     /// Overrides `supervisor.worker_binary` for this bot (a canary build).
     pub worker_binary: Option<PathBuf>,
+    /// Messages of the conversation the bot sees with each turn.
+    #[serde(default = "default_history_window")]
+    pub history_window: u32,
     #[serde(default)]
     pub builtin: BuiltinConfig,
 }
 
 fn default_model() -> String {
     "builtin".into()
+}
+
+fn default_history_window() -> u32 {
+    20
 }
 
 fn default_system_prompt() -> String {
@@ -391,6 +471,10 @@ impl Config {
                 anchor(p);
             }
         }
+        if let Some(tls) = self.server.tls.as_mut() {
+            anchor(&mut tls.cert);
+            anchor(&mut tls.key);
+        }
     }
 
     /// Rules the types cannot express. Returns the first broken one as
@@ -401,6 +485,39 @@ impl Config {
         let db = &self.database;
         if let Err(reason) = self.database_target() {
             return bad("database.url", reason);
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            (
+                "limits.messages_per_minute_per_user",
+                l.messages_per_minute_per_user,
+            ),
+            (
+                "limits.messages_per_minute_per_ip",
+                l.messages_per_minute_per_ip,
+            ),
+            (
+                "limits.logins_per_minute_per_ip",
+                l.logins_per_minute_per_ip,
+            ),
+            ("limits.max_in_flight_per_user", l.max_in_flight_per_user),
+        ] {
+            if value == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if self.server.ws_timeout <= self.server.ws_heartbeat {
+            return bad(
+                "server.ws_timeout",
+                "must be longer than server.ws_heartbeat".into(),
+            );
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    return bad(key, format!("{} is not a readable file", path.display()));
+                }
+            }
         }
         if db.pool_size == 0 {
             return bad("database.pool_size", "must be at least 1".into());
@@ -644,7 +761,10 @@ fn check_budget(key: &str, budget: ByteSize) -> Result<(), (String, String)> {
 }
 
 /// Environment variables DESIGN.md names for secrets, and the key each sets.
-const ENV_ALIASES: [(&str, &str); 1] = [("BOTHOST_DATABASE_URL", "DATABASE__URL")];
+const ENV_ALIASES: [(&str, &str); 2] = [
+    ("BOTHOST_DATABASE_URL", "DATABASE__URL"),
+    ("BOTHOST_JWT_SECRET", "AUTH__JWT_SECRET"),
+];
 
 /// Lays `BOTHOST_<SECTION>__<KEY>` variables (and the [`ENV_ALIASES`]) over
 /// the table. Values that read as TOML integers, floats or booleans keep

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use bothost::cli::{self, Cli, Command};
+use bothost::cli::{self, Cli, Command, UserAction};
 use bothost::{config::Config, startup, telemetry};
 use clap::Parser;
 
@@ -33,6 +33,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         match cli.command {
             Command::Serve => unreachable!("handled above"),
             Command::Migrate => cli::migrate(&config).await.map(|()| true),
+            Command::User {
+                action: UserAction::Add { name, admin },
+            } => cli::user_add(&config, &name, admin).await.map(|()| true),
             Command::Status { json } => cli::status(&config, json).await.map(|()| true),
             Command::Chat { bot, text } => cli::chat(&config, bot, text).await,
             Command::Restart { bot, rolling, .. } => cli::restart(&config, bot, rolling).await,

@@ -28,6 +28,19 @@ pub struct Metrics {
     pub host_rss_bytes: IntGauge,
     pub db_pool_connections: IntGaugeVec,
     pub db_query_duration: HistogramVec,
+    pub http_requests: IntCounterVec,
+    pub http_request_duration: HistogramVec,
+    pub ws_connections: IntGauge,
+    pub chat_messages: IntCounterVec,
+    pub chat_first_token: prometheus::Histogram,
+    pub chat_reply: prometheus::Histogram,
+}
+
+/// Latency buckets from a millisecond to half a minute.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
 }
 
 impl Metrics {
@@ -111,6 +124,49 @@ impl Metrics {
             &["query"],
         )?;
         registry.register(Box::new(db_query_duration.clone()))?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route pattern and status",
+            ),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        let http_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route pattern",
+            )
+            .buckets(latency_buckets()),
+            &["route"],
+        )?;
+        registry.register(Box::new(http_request_duration.clone()))?;
+        let ws_connections = IntGauge::new("ws_connections", "Open WebSocket connections")?;
+        registry.register(Box::new(ws_connections.clone()))?;
+        let chat_messages = IntCounterVec::new(
+            Opts::new(
+                "chat_messages_total",
+                "User messages by outcome: complete, partial, failed, unavailable, replayed",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(chat_messages.clone()))?;
+        let histogram =
+            |name: &str, help: &str| -> Result<prometheus::Histogram, prometheus::Error> {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(name, help).buckets(latency_buckets()),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let chat_first_token = histogram(
+            "chat_first_token_seconds",
+            "From the user's message being stored to the bot's first token",
+        )?;
+        let chat_reply = histogram(
+            "chat_reply_seconds",
+            "From the user's message being stored to the stored reply",
+        )?;
         let host_rss_bytes =
             IntGauge::new("host_rss_bytes", "Resident set size of the bothost process")?;
         registry.register(Box::new(host_rss_bytes.clone()))?;
@@ -129,6 +185,12 @@ impl Metrics {
             host_rss_bytes,
             db_pool_connections,
             db_query_duration,
+            http_requests,
+            http_request_duration,
+            ws_connections,
+            chat_messages,
+            chat_first_token,
+            chat_reply,
         })
     }
 

@@ -20,12 +20,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::config::TlsConfig;
 use crate::control;
 use crate::memory::Sampler;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 use crate::supervisor::{AwaitSettled, GetStatus, Shutdown, Supervisor};
-use crate::web::{configure, AppState};
+use crate::web::{configure, AppState, Auth};
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(run(config))
@@ -66,16 +67,39 @@ async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
     let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
 
-    let state = web::Data::new(AppState {
-        supervisor: supervisor.clone(),
+    let auth = Auth::new(&jwt_secret(&config), config.auth.token_ttl);
+    let state = web::Data::new(AppState::new(
+        &config,
+        supervisor.clone(),
         store,
         metrics,
+        auth,
+    ));
+    let limits_state = state.clone();
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits_state.limits.forget_idle();
+        }
     });
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
-        .disable_signals()
-        .shutdown_timeout(5)
-        .bind(config.server.bind)
-        .with_context(|| format!("server.bind: cannot listen on {}", config.server.bind))?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap_fn(crate::web::record)
+            .configure(configure(state.clone()))
+    })
+    .disable_signals()
+    .shutdown_timeout(5);
+    let server = match &config.server.tls {
+        Some(tls) => server.bind_rustls_0_23(config.server.bind, tls_config(tls)?),
+        None => server.bind(config.server.bind),
+    }
+    .with_context(|| format!("server.bind: cannot listen on {}", config.server.bind))?;
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let addr: SocketAddr = server
         .addrs()
         .first()
@@ -85,7 +109,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let http = server.handle();
     actix_rt::spawn(server);
     // Scripts and tests wait for this exact line on stdout.
-    println!("bothost listening on http://{addr}");
+    println!("bothost listening on {scheme}://{addr}");
     info!(%addr, control = %control_path.display(), "serving");
 
     wait_for_stop_signal().await?;
@@ -116,6 +140,40 @@ pub async fn open_store(config: &Config, metrics: Metrics) -> anyhow::Result<Sto
         "store ready"
     );
     Ok(store)
+}
+
+/// The configured signing secret, or a random one for this run only.
+fn jwt_secret(config: &Config) -> Vec<u8> {
+    let configured = config.auth.jwt_secret.expose();
+    if !configured.is_empty() {
+        return configured.as_bytes().to_vec();
+    }
+    warn!(
+        "auth.jwt_secret is not set (nor BOTHOST_JWT_SECRET): using a random secret; \
+         everyone must log in again after a restart"
+    );
+    let mut secret = vec![0u8; 32];
+    rand::fill(&mut secret[..]);
+    secret
+}
+
+/// rustls from the PEM certificate chain and private key in `server.tls`.
+fn tls_config(tls: &TlsConfig) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("server.tls.cert: {}: {e}", tls.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| anyhow::anyhow!("server.tls.key: {}: {e}", tls.key.display()))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("server.tls: the certificate and key do not form a usable pair")
 }
 
 async fn wait_for_stop_signal() -> io::Result<()> {

@@ -88,7 +88,11 @@ async fn drain(rx: &mut mpsc::UnboundedReceiver<ChatEvent>) -> (Option<bool>, St
 async fn for_each_backend(test: impl AsyncFn(&TestDb, &Chats, &Host)) {
     let host = host().await;
     for db in backends(&DatabaseConfig::default()).await {
-        let chats = Chats::new(db.store.clone(), host.supervisor.clone());
+        let chats = Chats::new(
+            db.store.clone(),
+            host.supervisor.clone(),
+            db.metrics.clone(),
+        );
         test(&db, &chats, &host).await;
         db.cleanup().await;
     }

@@ -50,6 +50,7 @@ pub use rolling::{restart_all, rolling_restart, BotRestart};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BotStatus {
     pub name: String,
+    pub model: String,
     pub state: BotState,
     pub pid: Option<u32>,
     pub generation: u64,
@@ -104,6 +105,18 @@ pub struct GetStatus;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AwaitSettled;
+
+/// A bot's state changed (sent to subscribers of [`SubscribeStatus`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub bot: String,
+    pub state: BotState,
+}
+
+/// Every later change of any bot's state.
+#[derive(Message)]
+#[rtype(result = "tokio::sync::broadcast::Receiver<StatusChange>")]
+pub struct SubscribeStatus;
 
 /// Drain and stop every worker; resolves when all are gone.
 #[derive(Message)]
@@ -174,6 +187,7 @@ pub struct Supervisor {
     rolling: bool,
     shutting_down: bool,
     settle_waiters: Vec<oneshot::Sender<()>>,
+    changes: tokio::sync::broadcast::Sender<StatusChange>,
 }
 
 impl Supervisor {
@@ -229,6 +243,7 @@ impl Supervisor {
             rolling: false,
             shutting_down: false,
             settle_waiters: Vec::new(),
+            changes: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -238,6 +253,13 @@ impl Supervisor {
 
     fn set_state(&mut self, idx: usize, state: BotState) {
         let bot = &mut self.bots[idx];
+        if bot.state != state {
+            // No subscribers is fine: nobody is watching.
+            let _ = self.changes.send(StatusChange {
+                bot: bot.name().to_owned(),
+                state,
+            });
+        }
         bot.state = state;
         self.metrics.set_state(&bot.settings.spec.name, state);
         if self
@@ -578,6 +600,7 @@ impl Supervisor {
                 let ready = bot.current.as_ref().and_then(|g| Some((g, g.ready?)));
                 BotStatus {
                     name: name.to_owned(),
+                    model: bot.settings.spec.model.clone(),
                     state: bot.state,
                     pid: ready.map(|(_, (_, pid))| pid),
                     generation: bot.current.as_ref().map_or(bot.generation, |g| g.number),
@@ -737,6 +760,14 @@ impl Handler<RestartBot> for Supervisor {
                 .await
                 .unwrap_or_else(|_| Err("the restart was abandoned (shutting down)".into()))
         })
+    }
+}
+
+impl Handler<SubscribeStatus> for Supervisor {
+    type Result = MessageResult<SubscribeStatus>;
+
+    fn handle(&mut self, _: SubscribeStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.changes.subscribe())
     }
 }
 

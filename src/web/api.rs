@@ -1,0 +1,391 @@
+//! The REST API under `/api/v1` (names fixed in DESIGN.md; the OpenAPI
+//! document at `/api/v1/openapi.json` describes every route and a test keeps
+//! the two in step).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::auth::{hash_password, verify_password, AuthUser};
+use super::error::{turn_status, ApiError};
+use super::AppState;
+use crate::chat::ChatEvent;
+use crate::store::{Conversation, StoreError, User, MAX_PAGE};
+use crate::supervisor::{restart_all, rolling_restart, GetStatus, RestartBot, RestartReason};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/auth/register", web::post().to(register))
+        .route("/api/v1/auth/login", web::post().to(login))
+        .route("/api/v1/bots", web::get().to(bots))
+        .route("/api/v1/conversations", web::post().to(create_conversation))
+        .route("/api/v1/conversations", web::get().to(conversations))
+        .route(
+            "/api/v1/conversations/{id}/messages",
+            web::get().to(history),
+        )
+        .route(
+            "/api/v1/conversations/{id}/messages",
+            web::post().to(post_message),
+        )
+        .route("/api/v1/admin/bots", web::get().to(admin_bots))
+        .route(
+            "/api/v1/admin/bots/{name}/restart",
+            web::post().to(admin_restart_bot),
+        )
+        .route("/api/v1/admin/restart", web::post().to(admin_restart_all))
+        .route("/api/v1/openapi.json", web::get().to(openapi));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// The rules for a new account, as a plain function.
+pub fn check_credentials(username: &str, password: &str) -> Result<(), ApiError> {
+    let name_ok = (3..=32).contains(&username.len())
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !name_ok {
+        return Err(ApiError::bad_request(
+            "invalid_username",
+            "a username is 3 to 32 letters, digits, '.', '-' or '_'",
+        ));
+    }
+    if !(8..=256).contains(&password.chars().count()) {
+        return Err(ApiError::bad_request(
+            "invalid_password",
+            "a password is 8 to 256 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn session(state: &AppState, user: &User) -> Result<serde_json::Value, ApiError> {
+    let (token, expires_at) = state.auth.issue(user)?;
+    Ok(json!({"token": token, "expires_at": expires_at, "user": user}))
+}
+
+async fn register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Credentials>,
+) -> Result<HttpResponse, ApiError> {
+    state.limits.login(req.peer_addr().map(|a| a.ip()))?;
+    if !state.open_registration {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "registration_closed",
+            "registration is closed; ask an administrator for an account",
+        ));
+    }
+    let Credentials { username, password } = body.into_inner();
+    check_credentials(&username, &password)?;
+    let hash = web::block(move || hash_password(&password))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "hashing failed",
+            )
+        })??;
+    let user = state
+        .store
+        .create_user(&username, &hash, "user")
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "username_taken",
+                format!("the username '{username}' is taken"),
+            ),
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::Created().json(session(&state, &user)?))
+}
+
+async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<Credentials>,
+) -> Result<HttpResponse, ApiError> {
+    state.limits.login(req.peer_addr().map(|a| a.ip()))?;
+    let Credentials { username, password } = body.into_inner();
+    let user = state.store.user_by_name(&username).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let ok = web::block(move || verify_password(&password, hash.as_deref()))
+        .await
+        .unwrap_or(false);
+    match user {
+        Some(user) if ok => Ok(HttpResponse::Ok().json(session(&state, &user)?)),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        )),
+    }
+}
+
+async fn bots(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
+    let report = state
+        .supervisor
+        .send(GetStatus)
+        .await
+        .map_err(|_| supervisor_gone())?;
+    let bots: Vec<_> = report
+        .bots
+        .iter()
+        .map(|b| json!({"name": b.name, "model": b.model, "status": b.state.as_str()}))
+        .collect();
+    Ok(HttpResponse::Ok().json(bots))
+}
+
+fn supervisor_gone() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the host is shutting down",
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewConversation {
+    bot: String,
+    #[serde(default)]
+    title: String,
+}
+
+async fn create_conversation(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: web::Json<NewConversation>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.history_windows.contains_key(&body.bot) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_bot",
+            format!("there is no bot named '{}'", body.bot),
+        ));
+    }
+    let title: String = body.title.chars().take(200).collect();
+    let conv = state
+        .store
+        .create_conversation(user.id, &body.bot, &title)
+        .await?;
+    Ok(HttpResponse::Created().json(conv))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn conversations(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let list = state
+        .store
+        .conversations(user.id, page.limit.unwrap_or(50))
+        .await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// `user`'s conversation `id`; someone else's is "not found", the same as
+/// one that does not exist, so ids reveal nothing.
+async fn owned(state: &AppState, user: &AuthUser, id: i64) -> Result<Conversation, ApiError> {
+    state
+        .store
+        .conversation(user.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the conversation"))
+}
+
+async fn history(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<i64>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let conv = owned(&state, &user, *id).await?;
+    let limit = page.limit.unwrap_or(50).min(MAX_PAGE);
+    let messages = state.store.history(conv.id, page.before, limit).await?;
+    Ok(HttpResponse::Ok().json(messages))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Send {
+    pub client_msg_id: String,
+    pub content: String,
+}
+
+/// Checks a message before anything is stored.
+pub fn check_message(state: &AppState, client_msg_id: &str, content: &str) -> Result<(), ApiError> {
+    if client_msg_id.is_empty() || client_msg_id.len() > 64 {
+        return Err(ApiError::bad_request(
+            "invalid_client_msg_id",
+            "client_msg_id must be 1 to 64 characters",
+        ));
+    }
+    if content.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_message",
+            "the message is empty",
+        ));
+    }
+    let max = state.limits.config.max_message_chars;
+    if content.chars().count() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_long",
+            format!("a message is at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The REST fallback: stores the message and answers with it and the whole
+/// reply. On failure the error still carries the stored message.
+async fn post_message(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    body: web::Json<Send>,
+) -> Result<HttpResponse, ApiError> {
+    let conv = owned(&state, &user, *id).await?;
+    check_message(&state, &body.client_msg_id, &body.content)?;
+    state
+        .limits
+        .message(user.id, req.peer_addr().map(|a| a.ip()))?;
+    let _slot = state.limits.start_turn(user.id)?;
+    let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let chats = state.chats.clone();
+    let (conv2, body) = (conv.clone(), body.into_inner());
+    // Its own task: a client that hangs up still gets its reply stored.
+    actix_rt::spawn(async move {
+        chats
+            .send(&conv2, &body.client_msg_id, &body.content, window, tx)
+            .await;
+    });
+    let mut message = None;
+    while let Some(event) = rx.recv().await {
+        match event {
+            ChatEvent::Accepted { message: m, .. } => message = Some(m),
+            ChatEvent::Delta(_) => {}
+            ChatEvent::Done { reply } => {
+                return Ok(HttpResponse::Ok().json(json!({"message": message, "reply": reply})));
+            }
+            ChatEvent::Failed { error, reply } => {
+                let (status, code) = turn_status(error.code);
+                return Err(ApiError::new(status, code, error.message)
+                    .with_extra(json!({"message": message, "reply": reply})));
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the turn ended without an answer",
+    ))
+}
+
+async fn admin_bots(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    user.require_admin()?;
+    let report = state
+        .supervisor
+        .send(GetStatus)
+        .await
+        .map_err(|_| supervisor_gone())?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+async fn admin_restart_bot(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    user.require_admin()?;
+    let bot = name.into_inner();
+    let result = state
+        .supervisor
+        .send(RestartBot {
+            bot: bot.clone(),
+            reason: RestartReason::Operator,
+        })
+        .await
+        .map_err(|_| supervisor_gone())?;
+    match result {
+        Ok(restarted) => Ok(HttpResponse::Ok().json(json!({"bot": bot, "restarted": restarted}))),
+        Err(message) if message.starts_with("there is no bot") => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_bot", message))
+        }
+        Err(message) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "restart_failed",
+            message,
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct RestartAll {
+    #[serde(default)]
+    rolling: bool,
+}
+
+async fn admin_restart_all(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    query: web::Query<RestartAll>,
+) -> Result<HttpResponse, ApiError> {
+    user.require_admin()?;
+    let results = if query.rolling {
+        rolling_restart(&state.supervisor, RestartReason::Operator, None)
+            .await
+            .map_err(|message| ApiError::new(StatusCode::CONFLICT, "busy", message))?
+    } else {
+        restart_all(&state.supervisor, RestartReason::Operator).await
+    };
+    let failed = results.iter().filter(|r| r.result.is_err()).count();
+    Ok(HttpResponse::Ok().json(json!({"results": results, "failed": failed})))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("../../web/openapi.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_and_passwords_are_checked() {
+        assert!(check_credentials("alice", "long enough").is_ok());
+        assert_eq!(
+            check_credentials("al", "long enough").unwrap_err().code,
+            "invalid_username"
+        );
+        assert_eq!(
+            check_credentials("a b c", "long enough").unwrap_err().code,
+            "invalid_username"
+        );
+        assert_eq!(
+            check_credentials("alice", "short").unwrap_err().code,
+            "invalid_password"
+        );
+    }
+}

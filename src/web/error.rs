@@ -1,0 +1,122 @@
+//! API errors: every failure leaves as `{"error": {"code", "message"}}` with
+//! a fitting status (and `Retry-After` when waiting helps). Codes are stable
+//! strings clients can switch on; messages are for people.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::store::StoreError;
+use crate::turn::{ErrorCode, TurnError};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+    /// Extra fields merged into the body next to `error` (for example the
+    /// stored user message when its reply failed).
+    pub extra: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            extra: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn too_many(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
+    pub fn with_extra(mut self, extra: serde_json::Value) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
+            (&self.extra, body.as_object_mut())
+        {
+            obj.extend(extra.clone());
+        }
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        response.json(body)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the database is unavailable; please try again shortly",
+            ),
+            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NotFound => Self::not_found("the record"),
+            other => {
+                tracing::error!("store error: {other}");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred",
+                )
+            }
+        }
+    }
+}
+
+impl From<TurnError> for ApiError {
+    fn from(e: TurnError) -> Self {
+        let (status, code) = turn_status(e.code);
+        Self::new(status, code, e.message)
+    }
+}
+
+/// The HTTP status and wire code of a turn's error.
+pub fn turn_status(code: ErrorCode) -> (StatusCode, &'static str) {
+    match code {
+        ErrorCode::UnknownBot => (StatusCode::NOT_FOUND, "unknown_bot"),
+        ErrorCode::BotUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "bot_unavailable"),
+        ErrorCode::WorkerDied => (StatusCode::BAD_GATEWAY, "worker_died"),
+        ErrorCode::EngineFailed => (StatusCode::BAD_GATEWAY, "engine_failed"),
+        ErrorCode::Cancelled => (StatusCode::CONFLICT, "cancelled"),
+        ErrorCode::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ErrorCode::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        ErrorCode::InProgress => (StatusCode::CONFLICT, "in_progress"),
+        ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}

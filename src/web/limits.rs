@@ -1,0 +1,167 @@
+//! Request limits: messages per minute per user and per IP address, login
+//! attempts per IP address, and turns in flight per user.
+//!
+//! Owns the counters; a refusal is a 429 with `Retry-After` (REST) or an
+//! `error` frame (WebSocket) carrying the same code. The client address is
+//! the TCP peer's: behind a reverse proxy every user shares the proxy's, so
+//! raise `messages_per_minute_per_ip` there.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::error::ApiError;
+use crate::config::LimitsConfig;
+
+pub struct Limits {
+    pub config: LimitsConfig,
+    per_user: DefaultKeyedRateLimiter<i64>,
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    logins: DefaultKeyedRateLimiter<IpAddr>,
+    in_flight: Arc<Mutex<HashMap<i64, u32>>>,
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+}
+
+/// Holds one of a user's in-flight slots until dropped.
+pub struct InFlight {
+    counts: Arc<Mutex<HashMap<i64, u32>>>,
+    user: i64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock() {
+            if let Some(n) = counts.get_mut(&self.user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.user);
+                }
+            }
+        }
+    }
+}
+
+impl Limits {
+    pub fn new(config: LimitsConfig) -> Self {
+        Self {
+            per_user: RateLimiter::keyed(per_minute(config.messages_per_minute_per_user)),
+            per_ip: RateLimiter::keyed(per_minute(config.messages_per_minute_per_ip)),
+            logins: RateLimiter::keyed(per_minute(config.logins_per_minute_per_ip)),
+            in_flight: Arc::default(),
+            config,
+        }
+    }
+
+    /// One chat message from `user` at `ip`.
+    pub fn message(&self, user: i64, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        check(&self.per_user, &user, "you are sending messages too fast")?;
+        match ip {
+            Some(ip) => check(&self.per_ip, &ip, "too many messages from your address"),
+            None => Ok(()),
+        }
+    }
+
+    /// One login or registration attempt from `ip`.
+    pub fn login(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        match ip {
+            Some(ip) => check(&self.logins, &ip, "too many login attempts; wait a moment"),
+            None => Ok(()),
+        }
+    }
+
+    /// Claims an in-flight slot for `user`, or refuses when all are taken.
+    pub fn start_turn(&self, user: i64) -> Result<InFlight, ApiError> {
+        let mut counts = self
+            .in_flight
+            .lock()
+            .map_err(|_| ApiError::too_many("busy", 1))?;
+        let n = counts.entry(user).or_insert(0);
+        if *n >= self.config.max_in_flight_per_user {
+            return Err(ApiError::too_many(
+                format!(
+                    "you already have {} replies in progress; wait for one to finish",
+                    self.config.max_in_flight_per_user
+                ),
+                1,
+            ));
+        }
+        *n += 1;
+        Ok(InFlight {
+            counts: Arc::clone(&self.in_flight),
+            user,
+        })
+    }
+
+    /// Forgets keys that have been quiet, so memory stays bounded.
+    pub fn forget_idle(&self) {
+        self.per_user.retain_recent();
+        self.per_ip.retain_recent();
+        self.logins.retain_recent();
+    }
+}
+
+fn check<K: std::hash::Hash + Eq + Clone>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    message: &str,
+) -> Result<(), ApiError> {
+    limiter.check_key(key).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        ApiError::too_many(message, wait.as_secs_f64().ceil() as u64)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::new(LimitsConfig {
+            messages_per_minute_per_user: 3,
+            messages_per_minute_per_ip: 5,
+            logins_per_minute_per_ip: 2,
+            max_in_flight_per_user: 2,
+            ..LimitsConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_user_over_the_rate_gets_retry_after() {
+        let l = limits();
+        let ip = Some(IpAddr::from([10, 0, 0, 1]));
+        for _ in 0..3 {
+            l.message(1, ip).unwrap();
+        }
+        let e = l.message(1, ip).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (429, "rate_limited"));
+        assert!(e.retry_after.unwrap() >= 1);
+        l.message(2, ip).unwrap(); // another user is unaffected
+    }
+
+    #[test]
+    fn an_address_is_limited_across_users() {
+        let l = limits();
+        let ip = Some(IpAddr::from([10, 0, 0, 2]));
+        for user in 0..5 {
+            l.message(user, ip).unwrap();
+        }
+        assert!(l.message(99, ip).is_err());
+    }
+
+    #[test]
+    fn in_flight_slots_are_returned_on_drop() {
+        let l = limits();
+        let a = l.start_turn(1).unwrap();
+        let _b = l.start_turn(1).unwrap();
+        assert!(l.start_turn(1).is_err());
+        drop(a);
+        assert!(l.start_turn(1).is_ok());
+    }
+}

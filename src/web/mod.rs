@@ -1,0 +1,266 @@
+//! The HTTP front end: REST API, WebSocket, the page, health and metrics.
+//!
+//! Owns translation between HTTP and the rest of the host. Handlers stay
+//! thin: they authenticate (`auth`), apply limits (`limits`), call the store
+//! or the chat service, and map errors (`error`). They hold no rules of
+//! their own. Modules: `api` (REST), `ws` (the WebSocket session), `page`
+//! (the embedded web page).
+
+mod api;
+pub mod auth;
+pub mod error;
+mod limits;
+mod page;
+mod ws;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix::Addr;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::chat::Chats;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::supervisor::{BotState, GetStatus, StatusReport, Supervisor};
+pub use api::check_credentials;
+pub use auth::Auth;
+use error::ApiError;
+pub use limits::Limits;
+
+/// Everything a handler may use; one per host, shared by all workers.
+pub struct AppState {
+    pub supervisor: Addr<Supervisor>,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub chats: Chats,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub open_registration: bool,
+    /// Each bot's context window.
+    pub history_windows: HashMap<String, u32>,
+    pub ws_heartbeat: std::time::Duration,
+    pub ws_timeout: std::time::Duration,
+}
+
+impl AppState {
+    pub fn new(
+        config: &Config,
+        supervisor: Addr<Supervisor>,
+        store: Store,
+        metrics: Metrics,
+        auth: Auth,
+    ) -> Self {
+        Self {
+            chats: Chats::new(store.clone(), supervisor.clone(), metrics.clone()),
+            supervisor,
+            store,
+            metrics,
+            auth,
+            limits: Limits::new(config.limits.clone()),
+            open_registration: config.auth.open_registration,
+            history_windows: config
+                .bots
+                .iter()
+                .map(|b| (b.name.clone(), b.history_window))
+                .collect(),
+            ws_heartbeat: config.server.ws_heartbeat,
+            ws_timeout: config.server.ws_timeout,
+        }
+    }
+}
+
+/// Registers every route. Bodies over `limits.max_body` and malformed JSON
+/// get JSON errors like everything else.
+pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        let max_body = usize::try_from(state.limits.config.max_body.as_u64()).unwrap_or(usize::MAX);
+        let json = web::JsonConfig::default()
+            .limit(max_body)
+            .error_handler(|err, _req| json_error(&err).into());
+        cfg.app_data(state)
+            .app_data(json)
+            .app_data(
+                web::PathConfig::default().error_handler(|_, _| ApiError::not_found("that").into()),
+            )
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                ApiError::bad_request("invalid_query", err.to_string()).into()
+            }))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .configure(api::routes)
+            .route("/api/v1/ws", web::get().to(ws::connect))
+            .configure(page::routes)
+            .default_service(web::to(not_found));
+    }
+}
+
+fn json_error(err: &actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match err {
+        E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::new(
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is too large",
+        ),
+        E::ContentType => {
+            ApiError::bad_request("invalid_json", "send Content-Type: application/json")
+        }
+        other => ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid: {other}"),
+        ),
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::not_found(&format!("{} {}", req.method(), req.path())).error_response()
+}
+
+/// Counts every response by route pattern (not raw path: ids would make
+/// unbounded label values) and status, and times it.
+pub fn record<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>> + 'static
+where
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    S::Future: 'static,
+{
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let fut = srv.call(req);
+    async move {
+        let res = fut.await?;
+        if let Some(metrics) = metrics {
+            metrics
+                .http_requests
+                .with_label_values(&[&route, res.status().as_str()])
+                .inc();
+            metrics
+                .http_request_duration
+                .with_label_values(&[&route])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(res)
+    }
+}
+
+/// Ready: the store answers and at least one bot can take turns. The body
+/// says which part is not, so an operator (or a load balancer's log) sees
+/// why.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let store = state.store.ping().await;
+    let status = state.supervisor.send(GetStatus).await.ok();
+    let ready = readiness(
+        store.as_ref().err().map(ToString::to_string),
+        status.as_ref(),
+    );
+    let body = json!({
+        "ready": ready.ready,
+        "store": {"ok": store.is_ok(), "backend": state.store.backend(), "error": ready.store_error},
+        "workers": ready.bots,
+    });
+    if ready.ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+struct Readiness {
+    ready: bool,
+    store_error: Option<String>,
+    bots: serde_json::Value,
+}
+
+/// The readiness rule: the store is reachable and some bot is ready.
+fn readiness(store_error: Option<String>, status: Option<&StatusReport>) -> Readiness {
+    let bots: serde_json::Map<String, serde_json::Value> = status
+        .map(|s| {
+            s.bots
+                .iter()
+                .map(|b| (b.name.clone(), json!(b.state.as_str())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let any_ready = status.is_some_and(|s| s.bots.iter().any(|b| b.state == BotState::Ready));
+    Readiness {
+        ready: store_error.is_none() && any_ready,
+        store_error,
+        bots: serde_json::Value::Object(bots),
+    }
+}
+
+/// Alive: the process answers HTTP. Readiness is `/readyz` (later).
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::BotStatus;
+
+    fn report(states: &[BotState]) -> StatusReport {
+        StatusReport {
+            bots: states
+                .iter()
+                .enumerate()
+                .map(|(i, &state)| BotStatus {
+                    name: format!("b{i}"),
+                    model: "m".into(),
+                    state,
+                    pid: None,
+                    generation: 1,
+                    rss_bytes: None,
+                    budget_bytes: 1,
+                    uptime_seconds: None,
+                    restarts: 0,
+                    in_flight: 0,
+                    startup_ms: None,
+                    last_failure: None,
+                    leak_slope_bytes_per_second: 0.0,
+                    memory_warning: false,
+                    pending_generation: None,
+                })
+                .collect(),
+            host_rss_bytes: None,
+        }
+    }
+
+    #[test]
+    fn ready_needs_the_store_and_one_ready_bot() {
+        let some = report(&[BotState::Failed, BotState::Ready]);
+        assert!(readiness(None, Some(&some)).ready);
+        assert!(!readiness(Some("down".into()), Some(&some)).ready);
+        assert!(
+            !readiness(
+                None,
+                Some(&report(&[BotState::Failed, BotState::Restarting]))
+            )
+            .ready
+        );
+        assert!(!readiness(None, None).ready);
+        assert_eq!(readiness(None, Some(&some)).bots["b0"], "failed");
+    }
+}

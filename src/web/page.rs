@@ -1,0 +1,36 @@
+//! The web page, embedded in the binary (rust-embed): nothing to build or
+//! install to run it. Files live in `web/` at the repository root.
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse, ResponseError};
+use rust_embed::RustEmbed;
+
+#[derive(RustEmbed)]
+#[folder = "web/"]
+struct Assets;
+
+/// Scripts and connections only from this host: message text that slips
+/// past the page's text-only rendering still cannot run.
+const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+                   style-src 'self'; script-src 'self'; frame-ancestors 'none'";
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(|| serve("index.html")))
+        .route("/static/{file:.*}", web::get().to(asset));
+}
+
+async fn asset(file: web::Path<String>) -> HttpResponse {
+    serve(&file).await
+}
+
+async fn serve(path: &str) -> HttpResponse {
+    match Assets::get(path) {
+        Some(file) => HttpResponse::Ok()
+            .content_type(mime_guess::from_path(path).first_or_octet_stream().as_ref())
+            .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .body(file.data.into_owned()),
+        None => super::error::ApiError::not_found("that file").error_response(),
+    }
+}

@@ -1,0 +1,372 @@
+//! The WebSocket session: one actor per connection (actix-web-actors).
+//!
+//! Protocol (JSON text frames, DESIGN.md):
+//!
+//! ```text
+//! client → {"type":"send","conversation_id":1,"client_msg_id":"c1","content":"hi"}
+//!        → {"type":"cancel","client_msg_id":"c1"}
+//! server ← {"type":"ack","client_msg_id":"c1","message_id":41,"replay":false}
+//!        ← {"type":"delta","client_msg_id":"c1","text":"Hel"} …
+//!        ← {"type":"done","client_msg_id":"c1","message_id":42,"status":"complete"}
+//!        ← {"type":"error","client_msg_id":"c1","code":"worker_died","message":"…"}
+//!        ← {"type":"bot_status","bot":"helper","status":"restarting"}
+//! ```
+//!
+//! Each turn runs in the chat service as its own task; this actor only
+//! forwards its events, so a turn's reply is stored even if the connection
+//! dies. The connection going away (or `cancel`) drops the turn's event
+//! stream, which cancels it in the worker. A bad frame gets an `error` frame
+//! and the connection carries on; only frames over 1 MiB (the codec's limit)
+//! close it. The server pings every `ws_heartbeat` and drops a client silent
+//! for `ws_timeout`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::api::check_message;
+use super::auth::AuthUser;
+use super::error::{turn_status, ApiError};
+use super::AppState;
+use crate::chat::ChatEvent;
+use crate::supervisor::SubscribeStatus;
+
+/// The codec refuses (and closes on) frames above this; smaller frames over
+/// `limits.max_ws_frame` get an error frame and the connection stays.
+const CODEC_MAX_FRAME: usize = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientFrame {
+    Send {
+        conversation_id: i64,
+        client_msg_id: String,
+        content: String,
+    },
+    Cancel {
+        client_msg_id: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerFrame {
+    Ack {
+        client_msg_id: String,
+        message_id: i64,
+        replay: bool,
+    },
+    Delta {
+        client_msg_id: String,
+        text: String,
+    },
+    Done {
+        client_msg_id: String,
+        message_id: i64,
+        status: String,
+    },
+    Error {
+        client_msg_id: Option<String>,
+        code: &'static str,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+        /// The stored (partial) reply, when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reply_id: Option<i64>,
+    },
+    BotStatus {
+        bot: String,
+        status: &'static str,
+    },
+}
+
+impl ServerFrame {
+    fn error(client_msg_id: Option<&str>, e: ApiError) -> Self {
+        ServerFrame::Error {
+            client_msg_id: client_msg_id.map(str::to_owned),
+            code: e.code,
+            message: e.message,
+            retry_after: e.retry_after,
+            reply_id: None,
+        }
+    }
+}
+
+/// `GET /api/v1/ws`: authenticates (header or `?token=`), then upgrades.
+pub async fn connect(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<HttpResponse, actix_web::Error> {
+    let session = WsSession {
+        user,
+        ip: req.peer_addr().map(|a| a.ip()),
+        state,
+        last_heard: Instant::now(),
+        turns: HashMap::new(),
+        status_task: None,
+    };
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(CODEC_MAX_FRAME)
+        .start()
+}
+
+struct WsSession {
+    user: AuthUser,
+    ip: Option<IpAddr>,
+    state: web::Data<AppState>,
+    last_heard: Instant,
+    /// Turns of this connection, by client message id.
+    turns: HashMap<String, AbortHandle>,
+    status_task: Option<AbortHandle>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Push(ServerFrame);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct TurnEnded(String);
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.state.metrics.ws_connections.inc();
+        ctx.run_interval(self.state.ws_heartbeat, |act, ctx| {
+            if act.last_heard.elapsed() > act.state.ws_timeout {
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        let supervisor = self.state.supervisor.clone();
+        let me = ctx.address();
+        let task = actix_rt::spawn(async move {
+            let Ok(mut changes) = supervisor.send(SubscribeStatus).await else {
+                return;
+            };
+            loop {
+                match changes.recv().await {
+                    Ok(change) => {
+                        let frame = ServerFrame::BotStatus {
+                            bot: change.bot,
+                            status: change.state.as_str(),
+                        };
+                        if me.try_send(Push(frame)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        self.status_task = Some(task.abort_handle());
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // Dropping each turn's event stream cancels it; its reply is stored.
+        for (_, turn) in self.turns.drain() {
+            turn.abort();
+        }
+        if let Some(task) = self.status_task.take() {
+            task.abort();
+        }
+        self.state.metrics.ws_connections.dec();
+    }
+}
+
+impl Handler<Push> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, Push(frame): Push, ctx: &mut Self::Context) {
+        match serde_json::to_string(&frame) {
+            Ok(text) => ctx.text(text),
+            Err(e) => tracing::error!("cannot encode a frame: {e}"),
+        }
+    }
+}
+
+impl Handler<TurnEnded> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, TurnEnded(id): TurnEnded, _: &mut Self::Context) {
+        self.turns.remove(&id);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let push = |ctx: &mut Self::Context, frame: ServerFrame| {
+            if let Ok(text) = serde_json::to_string(&frame) {
+                ctx.text(text);
+            }
+        };
+        match item {
+            Ok(ws::Message::Ping(bytes)) => {
+                self.last_heard = Instant::now();
+                ctx.pong(&bytes);
+            }
+            Ok(ws::Message::Pong(_)) => self.last_heard = Instant::now(),
+            Ok(ws::Message::Text(text)) => {
+                self.last_heard = Instant::now();
+                let max = usize::try_from(self.state.limits.config.max_ws_frame.as_u64())
+                    .unwrap_or(usize::MAX);
+                if text.len() > max {
+                    let e = ApiError::new(
+                        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("a WebSocket message is at most {max} bytes"),
+                    );
+                    return push(ctx, ServerFrame::error(None, e));
+                }
+                match serde_json::from_str::<ClientFrame>(&text) {
+                    Ok(ClientFrame::Send {
+                        conversation_id,
+                        client_msg_id,
+                        content,
+                    }) => {
+                        if let Err(e) = self.start(conversation_id, &client_msg_id, content, ctx) {
+                            push(ctx, ServerFrame::error(Some(&client_msg_id), e));
+                        }
+                    }
+                    Ok(ClientFrame::Cancel { client_msg_id }) => {
+                        if let Some(turn) = self.turns.remove(&client_msg_id) {
+                            turn.abort();
+                            let e = ApiError::new(
+                                actix_web::http::StatusCode::OK,
+                                "cancelled",
+                                "cancelled; what was written so far is kept",
+                            );
+                            push(ctx, ServerFrame::error(Some(&client_msg_id), e));
+                        }
+                    }
+                    Err(e) => push(
+                        ctx,
+                        ServerFrame::error(
+                            None,
+                            ApiError::bad_request(
+                                "invalid_json",
+                                format!("not a valid message: {e}"),
+                            ),
+                        ),
+                    ),
+                }
+            }
+            Ok(ws::Message::Binary(_)) => push(
+                ctx,
+                ServerFrame::error(
+                    None,
+                    ApiError::bad_request("invalid_json", "send JSON text frames, not binary"),
+                ),
+            ),
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(ws::Message::Continuation(_) | ws::Message::Nop) => {}
+            Err(e) => {
+                tracing::debug!(user = %self.user.name, "WebSocket protocol error: {e}");
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Size,
+                    description: Some(format!("{e}")),
+                }));
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl WsSession {
+    /// Checks and starts one turn, forwarding its events to this actor.
+    fn start(
+        &mut self,
+        conversation_id: i64,
+        client_msg_id: &str,
+        content: String,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), ApiError> {
+        check_message(&self.state, client_msg_id, &content)?;
+        if self.turns.contains_key(client_msg_id) {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::CONFLICT,
+                "in_progress",
+                "this message is still being answered",
+            ));
+        }
+        self.state.limits.message(self.user.id, self.ip)?;
+        let slot = self.state.limits.start_turn(self.user.id)?;
+        let (state, me, owner) = (self.state.clone(), ctx.address(), self.user.id);
+        let cid = client_msg_id.to_owned();
+        let task = actix_rt::spawn(async move {
+            let _slot = slot;
+            let conv = match state.store.conversation(owner, conversation_id).await {
+                Ok(Some(conv)) => conv,
+                Ok(None) => {
+                    me.do_send(Push(ServerFrame::error(
+                        Some(&cid),
+                        ApiError::not_found("the conversation"),
+                    )));
+                    me.do_send(TurnEnded(cid));
+                    return;
+                }
+                Err(e) => {
+                    me.do_send(Push(ServerFrame::error(Some(&cid), e.into())));
+                    me.do_send(TurnEnded(cid));
+                    return;
+                }
+            };
+            let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let (chats, id) = (state.chats.clone(), cid.clone());
+            // Detached: the reply is stored even if this forwarder is
+            // aborted (cancel) or the connection dies.
+            actix_rt::spawn(async move { chats.send(&conv, &id, &content, window, tx).await });
+            while let Some(event) = rx.recv().await {
+                me.do_send(Push(frame(&cid, event)));
+            }
+            me.do_send(TurnEnded(cid));
+        });
+        self.turns
+            .insert(client_msg_id.to_owned(), task.abort_handle());
+        Ok(())
+    }
+}
+
+fn frame(cid: &str, event: ChatEvent) -> ServerFrame {
+    let client_msg_id = cid.to_owned();
+    match event {
+        ChatEvent::Accepted { message, replay } => ServerFrame::Ack {
+            client_msg_id,
+            message_id: message.id,
+            replay,
+        },
+        ChatEvent::Delta(text) => ServerFrame::Delta {
+            client_msg_id,
+            text,
+        },
+        ChatEvent::Done { reply } => ServerFrame::Done {
+            client_msg_id,
+            message_id: reply.id,
+            status: reply.status,
+        },
+        ChatEvent::Failed { error, reply } => ServerFrame::Error {
+            client_msg_id: Some(client_msg_id),
+            code: turn_status(error.code).1,
+            message: error.message,
+            retry_after: None,
+            reply_id: reply.map(|r| r.id),
+        },
+    }
+}

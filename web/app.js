@@ -1,0 +1,283 @@
+// bothost web page. Plain script, no build step. Message text is only ever
+// set with textContent, never parsed as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  token: localStorage.getItem("bothost.token"),
+  user: JSON.parse(localStorage.getItem("bothost.user") || "null"),
+  bots: new Map(),          // name -> status
+  conversation: null,       // {id, bot}
+  pending: new Map(),       // client_msg_id -> {conversationId, content, acked}
+  ws: null,
+  retry: 0,
+  reconnectTimer: null,
+};
+
+function newClientId() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return Date.now().toString(36) + Math.random().toString(36).slice(2);
+}
+
+async function api(method, path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  const res = await fetch("/api/v1" + path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  const data = await res.json().catch(() => ({}));
+  if (res.status === 401 && state.token) logout();
+  if (!res.ok) {
+    const err = new Error((data.error && data.error.message) || res.statusText);
+    err.code = data.error && data.error.code;
+    err.data = data;
+    throw err;
+  }
+  return data;
+}
+
+// ---- sign in -------------------------------------------------------------
+async function signIn(path) {
+  $("login-error").textContent = "";
+  try {
+    const session = await api("POST", path, { username: $("username").value, password: $("password").value });
+    state.token = session.token;
+    state.user = session.user;
+    localStorage.setItem("bothost.token", state.token);
+    localStorage.setItem("bothost.user", JSON.stringify(state.user));
+    await enter();
+  } catch (e) {
+    $("login-error").textContent = e.message;
+  }
+}
+
+function logout() {
+  state.token = null;
+  localStorage.removeItem("bothost.token");
+  localStorage.removeItem("bothost.user");
+  if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
+  clearTimeout(state.reconnectTimer);
+  $("chat-view").hidden = true;
+  $("login-view").hidden = false;
+  $("logout").hidden = true;
+  $("banner").hidden = true;
+  $("who").textContent = "";
+}
+
+async function enter() {
+  $("login-view").hidden = true;
+  $("chat-view").hidden = false;
+  $("logout").hidden = false;
+  $("who").textContent = state.user ? state.user.username : "";
+  connect();
+  await Promise.all([loadBots(), loadConversations()]);
+}
+
+// ---- bots and conversations ---------------------------------------------
+async function loadBots() {
+  const bots = await api("GET", "/bots");
+  state.bots = new Map(bots.map((b) => [b.name, b.status]));
+  renderBots();
+}
+
+function renderBots() {
+  const list = $("bots");
+  list.replaceChildren();
+  for (const [name, status] of state.bots) {
+    const li = document.createElement("li");
+    li.dataset.bot = name;
+    const label = document.createElement("span");
+    label.textContent = name;
+    const badge = document.createElement("span");
+    badge.className = "status " + status;
+    badge.textContent = status;
+    li.append(label, badge);
+    li.onclick = () => startConversation(name);
+    list.append(li);
+  }
+}
+
+async function loadConversations() {
+  const list = $("conversations");
+  list.replaceChildren();
+  for (const c of await api("GET", "/conversations")) {
+    const li = document.createElement("li");
+    li.dataset.conversation = c.id;
+    li.textContent = c.bot + " #" + c.id;
+    if (state.conversation && state.conversation.id === c.id) li.classList.add("active");
+    li.onclick = () => openConversation(c);
+    list.append(li);
+  }
+}
+
+async function startConversation(bot) {
+  const c = await api("POST", "/conversations", { bot });
+  await loadConversations();
+  await openConversation(c);
+}
+
+async function openConversation(c) {
+  state.conversation = c;
+  $("chat-title").textContent = "Chat with " + c.bot;
+  $("input").disabled = false;
+  $("send").disabled = false;
+  for (const li of $("conversations").children) li.classList.toggle("active", li.dataset.conversation == c.id);
+  const history = await api("GET", `/conversations/${c.id}/messages?limit=100`);
+  $("messages").replaceChildren();
+  for (const m of history.reverse()) renderStored(m);
+  scrollDown();
+}
+
+// ---- rendering -----------------------------------------------------------
+function bubble(key, role) {
+  let el = document.querySelector(`[data-key="${CSS.escape(key)}"]`);
+  if (!el) {
+    el = document.createElement("li");
+    el.dataset.key = key;
+    el.className = "msg " + role;
+    el.appendChild(document.createElement("span")).className = "text";
+    $("messages").append(el);
+  }
+  return el;
+}
+
+function setText(el, text) { el.querySelector(".text").textContent = text; }
+function appendText(el, text) { el.querySelector(".text").textContent += text; }
+function note(el, text) {
+  let n = el.querySelector(".note");
+  if (!n) { n = document.createElement("span"); n.className = "note"; el.append(n); }
+  n.textContent = text;
+}
+
+function renderStored(m) {
+  const key = m.role === "user" ? "u:" + (m.client_msg_id || m.id) : "r:" + (m.reply_to || m.id);
+  const el = bubble(key, m.role === "user" ? "user" : "assistant");
+  el.dataset.messageId = m.id;
+  setText(el, m.content);
+  if (m.status === "partial") note(el, "(reply cut off)");
+  if (m.status === "failed") note(el, "(the bot could not answer; send your message again)");
+}
+
+function scrollDown() { const m = $("messages"); m.scrollTop = m.scrollHeight; }
+
+// ---- sending ---------------------------------------------------------------
+async function send(event) {
+  event.preventDefault();
+  const content = $("input").value.trim();
+  if (!content || !state.conversation) return;
+  $("input").value = "";
+  const id = newClientId();
+  state.pending.set(id, { conversationId: state.conversation.id, content, acked: false });
+  const el = bubble("u:" + id, "user");
+  el.classList.add("pending");
+  setText(el, content);
+  scrollDown();
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) sendOverWs(id);
+  else await sendOverRest(id);
+}
+
+function sendOverWs(id) {
+  const p = state.pending.get(id);
+  state.ws.send(JSON.stringify({ type: "send", conversation_id: p.conversationId, client_msg_id: id, content: p.content }));
+}
+
+// The fallback while the WebSocket is down: the whole reply in one answer.
+async function sendOverRest(id) {
+  const p = state.pending.get(id);
+  try {
+    const res = await api("POST", `/conversations/${p.conversationId}/messages`, { client_msg_id: id, content: p.content });
+    state.pending.delete(id);
+    acked(id, res.message.id);
+    const el = bubble("r:" + res.message.id, "assistant");
+    el.dataset.messageId = res.reply.id;
+    setText(el, res.reply.content);
+  } catch (e) {
+    if (e.data && e.data.message) {            // stored, but the bot could not answer
+      state.pending.delete(id);
+      acked(id, e.data.message.id);
+      note(bubble("u:" + id, "user"), e.message);
+    }
+    // Otherwise (network down) it stays pending and is resent on reconnect.
+  }
+  scrollDown();
+}
+
+function acked(id, messageId) {
+  const el = bubble("u:" + id, "user");
+  el.classList.remove("pending");
+  el.dataset.messageId = messageId;
+}
+
+// ---- the WebSocket -------------------------------------------------------
+function connect() {
+  if (!state.token) return;
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}/api/v1/ws?token=${encodeURIComponent(state.token)}`);
+  state.ws = ws;
+  ws.onopen = () => {
+    state.retry = 0;
+    $("banner").hidden = true;
+    for (const id of state.pending.keys()) sendOverWs(id);
+    loadBots().catch(() => {});
+  };
+  ws.onmessage = (e) => onFrame(JSON.parse(e.data));
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    $("banner").hidden = false;
+    // About 5 s, then backing off to 30 s, with jitter so a restarted host
+    // is not hit by every browser in the same instant.
+    const base = Math.min(5000 * Math.pow(1.5, state.retry++), 30000);
+    const delay = base * (0.8 + Math.random() * 0.4);
+    clearTimeout(state.reconnectTimer);
+    state.reconnectTimer = setTimeout(connect, delay);
+  };
+}
+
+function onFrame(f) {
+  const id = f.client_msg_id;
+  switch (f.type) {
+    case "ack": {
+      const p = state.pending.get(id);
+      if (p) p.acked = true;
+      acked(id, f.message_id);
+      const r = bubble("r:" + f.message_id, "assistant");
+      if (f.replay) setText(r, "");          // the stored reply arrives whole
+      r.dataset.client = id;
+      r.classList.add("streaming");
+      break;
+    }
+    case "delta": {
+      const r = document.querySelector(`[data-client="${CSS.escape(id)}"]`);
+      if (r) appendText(r, f.text);
+      break;
+    }
+    case "done": {
+      state.pending.delete(id);
+      const r = document.querySelector(`[data-client="${CSS.escape(id)}"]`);
+      if (r) { r.classList.remove("streaming"); r.dataset.messageId = f.message_id; }
+      if (f.status === "partial" && r) note(r, "(reply cut off)");
+      break;
+    }
+    case "error": {
+      if (f.code === "in_progress") break;
+      state.pending.delete(id);
+      const r = id && document.querySelector(`[data-client="${CSS.escape(id)}"]`);
+      const target = r || (id ? bubble("u:" + id, "user") : null);
+      if (r) r.classList.remove("streaming");
+      if (target) note(target, f.message);
+      break;
+    }
+    case "bot_status":
+      state.bots.set(f.bot, f.status);
+      renderBots();
+      break;
+  }
+  scrollDown();
+}
+
+// ---- start -----------------------------------------------------------------
+$("login-form").onsubmit = (e) => { e.preventDefault(); signIn("/auth/login"); };
+$("register").onclick = () => signIn("/auth/register");
+$("logout").onclick = logout;
+$("composer").onsubmit = send;
+$("input").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); } };
+if (state.token) enter().catch(() => logout());
