@@ -15,27 +15,33 @@ use crate::chat::ChatEvent;
 use crate::store::{Conversation, StoreError, User, MAX_PAGE};
 use crate::supervisor::{restart_all, rolling_restart, GetStatus, RestartBot, RestartReason};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/auth/register", web::post().to(register))
-        .route("/api/v1/auth/login", web::post().to(login))
-        .route("/api/v1/bots", web::get().to(bots))
-        .route("/api/v1/conversations", web::post().to(create_conversation))
-        .route("/api/v1/conversations", web::get().to(conversations))
-        .route(
-            "/api/v1/conversations/{id}/messages",
-            web::get().to(history),
-        )
-        .route(
-            "/api/v1/conversations/{id}/messages",
-            web::post().to(post_message),
-        )
-        .route("/api/v1/admin/bots", web::get().to(admin_bots))
-        .route(
-            "/api/v1/admin/bots/{name}/restart",
-            web::post().to(admin_restart_bot),
-        )
-        .route("/api/v1/admin/restart", web::post().to(admin_restart_all))
-        .route("/api/v1/openapi.json", web::get().to(openapi));
+/// One table registers every API route and lists it for the OpenAPI test,
+/// so a route cannot exist undocumented.
+macro_rules! api_routes {
+    ($table:ident, $register:ident; $($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every API route as (method, path), in the OpenAPI document's terms.
+        pub const $table: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        pub fn $register(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+        }
+    };
+}
+
+api_routes! {
+    API_ROUTES, routes;
+    post "/api/v1/auth/register" => register,
+    post "/api/v1/auth/login" => login,
+    get "/api/v1/bots" => bots,
+    post "/api/v1/conversations" => create_conversation,
+    get "/api/v1/conversations" => conversations,
+    get "/api/v1/conversations/{id}/messages" => history,
+    post "/api/v1/conversations/{id}/messages" => post_message,
+    get "/api/v1/ws" => super::ws::connect,
+    get "/api/v1/admin/bots" => admin_bots,
+    post "/api/v1/admin/bots/{name}/restart" => admin_restart_bot,
+    post "/api/v1/admin/restart" => admin_restart_all,
+    get "/api/v1/openapi.json" => openapi,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +377,31 @@ async fn openapi() -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The served OpenAPI document lists exactly the routes the API serves.
+    #[test]
+    fn the_openapi_document_matches_the_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../web/openapi.json")).unwrap();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |method| (method.clone(), path.clone()))
+            })
+            .collect();
+        let mut served: Vec<(String, String)> = API_ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
 
     #[test]
     fn usernames_and_passwords_are_checked() {

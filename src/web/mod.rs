@@ -93,7 +93,6 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .configure(api::routes)
-            .route("/api/v1/ws", web::get().to(ws::connect))
             .configure(page::routes)
             .default_service(web::to(not_found));
     }
