@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::supervisor::{BotState, GetStatus, StatusReport, Supervisor};
-pub use api::check_credentials;
+pub use api::{check_credentials, API_ROUTES};
 pub use auth::Auth;
 use error::ApiError;
 pub use limits::Limits;

@@ -1,0 +1,141 @@
+//! A user of the REST API and the WebSocket, as a browser would be.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+pub struct ApiUser {
+    pub base: String,
+    pub token: String,
+    pub client: Client,
+}
+
+pub fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Registers `name` and returns the logged-in user.
+pub fn register(base: &str, name: &str) -> ApiUser {
+    let client = client();
+    let res = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"username": name, "password": "correct horse battery"}))
+        .send()
+        .expect("register");
+    assert_eq!(res.status(), 201, "register {name}");
+    let body: Value = res.json().expect("json");
+    ApiUser {
+        base: base.to_owned(),
+        token: body["token"].as_str().expect("token").to_owned(),
+        client,
+    }
+}
+
+impl ApiUser {
+    pub fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .expect("GET")
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .expect("POST")
+    }
+
+    pub fn conversation(&self, bot: &str) -> i64 {
+        let res = self.post("/api/v1/conversations", json!({"bot": bot}));
+        assert_eq!(res.status(), 201);
+        res.json::<Value>().expect("json")["id"]
+            .as_i64()
+            .expect("id")
+    }
+
+    pub fn history(&self, conv: i64) -> Vec<Value> {
+        let res = self.get(&format!("/api/v1/conversations/{conv}/messages?limit=100"));
+        assert_eq!(res.status(), 200);
+        res.json().expect("json")
+    }
+
+    pub async fn ws(&self) -> Ws {
+        let url = format!(
+            "{}/api/v1/ws?token={}",
+            self.base.replacen("http", "ws", 1),
+            self.token
+        );
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket");
+        Ws { stream }
+    }
+}
+
+pub struct Ws {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Ws {
+    pub async fn send_json(&mut self, v: Value) {
+        self.stream
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.stream.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn chat(&mut self, conv: i64, id: &str, content: &str) {
+        self.send_json(json!({"type": "send", "conversation_id": conv, "client_msg_id": id, "content": content}))
+            .await;
+    }
+
+    /// The next JSON frame other than `bot_status`.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("open")
+                .expect("frame");
+            if let Message::Text(text) = msg {
+                let v: Value = serde_json::from_str(&text).expect("JSON frame");
+                if v["type"] != "bot_status" {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// Reads one turn to its end: (ack, streamed text, last frame).
+    pub async fn turn(&mut self) -> (Value, String, Value) {
+        let ack = self.next().await;
+        if ack["type"] == "error" {
+            return (Value::Null, String::new(), ack);
+        }
+        assert_eq!(ack["type"], "ack", "{ack}");
+        let mut text = String::new();
+        loop {
+            let f = self.next().await;
+            match f["type"].as_str() {
+                Some("delta") => text.push_str(f["text"].as_str().unwrap_or_default()),
+                _ => return (ack, text, f),
+            }
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! The web front end against the real host and workers: REST, auth, the
+//! WebSocket protocol, limits, admin, TLS and metrics.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::web::{client, register};
+use common::*;
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-signing-secret";
+
+fn web_host(extra: &str) -> TestHost {
+    let bots = "[[bots]]\nname = \"fast\"\n[bots.builtin]\ntoken_delay = \"0s\"\n\
+                [[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"100ms\"\n";
+    TestHost::start_with_config(&format!(
+        "{FAST_SUPERVISOR}\n[auth]\njwt_secret = \"{SECRET}\"\n{extra}\n{bots}"
+    ))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs blocking HTTP calls from inside an async test.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("blocking call"))
+}
+
+fn error_code(res: reqwest::blocking::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: Value = res.json().unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[test]
+fn register_login_and_chat_over_rest_with_idempotent_resends() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let dup = client()
+        .post(format!("{}/api/v1/auth/register", host.url))
+        .json(&json!({"username": "alice", "password": "another password"}))
+        .send()
+        .unwrap();
+    assert_eq!(error_code(dup), (409, "username_taken".into()));
+    let wrong = client()
+        .post(format!("{}/api/v1/auth/login", host.url))
+        .json(&json!({"username": "alice", "password": "not the password"}))
+        .send()
+        .unwrap();
+    assert_eq!(error_code(wrong), (401, "invalid_credentials".into()));
+    let login = client()
+        .post(format!("{}/api/v1/auth/login", host.url))
+        .json(&json!({"username": "alice", "password": "correct horse battery"}))
+        .send()
+        .unwrap();
+    assert_eq!(login.status(), 200);
+
+    let bots: Vec<Value> = alice.get("/api/v1/bots").json().unwrap();
+    assert_eq!(
+        bots[0],
+        json!({"name": "fast", "model": "builtin", "status": "ready"})
+    );
+    assert_eq!(
+        error_code(alice.post("/api/v1/conversations", json!({"bot": "nobody"}))),
+        (404, "unknown_bot".into())
+    );
+
+    let conv = alice.conversation("fast");
+    let send = json!({"client_msg_id": "r1", "content": "hello over rest"});
+    let first: Value = alice
+        .post(
+            &format!("/api/v1/conversations/{conv}/messages"),
+            send.clone(),
+        )
+        .json()
+        .unwrap();
+    assert_eq!(first["message"]["content"], "hello over rest");
+    assert_eq!(first["reply"]["status"], "complete");
+    assert!(first["reply"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("\"hello over rest\""));
+    let again: Value = alice
+        .post(&format!("/api/v1/conversations/{conv}/messages"), send)
+        .json()
+        .unwrap();
+    assert_eq!(again["message"]["id"], first["message"]["id"]);
+    assert_eq!(
+        again["reply"]["id"], first["reply"]["id"],
+        "not asked twice"
+    );
+    let history = alice.history(conv);
+    assert_eq!(history.len(), 2);
+    let listed: Vec<Value> = alice.get("/api/v1/conversations").json().unwrap();
+    assert_eq!(listed[0]["id"], conv);
+}
+
+#[test]
+fn another_users_conversation_is_not_found_by_any_route() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let bob = register(&host.url, "bob");
+    let conv = alice.conversation("fast");
+    let path = format!("/api/v1/conversations/{conv}/messages");
+    assert_eq!(error_code(bob.get(&path)), (404, "not_found".into()));
+    assert_eq!(
+        error_code(bob.post(&path, json!({"client_msg_id": "x", "content": "hi"}))),
+        (404, "not_found".into())
+    );
+    let frame = runtime().block_on(async {
+        let mut ws = bob.ws().await;
+        ws.chat(conv, "x", "let me in").await;
+        ws.next().await
+    });
+    assert_eq!(
+        (frame["type"].as_str(), frame["code"].as_str()),
+        (Some("error"), Some("not_found"))
+    );
+    assert!(
+        alice.history(conv).is_empty(),
+        "nothing was stored in alice's conversation"
+    );
+}
+
+#[test]
+fn missing_bad_and_expired_tokens_are_refused_with_their_own_codes() {
+    let host = web_host("");
+    let c = client();
+    let get = |token: Option<&str>| {
+        let mut req = c.get(format!("{}/api/v1/conversations", host.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        error_code(req.send().unwrap())
+    };
+    assert_eq!(get(None), (401, "unauthorized".into()));
+    assert_eq!(get(Some("not-a-token")), (401, "unauthorized".into()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": 1, "name": "alice", "role": "user", "iat": now - 7200, "exp": now - 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(get(Some(&expired)), (401, "token_expired".into()));
+    let ws = c
+        .get(format!("{}/api/v1/ws?token=nope", host.url))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .unwrap();
+    assert_eq!(error_code(ws), (401, "unauthorized".into()));
+    assert!(
+        !host.log().contains("not-a-token") && !host.log().contains(&expired),
+        "tokens never logged"
+    );
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_clear_errors() {
+    let host = web_host("[limits]\nmax_body = \"4KB\"\nmax_message_chars = 100\n");
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("fast");
+    let path = format!("{}/api/v1/conversations/{conv}/messages", host.url);
+    let raw = |body: String| {
+        error_code(
+            alice
+                .client
+                .post(&path)
+                .bearer_auth(&alice.token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .unwrap(),
+        )
+    };
+    assert_eq!(raw("{not json".into()), (400, "invalid_json".into()));
+    assert_eq!(
+        raw(format!(
+            "{{\"client_msg_id\":\"a\",\"content\":\"{}\"}}",
+            "x".repeat(8000)
+        )),
+        (413, "too_large".into())
+    );
+    assert_eq!(
+        raw(format!(
+            "{{\"client_msg_id\":\"a\",\"content\":\"{}\"}}",
+            "x".repeat(200)
+        )),
+        (413, "message_too_long".into())
+    );
+    assert_eq!(
+        raw("{\"client_msg_id\":\"a\",\"content\":\"hi\",\"extra\":1}".into()),
+        (400, "invalid_json".into())
+    );
+    assert_eq!(
+        raw("{\"client_msg_id\":\"\",\"content\":\"hi\"}".into()),
+        (400, "invalid_client_msg_id".into())
+    );
+    assert!(
+        alice.history(conv).is_empty(),
+        "nothing stored from bad input"
+    );
+    assert_eq!(
+        alice.get("/api/v1/conversations/abc/messages").status(),
+        404
+    );
+}
+
+#[test]
+fn the_websocket_streams_replays_and_cancels() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let fast = alice.conversation("fast");
+    let slow = alice.conversation("slow");
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(fast, "w1", "stream this please").await;
+        let (ack, text, done) = ws.turn().await;
+        assert_eq!(ack["replay"], false);
+        assert_eq!(done["type"], "done", "{done}");
+        assert_eq!(done["status"], "complete");
+        let stored = off_runtime(|| alice.history(fast));
+        assert_eq!(
+            stored[0]["content"].as_str().unwrap(),
+            text,
+            "what streamed is what was stored"
+        );
+        assert_eq!(stored[0]["id"], done["message_id"]);
+        assert_eq!(stored[1]["id"], ack["message_id"]);
+
+        // A resend after reconnecting replays; the bot is not asked again.
+        drop(ws);
+        let mut ws = alice.ws().await;
+        ws.chat(fast, "w1", "stream this please").await;
+        let (ack2, text2, done2) = ws.turn().await;
+        assert_eq!(ack2["replay"], true);
+        assert_eq!((text2, &done2["message_id"]), (text, &done["message_id"]));
+        assert_eq!(off_runtime(|| alice.history(fast)).len(), 2);
+
+        // Cancel: an error frame at once, and the partial reply is kept.
+        ws.chat(slow, "c1", "a long one").await;
+        assert_eq!(ws.next().await["type"], "ack");
+        assert_eq!(ws.next().await["type"], "delta");
+        ws.send_json(json!({"type": "cancel", "client_msg_id": "c1"}))
+            .await;
+        let mut f = ws.next().await;
+        while f["type"] == "delta" {
+            f = ws.next().await;
+        }
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("cancelled")),
+            "{f}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let h = off_runtime(|| alice.history(slow));
+            if h.len() == 2 {
+                assert_eq!(h[0]["status"], "partial");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "partial reply stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+#[test]
+fn bad_websocket_frames_get_error_frames_and_the_connection_carries_on() {
+    let host = web_host("[limits]\nmax_ws_frame = \"8KB\"\n");
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("fast");
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.send_text("this is not json".into()).await;
+        let f = ws.next().await;
+        assert_eq!((f["type"].as_str(), f["code"].as_str()), (Some("error"), Some("invalid_json")));
+        ws.send_json(json!({"type": "launch"})).await;
+        assert_eq!(ws.next().await["code"], "invalid_json");
+        ws.send_text(format!("{{\"type\":\"send\",\"conversation_id\":{conv},\"client_msg_id\":\"big\",\"content\":\"{}\"}}", "x".repeat(20_000)))
+            .await;
+        assert_eq!(ws.next().await["code"], "too_large");
+        ws.chat(conv, "ok1", "still there?").await;
+        let (_, _, done) = ws.turn().await;
+        assert_eq!(done["type"], "done", "the same connection still works");
+    });
+    assert_eq!(host.http_get("/healthz").0, 200);
+}
+
+#[test]
+fn a_worker_killed_mid_reply_gives_an_error_frame_and_a_stored_partial_reply() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    let pid = host.bot("slow").pid.unwrap();
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "k1", "tell me a story").await;
+        assert_eq!(ws.next().await["type"], "ack");
+        let mut shown = String::new();
+        let first = ws.next().await;
+        shown.push_str(first["text"].as_str().unwrap());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let mut f = ws.next().await;
+        while f["type"] == "delta" {
+            shown.push_str(f["text"].as_str().unwrap());
+            f = ws.next().await;
+        }
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("worker_died")),
+            "{f}"
+        );
+        let history = off_runtime(|| alice.history(conv));
+        assert_eq!(history[0]["status"], "partial");
+        assert_eq!(history[0]["content"].as_str().unwrap(), shown);
+        assert_eq!(f["reply_id"], history[0]["id"]);
+    });
+}
+
+#[test]
+fn when_no_bot_can_answer_the_user_is_told_at_once_and_the_message_is_kept() {
+    let mut toml = String::from("[[bots]]\nname = \"broken\"\nworker_binary = \"/bin/false\"\n");
+    toml.push_str(&bots(&["fast"]));
+    let host = TestHost::start_with_config(&format!("{FAST_SUPERVISOR}\n{toml}"));
+    host.wait_for("broken failed", Duration::from_secs(10), || {
+        (host.bot("broken").state == bothost::supervisor::BotState::Failed).then_some(())
+    });
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("broken");
+    let started = std::time::Instant::now();
+    let res = alice.post(
+        &format!("/api/v1/conversations/{conv}/messages"),
+        json!({"client_msg_id": "u1", "content": "hello?"}),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "at once, not a spinner"
+    );
+    let status = res.status().as_u16();
+    let body: Value = res.json().unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("bot_unavailable")),
+        "{body}"
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unavailable"));
+    assert_eq!(
+        body["message"]["content"], "hello?",
+        "the stored message comes back"
+    );
+    assert_eq!(alice.history(conv).len(), 1);
+}
+
+#[test]
+fn rate_limits_and_the_in_flight_cap_answer_429_with_retry_after() {
+    let host = web_host(
+        "[limits]\nmessages_per_minute_per_user = 3\nlogins_per_minute_per_ip = 4\nmax_in_flight_per_user = 1\n",
+    );
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("fast");
+    let path = format!("/api/v1/conversations/{conv}/messages");
+    for i in 0..3 {
+        let res = alice.post(
+            &path,
+            json!({"client_msg_id": format!("m{i}"), "content": "hi"}),
+        );
+        assert_eq!(res.status(), 200);
+    }
+    let res = alice.post(&path, json!({"client_msg_id": "m4", "content": "hi"}));
+    assert!(res.headers().get("retry-after").is_some());
+    assert_eq!(error_code(res), (429, "rate_limited".into()));
+    let frame = runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "m5", "hi").await;
+        ws.next().await
+    });
+    assert_eq!(frame["code"], "rate_limited");
+    assert!(frame["retry_after"].as_u64().unwrap() >= 1);
+
+    // The in-flight cap: a second turn while the first streams.
+    let bob = register(&host.url, "bob");
+    let slow = bob.conversation("slow");
+    runtime().block_on(async {
+        let mut ws = bob.ws().await;
+        ws.chat(slow, "s1", "slow one").await;
+        assert_eq!(ws.next().await["type"], "ack");
+        ws.chat(slow, "s2", "another").await;
+        let mut f = ws.next().await;
+        while f["type"] == "delta" {
+            f = ws.next().await;
+        }
+        assert_eq!(
+            (f["client_msg_id"].as_str(), f["code"].as_str()),
+            (Some("s2"), Some("rate_limited")),
+            "{f}"
+        );
+    });
+
+    // Login attempts per address (two registrations above used two).
+    let c = client();
+    let codes: Vec<u16> = (0..3)
+        .map(|_| {
+            c.post(format!("{}/api/v1/auth/login", host.url))
+                .json(&json!({"username": "alice", "password": "wrong password!"}))
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+        .collect();
+    assert_eq!(codes, vec![401, 401, 429]);
+}
+
+#[test]
+fn closed_registration_admin_users_and_the_admin_api() {
+    let host = TestHost::start_with_config(&format!(
+        "{FAST_SUPERVISOR}\n[auth]\njwt_secret = \"{SECRET}\"\nopen_registration = false\n{}",
+        bots(&["fast"])
+    ));
+    let res = client()
+        .post(format!("{}/api/v1/auth/register", host.url))
+        .json(&json!({"username": "mallory", "password": "whatever123"}))
+        .send()
+        .unwrap();
+    assert_eq!(error_code(res), (403, "registration_closed".into()));
+
+    let add = |name: &str, admin: bool| {
+        let mut args = vec![
+            "--config".to_owned(),
+            host.config.display().to_string(),
+            "user".into(),
+            "add".into(),
+            name.into(),
+        ];
+        if admin {
+            args.push("--admin".into());
+        }
+        let mut child = std::process::Command::new(BOTHOST)
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"correct horse battery\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    add("root", true);
+    add("carol", false);
+    let login = |name: &str| -> String {
+        let v: Value = client()
+            .post(format!("{}/api/v1/auth/login", host.url))
+            .json(&json!({"username": name, "password": "correct horse battery"}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["token"].as_str().expect("token").to_owned()
+    };
+    let admin = common::web::ApiUser {
+        base: host.url.clone(),
+        token: login("root"),
+        client: client(),
+    };
+    let carol = common::web::ApiUser {
+        base: host.url.clone(),
+        token: login("carol"),
+        client: client(),
+    };
+    assert_eq!(
+        error_code(carol.get("/api/v1/admin/bots")),
+        (403, "forbidden".into())
+    );
+
+    let report: Value = admin.get("/api/v1/admin/bots").json().unwrap();
+    let bot = &report["bots"][0];
+    for field in [
+        "pid",
+        "rss_bytes",
+        "budget_bytes",
+        "uptime_seconds",
+        "restarts",
+        "in_flight",
+    ] {
+        assert!(bot.get(field).is_some(), "{field} in {bot}");
+    }
+    let res: Value = admin
+        .post("/api/v1/admin/bots/fast/restart", json!({}))
+        .json()
+        .unwrap();
+    assert_eq!(res["restarted"]["to"], 2, "{res}");
+    assert_eq!(
+        error_code(admin.post("/api/v1/admin/bots/nobody/restart", json!({}))),
+        (404, "unknown_bot".into())
+    );
+    let res: Value = admin
+        .post("/api/v1/admin/restart?rolling=true", json!({}))
+        .json()
+        .unwrap();
+    assert_eq!(
+        (res["failed"].as_u64(), res["results"][0]["bot"].as_str()),
+        (Some(0), Some("fast"))
+    );
+    assert_eq!(host.bot("fast").generation, 3);
+}
+
+#[test]
+fn metrics_count_requests_websockets_and_chat_outcomes() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("fast");
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "m1", "count me").await;
+        ws.turn().await;
+        assert_eq!(host.metric("bothost_ws_connections"), Some(1.0));
+    });
+    host.wait_for(
+        "the closed socket to be counted out",
+        Duration::from_secs(5),
+        || (host.metric("bothost_ws_connections") == Some(0.0)).then_some(()),
+    );
+    assert_eq!(
+        host.metric("bothost_chat_messages_total{outcome=\"complete\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        host.metric("bothost_chat_first_token_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(host.metric("bothost_chat_reply_seconds_count"), Some(1.0));
+    assert_eq!(
+        host.metric("bothost_http_requests_total{route=\"/api/v1/auth/register\",status=\"201\"}"),
+        Some(1.0)
+    );
+    assert!(host
+        .metric("bothost_http_request_duration_seconds_count{route=\"/api/v1/conversations\"}")
+        .is_some());
+}
+
+#[test]
+fn the_page_and_its_assets_are_served_from_the_binary() {
+    let host = web_host("");
+    let c = client();
+    let page = c.get(format!("{}/", host.url)).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    assert!(page.text().unwrap().contains("/static/app.js"));
+    let js = c.get(format!("{}/static/app.js", host.url)).send().unwrap();
+    assert_eq!(js.headers()["content-type"], "text/javascript");
+    let body = js.text().unwrap();
+    assert!(
+        body.contains("textContent") && !body.contains("innerHTML"),
+        "text only, never HTML"
+    );
+    let doc: Value = c
+        .get(format!("{}/api/v1/openapi.json", host.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+}
+
+#[test]
+fn https_with_a_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let host = TestHost::start_with_config(&format!(
+        "{}\n{}",
+        FAST_SUPERVISOR.replace(
+            "bind = \"127.0.0.1:0\"",
+            &format!(
+                "bind = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}",
+                cert_path.display(),
+                key_path.display()
+            )
+        ),
+        bots(&["fast"])
+    ));
+    assert!(host.url.starts_with("https://"), "{}", host.url);
+    let port = host.url.rsplit(':').next().unwrap();
+    let c = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let res = c
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        client()
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .is_err(),
+        "no plain HTTP"
+    );
+}
