@@ -1,0 +1,113 @@
+// Drives the bothost page in headless Chromium like a user would:
+// register, chat and watch the reply stream, lose the WebSocket (banner at
+// once), send through the REST fallback, send while nothing gets through,
+// get the connection back and see the queued message answered, and check
+// that nothing shows or is stored twice and that message text stays text.
+//
+// Usage: node chat.mjs BASE_URL SCREENSHOT_DIR   (exit 0 on success)
+import { chromium } from "playwright-core";
+
+const [base, shots] = process.argv.slice(2);
+const step = (msg) => console.log(`- ${msg}`);
+const fail = (msg) => { throw new Error(msg); };
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+});
+const page = await browser.newPage();
+page.on("pageerror", (e) => console.log("page error:", e.message));
+page.on("console", (m) => console.log("console:", m.text()));
+
+// Every WebSocket goes through this proxy, so the test can cut it.
+let wsBlocked = false;
+const sockets = [];
+await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
+  if (wsBlocked) { ws.close(); return; }
+  ws.connectToServer();
+  sockets.push(ws);
+});
+let restBlocked = false;
+await page.route(/\/api\/v1\/conversations\/\d+\/messages$/, (route) =>
+  restBlocked && route.request().method() === "POST" ? route.abort("internetdisconnected") : route.continue());
+
+try {
+  await page.goto(base);
+  await page.fill("#username", "browseruser");
+  await page.fill("#password", "correct horse battery");
+  await page.click("#register");
+  await page.waitForSelector('#bots li[data-bot="fast"] .status.ready');
+  step("registered; bots listed with live status");
+
+  await page.click('#bots li[data-bot="fast"]');
+  await page.waitForSelector("#input:not([disabled])");
+  const say = async (text) => { await page.fill("#input", text); await page.press("#input", "Enter"); };
+  const reply = (text) => page.locator("li.msg.assistant", { hasText: `You said "${text}"` });
+  // A reply is finished when its streaming cursor is gone.
+  const finished = (text) => reply(text).and(page.locator(":not(.streaming)"));
+
+  await say("hello browser");
+  await page.waitForSelector("li.msg.assistant.streaming");          // tokens arriving
+  await finished("hello browser").waitFor();
+  if (await page.locator("#login-view").isVisible()) fail("the sign-in form is still shown after signing in");
+  step("chatted; the reply streamed in");
+  await page.screenshot({ path: `${shots}/1-chat.png` });
+
+  // The connection drops: the banner shows at once.
+  wsBlocked = true;
+  for (const ws of sockets.splice(0)) await ws.close();
+  await page.waitForSelector("#banner:not([hidden])", { timeout: 1000 });
+  step("connection dropped: banner shown");
+  await page.screenshot({ path: `${shots}/2-recovering.png` });
+
+  // Meanwhile messages go through the REST fallback.
+  await say("sent during the outage");
+  await reply("sent during the outage").waitFor({ timeout: 10000 });
+  step("reply received through the REST fallback");
+
+  // Now nothing gets through: the message waits, unacknowledged.
+  restBlocked = true;
+  await say("queued while offline");
+  await page.waitForTimeout(500);
+  if (await page.locator("li.msg.user.pending", { hasText: "queued while offline" }).count() !== 1)
+    fail("the offline message should be shown as pending");
+  step("offline message kept as pending");
+
+  // The connection comes back: reconnect (about 5 s, with backoff), resend.
+  wsBlocked = false;
+  restBlocked = false;
+  const back = Date.now();
+  await page.waitForSelector("#banner", { state: "hidden", timeout: 30000 });
+  await finished("queued while offline").waitFor({ timeout: 10000 });
+  step(`reconnected after ${((Date.now() - back) / 1000).toFixed(1)} s; queued message resent and answered`);
+
+  // Text is text: markup in a message is shown, not run.
+  await say('<img src=x onerror="window.pwned=1">');
+  await finished('<img src=x onerror="window.pwned=1">').waitFor();
+  if (await page.locator("#messages img").count() !== 0 || await page.evaluate(() => window.pwned))
+    fail("message markup was interpreted as HTML");
+  step("markup in messages is shown as text");
+
+  // Nothing twice, on screen or in the store (reload shows the stored history).
+  const count = (sel, text) => page.locator(sel, { hasText: text }).count();
+  for (const text of ["hello browser", "sent during the outage", "queued while offline"]) {
+    if (await count("li.msg.user", text) !== 1) fail(`"${text}" shown ${await count("li.msg.user", text)} times`);
+  }
+  await page.reload();
+  await page.click("#conversations li");
+  await reply("queued while offline").waitFor();
+  const users = await page.locator("li.msg.user").count();
+  const bots = await page.locator("li.msg.assistant").count();
+  if (users !== 4 || bots !== 4) fail(`stored history has ${users} user and ${bots} bot messages, expected 4 and 4`);
+  if (await page.locator("li.msg .note").count() !== 0) fail("a finished reply is stored as cut off or failed");
+  step("after a reload the stored history holds each message once");
+  await page.screenshot({ path: `${shots}/3-history.png` });
+} catch (e) {
+  await page.screenshot({ path: `${shots}/failure.png` }).catch(() => {});
+  console.error("FAILED:", e.message);
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
+console.log("browser test passed");
