@@ -17,8 +17,14 @@ fn a_user_chats_survives_a_dropped_connection_and_sees_nothing_twice() {
     let script_dir = root.join("tests/browser");
     let missing = [
         (Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium"),
-        (script_dir.join("node_modules/playwright-core").exists(), "tests/browser/node_modules (npm ci --prefix tests/browser)"),
-        (Command::new("node").arg("--version").output().is_ok(), "node"),
+        (
+            script_dir.join("node_modules/playwright-core").exists(),
+            "tests/browser/node_modules (npm ci --prefix tests/browser)",
+        ),
+        (
+            Command::new("node").arg("--version").output().is_ok(),
+            "node",
+        ),
     ];
     if let Some((_, what)) = missing.iter().find(|(ok, _)| !ok) {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
