@@ -406,3 +406,35 @@ async fn both_backends_have_the_same_schema() {
     assert_eq!(lite_indexes.len(), 5, "{lite_indexes:?}");
     pg.cleanup().await;
 }
+
+/// Opening a connection must wait for a busy SQLite like a query does: a
+/// writer holding the lock while the pool opens new connections used to fail
+/// them at once with "database is locked" (a 503 to a user registering).
+#[tokio::test]
+async fn new_sqlite_connections_wait_for_a_busy_writer() {
+    let db = common::db::sqlite(&config()).await;
+    let DatabaseTarget::Sqlite(path) = &db.target else {
+        unreachable!("sqlite() gives a SQLite target")
+    };
+    let mut writer = SqliteConnection::establish(&path.display().to_string()).unwrap();
+    diesel::connection::SimpleConnection::batch_execute(&mut writer, "BEGIN EXCLUSIVE").unwrap();
+    // Eight callers at once make the pool open eight new connections while
+    // the writer holds the lock for a moment.
+    let users = (0..8).map(|i| {
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            store
+                .create_user(&format!("waiter{i}"), "hash", "user")
+                .await
+        })
+    });
+    let users: Vec<_> = users.collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    diesel::connection::SimpleConnection::batch_execute(&mut writer, "COMMIT").unwrap();
+    for user in users {
+        user.await
+            .unwrap()
+            .expect("a new connection waits for the lock");
+    }
+    db.cleanup().await;
+}

@@ -79,8 +79,11 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
                 async move {
                     let mut conn =
                         SyncConnectionWrapper::<SqliteConnection>::establish(&path).await?;
+                    // busy_timeout first: the journal_mode pragma itself
+                    // takes a lock, and without a timeout a busy database
+                    // fails the new connection at once.
                     conn.batch_execute(&format!(
-                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = {busy_ms}; \
+                        "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; \
                          PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;"
                     ))
                     .await

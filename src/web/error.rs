@@ -80,11 +80,15 @@ impl ResponseError for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the database is unavailable; please try again shortly",
-            ),
+            StoreError::Unavailable(why) => {
+                // The user gets the plain words; the operator needs the cause.
+                tracing::warn!("store unavailable: {why}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the database is unavailable; please try again shortly",
+                )
+            }
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::NotFound => Self::not_found("the record"),
             other => {
