@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::auth::{hash_password, verify_password, AuthUser};
+use super::auth::{hash_password, hashing, verify_password, AuthUser};
 use super::error::{turn_status, ApiError};
 use super::AppState;
 use crate::chat::ChatEvent;
@@ -92,15 +92,7 @@ async fn register(
     }
     let Credentials { username, password } = body.into_inner();
     check_credentials(&username, &password)?;
-    let hash = web::block(move || hash_password(&password))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "hashing failed",
-            )
-        })??;
+    let hash = hashing(move || hash_password(&password)).await??;
     let user = state
         .store
         .create_user(&username, &hash, "user")
@@ -125,9 +117,7 @@ async fn login(
     let Credentials { username, password } = body.into_inner();
     let user = state.store.user_by_name(&username).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let ok = web::block(move || verify_password(&password, hash.as_deref()))
-        .await
-        .unwrap_or(false);
+    let ok = hashing(move || verify_password(&password, hash.as_deref())).await?;
     match user {
         Some(user) if ok => Ok(HttpResponse::Ok().json(session(&state, &user)?)),
         _ => Err(ApiError::new(

@@ -7,6 +7,7 @@
 //! in again rather than give up.
 
 use std::future::{ready, Ready};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
@@ -19,6 +20,7 @@ use jsonwebtoken::{
     decode, encode, errors::ErrorKind, DecodingKey, EncodingKey, Header, Validation,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use super::AppState;
@@ -96,6 +98,28 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Hashes running at once: one per core. A hash is pure CPU and takes
+/// 19 MiB, so a burst of logins waits its turn here instead of starting a
+/// blocking thread (and 19 MiB) per request.
+static HASH_SLOTS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+
+/// Runs a password hash or check (`f`) on a blocking thread, within
+/// [`HASH_SLOTS`].
+pub async fn hashing<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let internal = || {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "password hashing failed",
+        )
+    };
+    let _slot = HASH_SLOTS.acquire().await.map_err(|_| internal())?;
+    web::block(f).await.map_err(|_| internal())
 }
 
 /// argon2id with OWASP's recommended parameters (19 MiB, 2 passes, 1 lane).

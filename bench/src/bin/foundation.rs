@@ -12,85 +12,44 @@
 //! Supervisor → WorkerHandle → `bot-worker` path in this process, the path
 //! every chat turn takes, with the builtin engine at zero token delay.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actix::Actor;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bot_worker::{ChatMessage, Role};
 use bothost::config::Config;
-use bothost::control::{Client, ControlRequest, ControlResponse};
 use bothost::memory::Sampler;
 use bothost::metrics::Metrics;
-use bothost::supervisor::{AwaitSettled, Shutdown, StatusReport, Supervisor};
+use bothost::supervisor::{AwaitSettled, Shutdown, Supervisor};
 use bothost::turn::{self, TurnEvent};
-use bothost_bench::{mib, ms, Percentiles};
+use bothost_bench::{mib, ms, release_binaries, write_config, Percentiles, RunningHost};
 
 fn main() -> anyhow::Result<()> {
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("no directory for the bench binary")?
-        .to_owned();
-    for needed in ["bothost", "bot-worker"] {
-        if !bin_dir.join(needed).exists() {
-            bail!(
-                "{} is missing: run `cargo build --release --workspace` first",
-                bin_dir.join(needed).display()
-            );
-        }
-    }
+    release_binaries()?;
     println!(
         "# bothost foundation benchmark ({} cores)",
         std::thread::available_parallelism()?.get()
     );
-    startup_and_idle_memory(&bin_dir.join("bothost"))?;
+    startup_and_idle_memory()?;
     actix_rt::System::new().block_on(ipc())
 }
 
-fn write_config(dir: &Path, bots: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join("supervisor.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\n[supervisor]\nruntime_dir = \"run\"\n\
-             sample_interval = \"100ms\"\n[logging]\nlevel = \"warn\"\nformat = \"json\"\n{bots}"
-        ),
-    )?;
-    Ok(path)
-}
+/// Every worker sampled often, so idle RSS is read soon after start.
+const SAMPLE_FAST: &str = "sample_interval = \"100ms\"";
 
-fn startup_and_idle_memory(bothost: &Path) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+fn startup_and_idle_memory() -> anyhow::Result<()> {
     let bots: String = ["helper", "support", "coder", "writer", "tutor"]
         .iter()
         .map(|n| format!("[[bots]]\nname = \"{n}\"\n"))
         .collect();
-    let config = write_config(dir.path(), &bots)?;
-    let mut host = Command::new(bothost)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = host.stdout.take().context("no stdout")?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    if !line.starts_with("bothost listening on") {
-        bail!("bothost did not start: {line}");
-    }
+    let host = RunningHost::start(SAMPLE_FAST, &bots)?;
     // Idle for a moment so every worker has settled and been sampled.
     std::thread::sleep(Duration::from_secs(2));
     let report = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(status(&dir.path().join("run/control.sock")))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(host.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    host.wait()?;
+        .block_on(host.status())?;
+    host.stop()?;
 
     println!("\n## Start-up and idle memory (real `bothost serve`, 5 builtin bots, release)");
     println!("| bot | spawn to Ready | idle RSS |");
@@ -110,19 +69,11 @@ fn startup_and_idle_memory(bothost: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(socket: &Path) -> anyhow::Result<StatusReport> {
-    let mut client = Client::connect(socket).await?;
-    client.send(ControlRequest::Status).await?;
-    match client.next().await? {
-        ControlResponse::Status(report) => Ok(report),
-        other => bail!("unexpected {other:?}"),
-    }
-}
-
 async fn ipc() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = write_config(
         dir.path(),
+        SAMPLE_FAST,
         "[[bots]]\nname = \"one\"\n[bots.builtin]\ntoken_delay = \"0s\"\nmax_tokens = 1\n\
          [[bots]]\nname = \"full\"\n[bots.builtin]\ntoken_delay = \"0s\"\n",
     )?;

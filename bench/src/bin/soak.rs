@@ -16,10 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use bothost::control::{Client, ControlRequest, ControlResponse};
-use bothost::supervisor::StatusReport;
-use bothost_bench::mib;
+use anyhow::bail;
+use bothost::control::Client;
+use bothost_bench::{mib, status, RunningHost};
 
 const CONNECTIONS_PER_BOT: usize = 2;
 
@@ -37,16 +36,6 @@ fn main() -> anyhow::Result<()> {
     if bots < 1 {
         bail!("at least one bot");
     }
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("bench binary has no directory")?
-        .to_owned();
-    let bothost = bin_dir.join("bothost");
-    if !bothost.exists() || !bin_dir.join("bot-worker").exists() {
-        bail!("run `cargo build --release --workspace` first");
-    }
-
-    let dir = tempfile::tempdir()?;
     let mut names = vec!["leaky".to_owned()];
     names.extend((1..bots).map(|i| format!("steady-{i}")));
     let bots_toml: String = names
@@ -58,43 +47,19 @@ fn main() -> anyhow::Result<()> {
             )
         })
         .collect();
-    let config = dir.path().join("supervisor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\n[supervisor]\nruntime_dir = \"run\"\n\
-             sample_interval = \"500ms\"\nleak_window = \"20s\"\nleak_warmup = \"5s\"\n\
-             leak_horizon = \"1h\"\nleak_min_growth = \"4MB\"\nrestart_schedule = \"off\"\n\
-             [logging]\nlevel = \"warn\"\nformat = \"json\"\n{bots_toml}"
-        ),
+    let host = RunningHost::start(
+        "sample_interval = \"500ms\"\nleak_window = \"20s\"\nleak_warmup = \"5s\"\n\
+         leak_horizon = \"1h\"\nleak_min_growth = \"4MB\"\nrestart_schedule = \"off\"",
+        &bots_toml,
     )?;
-    let mut host = std::process::Command::new(&bothost)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    let stdout = host.stdout.take().context("no stdout")?;
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("bothost listening on http://")
-        .context("bothost did not start")?
-        .to_owned();
-    let socket = dir.path().join("run/control.sock");
+    let socket = host.control_socket();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let result = rt.block_on(soak(&socket, &names, Duration::from_secs(seconds), &leak));
-    let metrics = http_get(&url, "/metrics").unwrap_or_default();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(host.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    host.wait()?;
+    let metrics = host.http_get("/metrics").unwrap_or_default();
+    host.stop()?;
     let summary = result?;
 
     println!("\n## Restarts by reason");
@@ -203,24 +168,4 @@ async fn soak(
         shown.join(", ")
     ));
     Ok(out)
-}
-
-async fn status(client: &mut Client) -> anyhow::Result<StatusReport> {
-    client.send(ControlRequest::Status).await?;
-    match client.next().await? {
-        ControlResponse::Status(report) => Ok(report),
-        other => bail!("unexpected {other:?}"),
-    }
-}
-
-fn http_get(base: &str, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(base)?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {base}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
 }

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
 use bothost::metrics::Metrics;
 use bothost::store::{self, NewReply, ReplyStatus, Store};
-use bothost_bench::{ms, Percentiles};
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use bothost_bench::{bench_postgres_url, ms, Percentiles, PgSchema};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -36,29 +35,19 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let pg = std::env::var("BOTHOST_BENCH_DATABASE_URL")
-        .or_else(|_| std::env::var("BOTHOST_TEST_DATABASE_URL"));
-    match pg {
-        Ok(base) => {
-            let schema = format!("bench_{}", std::process::id());
-            let mut admin = AsyncPgConnection::establish(&base).await?;
-            admin
-                .batch_execute(&format!("CREATE SCHEMA {schema}"))
-                .await?;
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    match bench_postgres_url() {
+        Some(base) => {
+            let schema = PgSchema::create(&base).await?;
             let result = bench(
                 "PostgreSQL",
-                DatabaseTarget::Postgres(Secret::new(url)),
+                DatabaseTarget::Postgres(Secret::new(schema.url.clone())),
                 run,
             )
             .await;
-            admin
-                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                .await?;
+            schema.drop_schema().await?;
             result?;
         }
-        Err(_) => println!("\n(PostgreSQL skipped: set BOTHOST_BENCH_DATABASE_URL)"),
+        None => println!("\n(PostgreSQL skipped: set BOTHOST_BENCH_DATABASE_URL)"),
     }
     Ok(())
 }

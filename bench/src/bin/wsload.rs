@@ -1,0 +1,433 @@
+//! WebSocket load: the real `bothost serve` and thousands of real WebSocket
+//! users. Prints figures; asserts nothing.
+//!
+//! ```text
+//! cargo build --release --workspace
+//! cargo run --release -p bothost-bench --bin wsload -- [HELD] [CHATTERS] [SECONDS]
+//! BOTHOST_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run ...
+//! ```
+//!
+//! Defaults: hold 1,000 then 10,000 idle connections (`HELD` is a comma
+//! list), then, with those still open, 200 more connections chat back to
+//! back for 30 s with five builtin bots at zero token delay. The store is
+//! SQLite in a temp dir, or PostgreSQL (in a schema of its own) when the
+//! variable above is set.
+//!
+//! Printed: connections held and the host's RSS at each level; turns per
+//! minute and errors; time to the first token and to `done`, measured from
+//! the `send` frame; and a check that every counted turn is in the store.
+//! The builtin engine at zero delay spends microseconds per reply, so the
+//! time to `done` is the host's added latency (an upper bound on it: it also
+//! holds the load tool's own time on the same two cores).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bothost_bench::{bench_postgres_url, mib, ms, Percentiles, PgSchema, RunningHost};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const BOTS: usize = 5;
+const USERS: usize = 100;
+const PASSWORD: &str = "correct horse battery staple";
+/// Connections opened at once while building up the held set: well under
+/// the listen backlog.
+const CONNECT_PARALLELISM: usize = 200;
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let held: Vec<usize> = args
+        .first()
+        .map_or("1000,10000", String::as_str)
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("HELD: a comma list of connection counts")?;
+    let chatters: usize = args.get(1).map_or(Ok(200), |s| s.parse())?;
+    let seconds: u64 = args.get(2).map_or(Ok(30), |s| s.parse())?;
+    raise_fd_limit()?;
+
+    let schema = match bench_postgres_url() {
+        Some(base) => Some(PgSchema::create(&base).await?),
+        None => None,
+    };
+    let result = run(
+        &held,
+        chatters,
+        Duration::from_secs(seconds),
+        schema.as_ref(),
+    )
+    .await;
+    if let Some(schema) = schema {
+        schema.drop_schema().await?;
+    }
+    result
+}
+
+async fn run(
+    held: &[usize],
+    chatters: usize,
+    duration: Duration,
+    schema: Option<&PgSchema>,
+) -> anyhow::Result<()> {
+    let database = match schema {
+        Some(s) => format!("[database]\nurl = \"{}\"\n", s.url),
+        None => String::new(),
+    };
+    // Limits far above the load, so the figures measure the host, not the
+    // rate limiter (which has its own tests).
+    let tables = format!(
+        "{database}[limits]\nmessages_per_minute_per_user = 100000000\n\
+         messages_per_minute_per_ip = 100000000\nlogins_per_minute_per_ip = 100000\n\
+         max_in_flight_per_user = 100000\n{}",
+        (0..BOTS)
+            .map(|i| format!(
+                "[[bots]]\nname = \"bench-{i}\"\n[bots.builtin]\ntoken_delay = \"0s\"\n"
+            ))
+            .collect::<String>()
+    );
+    let host = RunningHost::start("restart_schedule = \"off\"", &tables)?;
+    let backend = if schema.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!(
+        "# bothost WebSocket load ({} cores, store: {backend}, {BOTS} builtin bots at zero token delay)",
+        std::thread::available_parallelism()?.get()
+    );
+    let base = format!("http://{}", host.addr);
+    let http = reqwest::Client::new();
+    println!(
+        "host RSS before registering: {}",
+        mib(host_rss(host.pid())?)
+    );
+    let tokens = register_users(&host, &http, &base).await?;
+    println!("host RSS at start: {}", mib(host_rss(host.pid())?));
+
+    println!("\n## Idle connections held");
+    println!("| target | open | bothost_ws_connections | host RSS | time to open |");
+    println!("|---|---|---|---|---|");
+    let alive = Arc::new(AtomicU64::new(0));
+    let mut holders = Vec::new();
+    for &target in held {
+        let started = Instant::now();
+        let mut next = holders.len();
+        while next < target {
+            let batch = CONNECT_PARALLELISM.min(target - next);
+            let opened = futures_util::future::join_all(
+                (next..next + batch).map(|i| connect(&host.addr, &tokens[i % tokens.len()])),
+            )
+            .await;
+            for ws in opened {
+                holders.push(tokio::spawn(hold(ws?, alive.clone())));
+            }
+            next += batch;
+        }
+        let took = started.elapsed();
+        // Let the server finish registering the last sessions.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!(
+            "| {target} | {} | {} | {} | {:.1} s |",
+            alive.load(Ordering::Relaxed),
+            metric(&host, "bothost_ws_connections").unwrap_or(f64::NAN),
+            mib(host_rss(host.pid())?),
+            took.as_secs_f64()
+        );
+    }
+
+    let chat = chat_load(&host, &http, &base, &tokens, chatters, duration).await?;
+    println!(
+        "\n## Chat, {chatters} connections back to back for {} s, {} idle connections held",
+        duration.as_secs(),
+        alive.load(Ordering::Relaxed)
+    );
+    let minutes = duration.as_secs_f64() / 60.0;
+    println!(
+        "turns: {} ({:.0}/min), errors: {}",
+        chat.turns,
+        chat.turns as f64 / minutes,
+        chat.errors
+    );
+    let mut first = chat.first_token;
+    let mut done = chat.done;
+    let (f, d) = (Percentiles::of(&mut first), Percentiles::of(&mut done));
+    println!("| | P50 | P95 | P99 | max |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| first token | {} | {} | {} | {} |",
+        ms(f.p50),
+        ms(f.p95),
+        ms(f.p99),
+        ms(f.max)
+    );
+    println!(
+        "| done (host-added) | {} | {} | {} | {} |",
+        ms(d.p50),
+        ms(d.p95),
+        ms(d.p99),
+        ms(d.max)
+    );
+    println!(
+        "persisted: {} of {} turns found complete in the store (user message and reply)",
+        chat.persisted, chat.turns
+    );
+    println!(
+        "host RSS after: {}; idle connections still open: {}",
+        mib(host_rss(host.pid())?),
+        alive.load(Ordering::Relaxed)
+    );
+    for h in holders {
+        h.abort();
+    }
+    host.stop()
+}
+
+/// Registers [`USERS`] users (argon2id makes this the slow part) and
+/// returns their tokens; connections are spread over them.
+async fn register_users(
+    host: &RunningHost,
+    http: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<Vec<String>> {
+    let tag = std::process::id();
+    let mut tokens = Vec::with_capacity(USERS);
+    for chunk in (0..USERS).collect::<Vec<_>>().chunks(4) {
+        let replies = futures_util::future::join_all(chunk.iter().map(|i| {
+            http.post(format!("{base}/api/v1/auth/register"))
+                .json(&json!({"username": format!("load{tag}x{i}"), "password": PASSWORD}))
+                .send()
+        }))
+        .await;
+        for reply in replies {
+            let reply = reply?;
+            let status = reply.status();
+            let body: Value = reply.json().await?;
+            if !status.is_success() {
+                let log = std::fs::read_to_string(host.dir().join("host.log")).unwrap_or_default();
+                anyhow::bail!("register: {status} {body}\nhost log:\n{log}");
+            }
+            tokens.push(body["token"].as_str().context("no token")?.to_owned());
+        }
+    }
+    Ok(tokens)
+}
+
+async fn connect(addr: &str, token: &str) -> anyhow::Result<WsStream> {
+    let url = format!("ws://{addr}/api/v1/ws?token={token}");
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("WebSocket connect")?;
+    Ok(ws)
+}
+
+/// Keeps one idle connection open: reading answers the server's pings.
+async fn hold(mut ws: WsStream, alive: Arc<AtomicU64>) {
+    alive.fetch_add(1, Ordering::Relaxed);
+    while let Some(Ok(_)) = ws.next().await {}
+    alive.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[derive(Default)]
+struct ChatFigures {
+    turns: u64,
+    errors: u64,
+    first_token: Vec<Duration>,
+    done: Vec<Duration>,
+    persisted: u64,
+}
+
+async fn chat_load(
+    host: &RunningHost,
+    http: &reqwest::Client,
+    base: &str,
+    tokens: &[String],
+    chatters: usize,
+    duration: Duration,
+) -> anyhow::Result<ChatFigures> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let figures = Arc::new(Mutex::new(ChatFigures::default()));
+    let mut tasks = Vec::new();
+    let mut conversations = Vec::new();
+    for i in 0..chatters {
+        let token = tokens[i % tokens.len()].clone();
+        let created: Value = http
+            .post(format!("{base}/api/v1/conversations"))
+            .bearer_auth(&token)
+            .json(&json!({"bot": format!("bench-{}", i % BOTS)}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let conversation = created["id"].as_i64().context("no conversation id")?;
+        conversations.push((token.clone(), conversation));
+        let ws = connect(&host.addr, &token).await?;
+        let (stop, figures) = (stop.clone(), figures.clone());
+        tasks.push(tokio::spawn(chatter(ws, conversation, stop, figures)));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut counted = std::collections::HashMap::new();
+    for (task, (_, conversation)) in tasks.into_iter().zip(&conversations) {
+        counted.insert(*conversation, task.await?);
+    }
+    let mut persisted = 0;
+    for (token, conversation) in &conversations {
+        let stored = complete_turns(http, base, token, *conversation).await?;
+        persisted += stored.min(counted[conversation]);
+    }
+    let mut figures = std::mem::take(&mut *figures.lock().expect("figures"));
+    figures.persisted = persisted;
+    Ok(figures)
+}
+
+/// Chats on one connection until `stop`; returns the turns it completed.
+async fn chatter(
+    mut ws: WsStream,
+    conversation: i64,
+    stop: Arc<AtomicBool>,
+    figures: Arc<Mutex<ChatFigures>>,
+) -> u64 {
+    let mut completed = 0;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let id = format!("c{conversation}-{n}");
+        let frame = json!({"type": "send", "conversation_id": conversation,
+                           "client_msg_id": id, "content": format!("load turn {n}")});
+        let sent = Instant::now();
+        let outcome = match ws.send(Message::text(frame.to_string())).await {
+            Ok(()) => one_turn(&mut ws, &id, sent).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let mut f = figures.lock().expect("figures");
+        match outcome {
+            Ok((first, done)) => {
+                completed += 1;
+                f.turns += 1;
+                f.first_token.push(first);
+                f.done.push(done);
+            }
+            Err(e) => {
+                if f.errors < 5 {
+                    eprintln!("turn error: {e}");
+                }
+                f.errors += 1;
+                if ws_closed(&e) {
+                    break;
+                }
+            }
+        }
+    }
+    completed
+}
+
+fn ws_closed(e: &str) -> bool {
+    e == "connection closed"
+}
+
+/// Reads frames for turn `id` until `done`: (time to first delta, to done).
+async fn one_turn(
+    ws: &mut WsStream,
+    id: &str,
+    sent: Instant,
+) -> Result<(Duration, Duration), String> {
+    let mut first = None;
+    loop {
+        let Some(msg) = ws.next().await else {
+            return Err("connection closed".into());
+        };
+        let text = match msg.map_err(|e| e.to_string())? {
+            Message::Text(t) => t,
+            _ => continue,
+        };
+        let frame: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if frame["client_msg_id"] != id {
+            continue; // bot_status pushes
+        }
+        match frame["type"].as_str() {
+            Some("delta") => {
+                first.get_or_insert_with(|| sent.elapsed());
+            }
+            Some("done") if frame["status"] == "complete" => {
+                let done = sent.elapsed();
+                return Ok((first.unwrap_or(done), done));
+            }
+            Some("ack") => {}
+            _ => return Err(format!("turn {id}: {text}")),
+        }
+    }
+}
+
+/// Turns of a conversation whose user message and complete reply are
+/// both in the store, paging through its history.
+async fn complete_turns(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    conversation: i64,
+) -> anyhow::Result<u64> {
+    let mut replies = 0;
+    let mut before: Option<i64> = None;
+    loop {
+        let mut url = format!("{base}/api/v1/conversations/{conversation}/messages?limit=100");
+        if let Some(b) = before {
+            url.push_str(&format!("&before={b}"));
+        }
+        let page: Vec<Value> = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        replies += page
+            .iter()
+            .filter(|m| {
+                m["role"] == "assistant" && m["status"] == "complete" && !m["reply_to"].is_null()
+            })
+            .count() as u64;
+        match page.last().and_then(|m| m["id"].as_i64()) {
+            Some(oldest) if page.len() == 100 => before = Some(oldest),
+            _ => return Ok(replies),
+        }
+    }
+}
+
+fn metric(host: &RunningHost, series: &str) -> Option<f64> {
+    let body = host.http_get("/metrics").ok()?;
+    body.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+fn host_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// Each held connection is a file descriptor here and one in the host.
+fn raise_fd_limit() -> anyhow::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    if hard < 12_000 {
+        eprintln!("warning: RLIMIT_NOFILE is {hard}: too low to hold 10,000 connections");
+    }
+    Ok(())
+}
