@@ -90,6 +90,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .configure(configure(state.clone()))
     })
     .disable_signals()
+    // A turn is many small WebSocket frames (ack, deltas, done); with Nagle
+    // each waited for the client's delayed ACK, 40 ms a turn.
+    .tcp_nodelay(true)
     .shutdown_timeout(5);
     let server = match &config.server.tls {
         Some(tls) => server.bind_rustls_0_23(config.server.bind, tls_config(tls)?),

@@ -9,7 +9,8 @@
 //!
 //! Defaults: hold 1,000 then 10,000 idle connections (`HELD` is a comma
 //! list), then, with those still open, 200 more connections chat back to
-//! back for 30 s with five builtin bots at zero token delay. The store is
+//! back for 30 s with five builtin bots at zero token delay (throughput),
+//! then 10 connections for 15 s (latency, the host not saturated). The store is
 //! SQLite in a temp dir, or PostgreSQL (in a schema of its own) when the
 //! variable above is set.
 //!
@@ -31,6 +32,9 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const BOTS: usize = 5;
+/// Connections in the latency phase: enough to keep every bot busy, few
+/// enough that turns do not queue behind each other.
+const LATENCY_CHATTERS: usize = 10;
 const USERS: usize = 100;
 const PASSWORD: &str = "correct horse battery staple";
 /// Connections opened at once while building up the held set: well under
@@ -143,42 +147,20 @@ async fn run(
         );
     }
 
-    let chat = chat_load(&host, &http, &base, &tokens, chatters, duration).await?;
-    println!(
-        "\n## Chat, {chatters} connections back to back for {} s, {} idle connections held",
-        duration.as_secs(),
-        alive.load(Ordering::Relaxed)
-    );
-    let minutes = duration.as_secs_f64() / 60.0;
-    println!(
-        "turns: {} ({:.0}/min), errors: {}",
-        chat.turns,
-        chat.turns as f64 / minutes,
-        chat.errors
-    );
-    let mut first = chat.first_token;
-    let mut done = chat.done;
-    let (f, d) = (Percentiles::of(&mut first), Percentiles::of(&mut done));
-    println!("| | P50 | P95 | P99 | max |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| first token | {} | {} | {} | {} |",
-        ms(f.p50),
-        ms(f.p95),
-        ms(f.p99),
-        ms(f.max)
-    );
-    println!(
-        "| done (host-added) | {} | {} | {} | {} |",
-        ms(d.p50),
-        ms(d.p95),
-        ms(d.p99),
-        ms(d.max)
-    );
-    println!(
-        "persisted: {} of {} turns found complete in the store (user message and reply)",
-        chat.persisted, chat.turns
-    );
+    // Throughput: many connections, the host saturated (latency there is
+    // mostly queueing). Latency: a few connections, the host not saturated.
+    for (phase, n, run) in [
+        ("throughput", chatters, duration),
+        ("latency", LATENCY_CHATTERS, duration / 2),
+    ] {
+        let chat = chat_load(&host, &http, &base, &tokens, n, run).await?;
+        println!(
+            "\n## Chat ({phase}): {n} connections back to back for {} s, {} idle connections held",
+            run.as_secs(),
+            alive.load(Ordering::Relaxed)
+        );
+        chat.print(run);
+    }
     println!(
         "host RSS after: {}; idle connections still open: {}",
         mib(host_rss(host.pid())?),
@@ -242,6 +224,34 @@ struct ChatFigures {
     first_token: Vec<Duration>,
     done: Vec<Duration>,
     persisted: u64,
+}
+
+impl ChatFigures {
+    fn print(mut self, run: Duration) {
+        println!(
+            "turns: {} ({:.0}/min), errors: {}; persisted: {} of {} found complete in the store",
+            self.turns,
+            self.turns as f64 / (run.as_secs_f64() / 60.0),
+            self.errors,
+            self.persisted,
+            self.turns
+        );
+        println!("| from `send` to | P50 | P95 | P99 | max |");
+        println!("|---|---|---|---|---|");
+        for (what, samples) in [
+            ("first token", &mut self.first_token),
+            ("done (host-added)", &mut self.done),
+        ] {
+            let p = Percentiles::of(samples);
+            println!(
+                "| {what} | {} | {} | {} | {} |",
+                ms(p.p50),
+                ms(p.p95),
+                ms(p.p99),
+                ms(p.max)
+            );
+        }
+    }
 }
 
 async fn chat_load(
