@@ -191,7 +191,7 @@ impl Chats {
         };
 
         let (status, usage) = match &ended {
-            Ok(usage) => (ReplyStatus::Complete, Some(*usage)),
+            Ok(usage) => (ReplyStatus::Complete, Some(usage)),
             Err(_) if text.is_empty() => (ReplyStatus::Failed, None),
             Err(_) => (ReplyStatus::Partial, None),
         };

@@ -230,9 +230,31 @@ fn status_table(report: &StatusReport) -> String {
         if let Some(why) = &b.last_failure {
             out.push_str(&format!("{:<20} last failure: {why}\n", ""));
         }
+        if b.model_present == Some(false) {
+            out.push_str(&format!(
+                "{:<20} model {} is on none of its model servers that are up\n",
+                "", b.model
+            ));
+        }
     }
     if let Some(rss) = report.host_rss_bytes {
         out.push_str(&format!("host RSS {}\n", size(rss)));
+    }
+    for e in &report.inference {
+        let state = match (e.checked, e.up) {
+            (false, _) => "unchecked".to_owned(),
+            (true, true) => format!("up ({} models)", e.models.len()),
+            (true, false) => format!("down: {}", e.error.as_deref().unwrap_or("")),
+        };
+        let supervised = e
+            .pid
+            .map(|pid| format!(", supervised pid {pid}, {} restarts", e.restarts))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "inference {} ({}): {state}{supervised}\n",
+            e.name,
+            e.kind.as_str()
+        ));
     }
     out
 }

@@ -18,9 +18,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bot_worker::{BotSpec, BuiltinSpec, EngineSpec};
+use bot_worker::{BotSpec, BuiltinSpec, EndpointSpec, EngineSpec, RemoteSpec};
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where `serve` and the client commands look when no `--config` is given.
 pub const DEFAULT_PATH: &str = "supervisor.toml";
@@ -60,6 +60,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub supervisor: SupervisorConfig,
     pub logging: LoggingConfig,
+    /// Model servers, primary first.
+    pub inference: Vec<InferenceConfig>,
     pub bots: Vec<BotConfig>,
 }
 
@@ -358,6 +360,16 @@ pub struct BotConfig {
     pub history_window: u32,
     #[serde(default)]
     pub builtin: BuiltinConfig,
+    /// `[[inference]]` endpoints this bot uses, in order of preference; by
+    /// default every endpoint of its engine's kind, in file order.
+    #[serde(default)]
+    pub inference: Vec<String>,
+    /// Sampling temperature for remote engines; the server's default if unset.
+    pub temperature: Option<f64>,
+    /// Context size in tokens (Ollama's `num_ctx`).
+    pub num_ctx: Option<u32>,
+    /// How long Ollama keeps the model loaded, e.g. `"10m"`.
+    pub keep_alive: Option<String>,
 }
 
 fn default_model() -> String {
@@ -377,6 +389,85 @@ fn default_system_prompt() -> String {
 pub enum EngineKind {
     #[default]
     Builtin,
+    Ollama,
+    Openai,
+}
+
+/// The wire format a model server speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceKind {
+    #[default]
+    Ollama,
+    Openai,
+}
+
+impl InferenceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InferenceKind::Ollama => "ollama",
+            InferenceKind::Openai => "openai",
+        }
+    }
+}
+
+/// One `[[inference]]` endpoint: a model server bots call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    pub name: String,
+    pub kind: InferenceKind,
+    /// Base URL, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    /// Environment variable holding the API key (OpenAI-compatible servers).
+    pub api_key_env: Option<String>,
+    /// Start this server and keep it running, e.g. `["ollama", "serve"]`.
+    pub command: Vec<String>,
+    /// Health check period while the endpoint is up (the seed's 60 s) ...
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// ... and while it is down, so it is back in use soon after it returns.
+    #[serde(with = "humantime_serde")]
+    pub health_interval_down: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Request to first token; generous, as a model may have to load.
+    #[serde(with = "humantime_serde")]
+    pub first_token_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub token_gap_timeout: Duration,
+    /// A turn that failed here prefers other endpoints this long.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// A supervised server with no passing check this long after its start
+    /// is restarted ...
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    /// ... and so is one failing this many checks in a row.
+    pub restart_after_failed_checks: u32,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            kind: InferenceKind::Ollama,
+            url: String::new(),
+            api_key_env: None,
+            command: Vec::new(),
+            health_interval: Duration::from_secs(60),
+            health_interval_down: Duration::from_secs(5),
+            health_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            first_token_timeout: Duration::from_secs(60),
+            token_gap_timeout: Duration::from_secs(30),
+            cooldown: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(60),
+            restart_after_failed_checks: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -618,6 +709,40 @@ impl Config {
                 ),
             );
         }
+        let mut endpoints = HashSet::new();
+        for (i, e) in self.inference.iter().enumerate() {
+            let key = |field: &str| format!("inference[{i}].{field}");
+            if let Err(reason) = check_bot_name(&e.name) {
+                return Err((key("name"), reason));
+            }
+            if !endpoints.insert(e.name.as_str()) {
+                return Err((key("name"), format!("duplicate endpoint name '{}'", e.name)));
+            }
+            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+                return Err((
+                    key("url"),
+                    format!("'{}' is not an http:// or https:// URL", e.url),
+                ));
+            }
+            if e.command.first().is_some_and(|c| c.trim().is_empty()) {
+                return Err((key("command"), "the program name is empty".into()));
+            }
+            for (field, d) in [
+                ("health_interval", e.health_interval),
+                ("health_interval_down", e.health_interval_down),
+                ("health_timeout", e.health_timeout),
+                ("connect_timeout", e.connect_timeout),
+                ("first_token_timeout", e.first_token_timeout),
+                ("token_gap_timeout", e.token_gap_timeout),
+            ] {
+                if d.is_zero() {
+                    return Err((key(field), "must be greater than 0".into()));
+                }
+            }
+            if e.restart_after_failed_checks == 0 {
+                return Err((key("restart_after_failed_checks"), "must be at least 1".into()));
+            }
+        }
         let mut seen = HashSet::new();
         for (i, bot) in self.bots.iter().enumerate() {
             let key = |field: &str| format!("bots[{i}].{field}");
@@ -630,6 +755,8 @@ impl Config {
             if let Some(budget) = bot.memory_budget {
                 check_budget(&key("memory_budget"), budget)?;
             }
+            self.check_bot_inference(bot)
+                .map_err(|(field, reason)| (key(field), reason))?;
             let rate = bot.builtin.fail_rate;
             if !(0.0..=1.0).contains(&rate) {
                 return Err((
@@ -639,6 +766,95 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// A remote bot names a model and at least one endpoint of its kind.
+    fn check_bot_inference(&self, bot: &BotConfig) -> Result<(), (&'static str, String)> {
+        let Some(kind) = bot.inference_kind() else {
+            return Ok(());
+        };
+        if bot.model == default_model() {
+            return Err((
+                "model",
+                format!(
+                    "an {} bot needs the model its server should run (for example \"llama3.2\")",
+                    kind.as_str()
+                ),
+            ));
+        }
+        for name in &bot.inference {
+            match self.inference.iter().find(|e| &e.name == name) {
+                None => return Err(("inference", format!("no [[inference]] endpoint is named '{name}'"))),
+                Some(e) if e.kind != kind => {
+                    return Err((
+                        "inference",
+                        format!("endpoint '{name}' speaks {}, the bot's engine is {}", e.kind.as_str(), kind.as_str()),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.endpoints_of(bot).is_empty() {
+            return Err((
+                "engine",
+                format!("no [[inference]] endpoint of kind \"{}\" is configured", kind.as_str()),
+            ));
+        }
+        if let Some(t) = bot.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+            return Err(("temperature", format!("{t} is outside 0.0 to 2.0")));
+        }
+        Ok(())
+    }
+
+    /// The endpoints `bot` calls, in order of preference (none for builtin).
+    pub fn endpoints_of(&self, bot: &BotConfig) -> Vec<&InferenceConfig> {
+        let Some(kind) = bot.inference_kind() else {
+            return Vec::new();
+        };
+        if bot.inference.is_empty() {
+            return self.inference.iter().filter(|e| e.kind == kind).collect();
+        }
+        bot.inference
+            .iter()
+            .filter_map(|name| self.inference.iter().find(|e| &e.name == name))
+            .collect()
+    }
+
+    /// What the worker of `bot` is told in `Hello`.
+    pub fn spec_of(&self, bot: &BotConfig) -> BotSpec {
+        let remote = || RemoteSpec {
+            endpoints: self
+                .endpoints_of(bot)
+                .into_iter()
+                .map(|e| EndpointSpec {
+                    name: e.name.clone(),
+                    url: e.url.clone(),
+                    api_key_env: e.api_key_env.clone(),
+                    connect_timeout_ms: millis(e.connect_timeout),
+                    first_token_timeout_ms: millis(e.first_token_timeout),
+                    token_gap_timeout_ms: millis(e.token_gap_timeout),
+                    cooldown_ms: millis(e.cooldown),
+                })
+                .collect(),
+            temperature: bot.temperature,
+            num_ctx: bot.num_ctx,
+            keep_alive: bot.keep_alive.clone(),
+        };
+        BotSpec {
+            name: bot.name.clone(),
+            model: bot.model.clone(),
+            system_prompt: bot.system_prompt.clone(),
+            engine: match bot.engine {
+                EngineKind::Builtin => EngineSpec::Builtin(BuiltinSpec {
+                    token_delay_ms: millis(bot.builtin.token_delay),
+                    fail_rate: bot.builtin.fail_rate,
+                    leak_per_message: bot.builtin.leak_per_message.as_u64(),
+                    max_tokens: bot.builtin.max_tokens,
+                }),
+                EngineKind::Ollama => EngineSpec::Ollama(remote()),
+                EngineKind::Openai => EngineSpec::Openai(remote()),
+            },
+        }
     }
 
     pub fn database_target(&self) -> Result<DatabaseTarget, String> {
@@ -687,23 +903,18 @@ impl Config {
 }
 
 impl BotConfig {
-    /// What the worker is told in `Hello`.
-    pub fn spec(&self) -> BotSpec {
-        BotSpec {
-            name: self.name.clone(),
-            model: self.model.clone(),
-            system_prompt: self.system_prompt.clone(),
-            engine: match self.engine {
-                EngineKind::Builtin => EngineSpec::Builtin(BuiltinSpec {
-                    token_delay_ms: u64::try_from(self.builtin.token_delay.as_millis())
-                        .unwrap_or(u64::MAX),
-                    fail_rate: self.builtin.fail_rate,
-                    leak_per_message: self.builtin.leak_per_message.as_u64(),
-                    max_tokens: self.builtin.max_tokens,
-                }),
-            },
+    /// The kind of model server the bot's engine calls; `None` for builtin.
+    pub fn inference_kind(&self) -> Option<InferenceKind> {
+        match self.engine {
+            EngineKind::Builtin => None,
+            EngineKind::Ollama => Some(InferenceKind::Ollama),
+            EngineKind::Openai => Some(InferenceKind::Openai),
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The file name (without `.sock`) of a worker generation's socket.

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod inference;
 pub mod memory;
 pub mod metrics;
 pub mod startup;

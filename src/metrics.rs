@@ -34,6 +34,8 @@ pub struct Metrics {
     pub chat_messages: IntCounterVec,
     pub chat_first_token: prometheus::Histogram,
     pub chat_reply: prometheus::Histogram,
+    pub inference_up: IntGaugeVec,
+    pub inference_failovers: IntCounterVec,
 }
 
 /// Latency buckets from a millisecond to half a minute.
@@ -167,6 +169,19 @@ impl Metrics {
             "chat_reply_seconds",
             "From the user's message being stored to the stored reply",
         )?;
+        let inference_up = gauge(
+            "inference_up",
+            "1 while the endpoint passes its health check, else 0",
+            &["endpoint"],
+        )?;
+        let inference_failovers = IntCounterVec::new(
+            Opts::new(
+                "inference_failovers_total",
+                "Turns moved to another endpoint after a failure before their first token",
+            ),
+            &["from", "to"],
+        )?;
+        registry.register(Box::new(inference_failovers.clone()))?;
         let host_rss_bytes =
             IntGauge::new("host_rss_bytes", "Resident set size of the bothost process")?;
         registry.register(Box::new(host_rss_bytes.clone()))?;
@@ -191,6 +206,8 @@ impl Metrics {
             chat_messages,
             chat_first_token,
             chat_reply,
+            inference_up,
+            inference_failovers,
         })
     }
 
@@ -219,9 +236,10 @@ impl Metrics {
                 .with_label_values(&[bot, s.as_str()])
                 .set(i64::from(s == state));
         }
+        // A degraded bot's worker is up; its model server is not.
         self.worker_up
             .with_label_values(&[bot])
-            .set(i64::from(state == BotState::Ready));
+            .set(i64::from(matches!(state, BotState::Ready | BotState::Degraded)));
     }
 
     /// The Prometheus text exposition format.

@@ -50,6 +50,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // the parent-death signal of every worker is tied to (see `worker`).
     let sampler = Sampler::new().context("cannot read process memory (sysinfo)")?;
     let supervisor = Supervisor::new(&config, metrics.clone(), sampler).start();
+    crate::inference::start(&config.inference, &metrics, supervisor.clone());
     let settle_limit = config.supervisor.start_timeout + config.supervisor.backoff_max;
     if tokio::time::timeout(settle_limit, supervisor.send(AwaitSettled))
         .await
@@ -59,7 +60,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let status = supervisor.send(GetStatus).await?;
     for bot in &status.bots {
-        info!(bot = %bot.name, state = bot.state.as_str(), pid = bot.pid, "bot settled");
+        info!(
+            bot = %bot.name, state = bot.state.as_str(), pid = bot.pid,
+            model_present = bot.model_present, "bot settled"
+        );
     }
 
     let _ = std::fs::remove_file(&control_path);

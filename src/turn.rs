@@ -39,6 +39,14 @@ pub enum ErrorCode {
     /// The worker died (crash, kill, hang) with the turn in flight.
     WorkerDied,
     EngineFailed,
+    /// No model server could answer; the message is kept for a retry.
+    InferenceUnavailable,
+    /// The model server does not have the bot's model.
+    ModelNotFound,
+    /// The model server is busy.
+    Overloaded,
+    /// The model server went silent past its timeouts.
+    EngineTimeout,
     Cancelled,
     TooLarge,
     /// The database could not store or read the conversation.

@@ -42,7 +42,7 @@ use bot_worker::{
 use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use prometheus::IntGauge;
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -111,6 +111,12 @@ pub struct CancelTurn {
     pub id: u64,
 }
 
+/// The host's health checks changed their verdict: these endpoints are
+/// down now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetEndpointsDown(pub Vec<String>);
+
 /// Finish in-flight turns, then stop. Resolves once the process is gone.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -134,6 +140,11 @@ pub struct WorkerHandle {
     generation: u64,
     supervisor: Recipient<WorkerEvent>,
     in_flight: IntGauge,
+    /// `inference_failovers_total{from, to}`.
+    failovers: IntCounterVec,
+    /// Endpoints the host's health checks find down; told to the worker
+    /// after `Hello` and on every change.
+    endpoints_down: Vec<String>,
     phase: Phase,
     pid: Option<u32>,
     reaped: bool,
@@ -153,6 +164,8 @@ impl WorkerHandle {
         generation: u64,
         supervisor: Recipient<WorkerEvent>,
         in_flight: IntGauge,
+        failovers: IntCounterVec,
+        endpoints_down: Vec<String>,
     ) -> Self {
         let socket_path = settings.runtime_dir.join(format!(
             "{}.sock",
@@ -163,6 +176,8 @@ impl WorkerHandle {
             generation,
             supervisor,
             in_flight,
+            failovers,
+            endpoints_down,
             phase: Phase::Spawning,
             pid: None,
             reaped: false,
@@ -265,6 +280,11 @@ impl WorkerHandle {
             spec: self.settings.spec.clone(),
             heartbeat,
         });
+        if !self.endpoints_down.is_empty() {
+            self.send(&HostMessage::EndpointsDown {
+                names: self.endpoints_down.clone(),
+            });
+        }
     }
 
     /// Queues a frame for the writer task. A frame that cannot be encoded is
@@ -326,8 +346,17 @@ impl WorkerHandle {
             }
             WorkerMessage::Failed { id, code, message } => {
                 if let Some(t) = self.finish(id) {
-                    let _ = t.send(TurnEvent::Failed(turn_error(code, message)));
+                    let _ = t.send(TurnEvent::Failed(turn_error(self.bot(), code, message)));
                 }
+            }
+            WorkerMessage::Failover {
+                id,
+                from,
+                to,
+                reason,
+            } => {
+                warn!(bot = %self.bot(), turn = id, %from, %to, "inference failover: {reason}");
+                self.failovers.with_label_values(&[&from, &to]).inc();
             }
             WorkerMessage::Ping { seq } => {
                 self.send(&HostMessage::Pong { seq });
@@ -531,6 +560,18 @@ impl Handler<CancelTurn> for WorkerHandle {
     }
 }
 
+impl Handler<SetEndpointsDown> for WorkerHandle {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetEndpointsDown, _: &mut Context<Self>) {
+        self.endpoints_down = msg.0;
+        // Before the connection exists, `connected` sends it after Hello.
+        self.send(&HostMessage::EndpointsDown {
+            names: self.endpoints_down.clone(),
+        });
+    }
+}
+
 impl Handler<Drain> for WorkerHandle {
     type Result = ResponseFuture<()>;
 
@@ -571,11 +612,28 @@ impl Handler<Drain> for WorkerHandle {
     }
 }
 
-fn turn_error(code: FailCode, message: String) -> TurnError {
+/// What the caller of a failed turn is told. When no model server could
+/// answer, the user gets a plain apology (the servers' addresses and errors
+/// are for the operator's log, not for them).
+fn turn_error(bot: &str, code: FailCode, message: String) -> TurnError {
     let code = match code {
-        FailCode::EngineFailed | FailCode::InvalidRequest | FailCode::Other => {
-            ErrorCode::EngineFailed
+        FailCode::EngineFailed
+        | FailCode::BadRequest
+        | FailCode::InvalidRequest
+        | FailCode::Other => ErrorCode::EngineFailed,
+        FailCode::InferenceUnavailable => {
+            warn!(bot, "no model server could answer: {message}");
+            return TurnError::new(
+                ErrorCode::InferenceUnavailable,
+                format!(
+                    "{bot} is temporarily unavailable: its model server cannot be reached. \
+                     Your message is saved; please try again in a moment."
+                ),
+            );
         }
+        FailCode::ModelNotFound => ErrorCode::ModelNotFound,
+        FailCode::Overloaded => ErrorCode::Overloaded,
+        FailCode::Timeout => ErrorCode::EngineTimeout,
         FailCode::Cancelled => ErrorCode::Cancelled,
         FailCode::Draining => ErrorCode::BotUnavailable,
     };
@@ -616,8 +674,16 @@ fn spawn_child(binary: &Path, socket: &Path) -> io::Result<tokio::process::Child
         .arg(socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
+    bind_to_host(&mut cmd);
+    cmd.spawn()
+}
+
+/// Makes a child the host starts (a worker, a supervised model server) run
+/// in its own process group, so it can be signalled as a whole, and die
+/// with the host (parent-death signal SIGKILL).
+pub(crate) fn bind_to_host(cmd: &mut tokio::process::Command) {
+    cmd.process_group(0);
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes two
     // async-signal-safe system calls; it allocates nothing.
@@ -632,7 +698,6 @@ fn spawn_child(binary: &Path, socket: &Path) -> io::Result<tokio::process::Child
             Ok(())
         });
     }
-    cmd.spawn()
 }
 
 /// Writes queued frames, batching whatever is waiting into one flush.

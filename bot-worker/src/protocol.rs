@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change an older peer would misread. Checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Everything a worker needs to serve one bot, sent in `Hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +25,43 @@ pub struct BotSpec {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EngineSpec {
     Builtin(BuiltinSpec),
+    /// Ollama's `POST /api/chat`, NDJSON streaming.
+    Ollama(RemoteSpec),
+    /// Any `POST /v1/chat/completions` server, SSE streaming.
+    Openai(RemoteSpec),
+}
+
+/// An engine that calls model servers: where, and how the bot asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteSpec {
+    /// In order of preference; a turn that fails before its first token
+    /// moves on to the next.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Sampling temperature; the server's default when absent.
+    pub temperature: Option<f64>,
+    /// Context size in tokens (Ollama's `num_ctx`).
+    pub num_ctx: Option<u32>,
+    /// How long Ollama keeps the model loaded after a turn (`"5m"`).
+    pub keep_alive: Option<String>,
+}
+
+/// One model server as a worker calls it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    pub name: String,
+    /// Base URL, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    /// Environment variable holding the API key (sent as a bearer token).
+    /// The key itself never crosses the socket.
+    pub api_key_env: Option<String>,
+    pub connect_timeout_ms: u64,
+    /// From sending the request to the first token.
+    pub first_token_timeout_ms: u64,
+    /// Longest silence between two pieces of the stream.
+    pub token_gap_timeout_ms: u64,
+    /// After a failure the endpoint is skipped this long, unless the host's
+    /// health check reports it up again first.
+    pub cooldown_ms: u64,
 }
 
 /// The deterministic built-in engine and its fault-injection knobs.
@@ -62,10 +99,16 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// The endpoint that answered (remote engines only).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The engine's own time for the turn, as the model server reports it.
+    #[serde(default)]
+    pub engine_ms: Option<u64>,
 }
 
 /// Why a turn did not complete.
@@ -74,6 +117,16 @@ pub struct Usage {
 pub enum FailCode {
     /// The engine could not produce a reply.
     EngineFailed,
+    /// No model server could be reached or answered before a first token.
+    InferenceUnavailable,
+    /// The model server does not have the bot's model.
+    ModelNotFound,
+    /// The model server is busy (Ollama's queue is full).
+    Overloaded,
+    /// The model server stopped answering within the configured timeouts.
+    Timeout,
+    /// The model server refused the request as malformed.
+    BadRequest,
     /// The host asked for the turn to stop.
     Cancelled,
     /// The worker is draining and takes no new turns.
@@ -108,6 +161,12 @@ pub enum HostMessage {
         seq: u64,
     },
     Drain,
+    /// The host's health checks: these endpoints are down now. Sent after
+    /// `Ready` and on every change; the worker skips them while another
+    /// endpoint is left.
+    EndpointsDown {
+        names: Vec<String>,
+    },
 }
 
 /// Worker → host.
@@ -134,6 +193,13 @@ pub enum WorkerMessage {
         id: u64,
         code: FailCode,
         message: String,
+    },
+    /// Turn `id` failed on `from` before its first token and moves to `to`.
+    Failover {
+        id: u64,
+        from: String,
+        to: String,
+        reason: String,
     },
     Ping {
         seq: u64,

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bot_worker::{
-    ChatMessage, EngineSpec, FailCode, FrameCodec, FrameError, Heartbeat, HostMessage,
-    WorkerMessage, PROTOCOL_VERSION,
+    ChatMessage, FailCode, FrameCodec, FrameError, Heartbeat, HostMessage, WorkerMessage,
+    PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -27,7 +27,7 @@ use tokio::task::AbortHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{info, warn};
 
-use crate::engine::Builtin;
+use crate::engine::Engine;
 
 /// How long the worker waits for `Hello` after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +82,7 @@ pub async fn run(socket: &Path) -> Result<(), WorkerError> {
 async fn handshake(
     reader: &mut FramedRead<tokio::net::unix::OwnedReadHalf, Codec>,
     writer: &mut FramedWrite<OwnedWriteHalf, Codec>,
-) -> Result<(Arc<Builtin>, Heartbeat), WorkerError> {
+) -> Result<(Arc<Engine>, Heartbeat), WorkerError> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
         .await
         .map_err(|_| WorkerError::Handshake(format!("no Hello within {HELLO_TIMEOUT:?}")))?;
@@ -110,8 +110,16 @@ async fn handshake(
             .await?;
         return Err(WorkerError::Handshake(reason));
     }
-    let engine = match spec.engine {
-        EngineSpec::Builtin(b) => Arc::new(Builtin::new(spec.name.clone(), b)),
+    let engine = match Engine::new(&spec) {
+        Ok(engine) => Arc::new(engine),
+        Err(reason) => {
+            writer
+                .send(WorkerMessage::Refused {
+                    reason: reason.clone(),
+                })
+                .await?;
+            return Err(WorkerError::Handshake(reason));
+        }
     };
     writer
         .send(WorkerMessage::Ready {
@@ -140,7 +148,7 @@ async fn write_loop(
 }
 
 struct Session {
-    engine: Arc<Builtin>,
+    engine: Arc<Engine>,
     heartbeat: Heartbeat,
     out: mpsc::Sender<WorkerMessage>,
     turns: HashMap<u64, AbortHandle>,
@@ -151,7 +159,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(engine: Arc<Builtin>, heartbeat: Heartbeat, out: mpsc::Sender<WorkerMessage>) -> Self {
+    fn new(engine: Arc<Engine>, heartbeat: Heartbeat, out: mpsc::Sender<WorkerMessage>) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         Self {
             engine,
@@ -229,6 +237,7 @@ impl Session {
                 info!(in_flight = self.turns.len(), "drain requested");
                 self.draining = true;
             }
+            HostMessage::EndpointsDown { names } => self.engine.endpoints_down(names),
             HostMessage::Hello { .. } => warn!("ignoring a second Hello"),
         }
     }

@@ -35,10 +35,13 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::inference::{has_model, EndpointStatus};
 use crate::memory::{Action, MemoryPolicy, MemoryWatch, Sampler};
 use crate::metrics::Metrics;
 use crate::turn::{ErrorCode, TurnError, TurnEvent};
-use crate::worker::{Cause, Drain, StartTurn, WorkerEvent, WorkerHandle, WorkerSettings};
+use crate::worker::{
+    Cause, Drain, SetEndpointsDown, StartTurn, WorkerEvent, WorkerHandle, WorkerSettings,
+};
 use bot_worker::ChatMessage;
 use tokio::sync::mpsc;
 
@@ -69,12 +72,19 @@ pub struct BotStatus {
     pub memory_warning: bool,
     /// A generation starting to take over, during a restart.
     pub pending_generation: Option<u64>,
+    /// Whether an endpoint the bot uses, up at its last check, has the
+    /// bot's model; `None` for builtin bots and before any check.
+    #[serde(default)]
+    pub model_present: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     pub bots: Vec<BotStatus>,
     pub host_rss_bytes: Option<u64>,
+    /// Every `[[inference]]` endpoint, in configuration order.
+    #[serde(default)]
+    pub inference: Vec<EndpointStatus>,
 }
 
 /// A completed handover.
@@ -117,6 +127,11 @@ pub struct StatusChange {
 #[derive(Message)]
 #[rtype(result = "tokio::sync::broadcast::Receiver<StatusChange>")]
 pub struct SubscribeStatus;
+
+/// The result of one health check of an inference endpoint.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EndpointChecked(pub EndpointStatus);
 
 /// Drain and stop every worker; resolves when all are gone.
 #[derive(Message)]
@@ -164,6 +179,8 @@ struct Bot {
     watch: MemoryWatch,
     /// No automatic (memory, leak) restart before this, after one failed.
     auto_restart_after: Option<Instant>,
+    /// The inference endpoints the bot calls (none for builtin).
+    endpoints: Vec<String>,
 }
 
 impl Bot {
@@ -173,6 +190,14 @@ impl Bot {
 
     fn ready_pid(&self) -> Option<u32> {
         self.current.as_ref()?.ready.map(|(_, pid)| pid)
+    }
+
+    /// Every generation that has a worker: current, pending and draining.
+    fn generations(&self) -> impl Iterator<Item = &Generation> {
+        self.current
+            .iter()
+            .chain(self.pending.as_ref().map(|p| &p.generation))
+            .chain(&self.draining)
     }
 }
 
@@ -188,6 +213,8 @@ pub struct Supervisor {
     shutting_down: bool,
     settle_waiters: Vec<oneshot::Sender<()>>,
     changes: tokio::sync::broadcast::Sender<StatusChange>,
+    /// The last health check of every inference endpoint.
+    inference: Vec<EndpointStatus>,
 }
 
 impl Supervisor {
@@ -202,7 +229,7 @@ impl Supervisor {
                 metrics.register_bot(&bot.name, memory.budget);
                 Bot {
                     settings: Arc::new(WorkerSettings {
-                        spec: bot.spec(),
+                        spec: config.spec_of(bot),
                         binary: config.worker_binary_of(bot),
                         runtime_dir: config.runtime_dir().to_owned(),
                         start_timeout: s.start_timeout,
@@ -223,6 +250,11 @@ impl Supervisor {
                     rss: None,
                     watch: MemoryWatch::default(),
                     auto_restart_after: None,
+                    endpoints: config
+                        .endpoints_of(bot)
+                        .iter()
+                        .map(|e| e.name.clone())
+                        .collect(),
                 }
             })
             .collect();
@@ -244,6 +276,84 @@ impl Supervisor {
             shutting_down: false,
             settle_waiters: Vec::new(),
             changes: tokio::sync::broadcast::channel(256).0,
+            inference: config
+                .inference
+                .iter()
+                .map(EndpointStatus::unchecked)
+                .collect(),
+        }
+    }
+
+    /// Endpoints whose last health check failed.
+    fn endpoints_down(&self) -> Vec<String> {
+        self.inference
+            .iter()
+            .filter(|e| !e.up)
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// `Ready`, or `Degraded` when every model server the bot uses is down.
+    fn ready_state(&self, idx: usize) -> BotState {
+        let bot = &self.bots[idx];
+        let all_down = !bot.endpoints.is_empty()
+            && bot.endpoints.iter().all(|name| {
+                self.inference
+                    .iter()
+                    .any(|e| &e.name == name && !e.up)
+            });
+        if all_down {
+            BotState::Degraded
+        } else {
+            BotState::Ready
+        }
+    }
+
+    /// Whether the bot's model is on an endpoint it uses that is up.
+    fn model_present(&self, bot: &Bot) -> Option<bool> {
+        let checked: Vec<&EndpointStatus> = self
+            .inference
+            .iter()
+            .filter(|e| e.checked && e.up && bot.endpoints.contains(&e.name))
+            .collect();
+        if checked.is_empty() {
+            return None;
+        }
+        Some(
+            checked
+                .iter()
+                .any(|e| has_model(&e.models, &bot.settings.spec.model)),
+        )
+    }
+
+    fn on_endpoint_checked(&mut self, status: EndpointStatus) {
+        let Some(slot) = self.inference.iter_mut().find(|e| e.name == status.name) else {
+            return;
+        };
+        let changed = slot.up != status.up || !slot.checked;
+        *slot = status;
+        if !changed {
+            return;
+        }
+        let down = self.endpoints_down();
+        for idx in 0..self.bots.len() {
+            let bot = &self.bots[idx];
+            if bot.endpoints.is_empty() {
+                continue;
+            }
+            for g in bot.generations() {
+                g.addr.do_send(SetEndpointsDown(down.clone()));
+            }
+            if self.model_present(bot) == Some(false) {
+                warn!(
+                    bot = %bot.name(), model = %bot.settings.spec.model,
+                    "the bot's model is on none of its model servers that are up"
+                );
+            }
+            if matches!(bot.state, BotState::Ready | BotState::Degraded) {
+                let state = self.ready_state(idx);
+                self.set_state(idx, state);
+            }
         }
     }
 
@@ -262,11 +372,7 @@ impl Supervisor {
         }
         bot.state = state;
         self.metrics.set_state(&bot.settings.spec.name, state);
-        if self
-            .bots
-            .iter()
-            .all(|b| matches!(b.state, BotState::Ready | BotState::Failed))
-        {
+        if self.bots.iter().all(|b| b.state.settled()) {
             self.settle_waiters.clear(); // dropping a sender wakes its waiter
         }
     }
@@ -283,8 +389,21 @@ impl Supervisor {
             .metrics
             .worker_in_flight
             .with_label_values(&[bot.name()]);
-        let addr =
-            WorkerHandle::new(Arc::clone(&bot.settings), bot.generation, me, in_flight).start();
+        let down = if bot.endpoints.is_empty() {
+            Vec::new()
+        } else {
+            self.endpoints_down()
+        };
+        let bot = &mut self.bots[idx];
+        let addr = WorkerHandle::new(
+            Arc::clone(&bot.settings),
+            bot.generation,
+            me,
+            in_flight,
+            self.metrics.inference_failovers.clone(),
+            down,
+        )
+        .start();
         bot.pending = Some(Pending {
             generation: Generation {
                 number: bot.generation,
@@ -345,7 +464,8 @@ impl Supervisor {
         for waiter in pending.waiters {
             let _ = waiter.send(Ok(result.clone()));
         }
-        self.set_state(idx, BotState::Ready);
+        let state = self.ready_state(idx);
+        self.set_state(idx, state);
     }
 
     fn on_gone(&mut self, idx: usize, number: u64, cause: Cause, ctx: &mut Context<Self>) {
@@ -619,12 +739,14 @@ impl Supervisor {
                     leak_slope_bytes_per_second: bot.watch.slope(),
                     memory_warning: bot.watch.above_warning(),
                     pending_generation: bot.pending.as_ref().map(|p| p.generation.number),
+                    model_present: self.model_present(bot),
                 }
             })
             .collect();
         StatusReport {
             bots,
             host_rss_bytes: self.host_rss,
+            inference: self.inference.clone(),
         }
     }
 }
@@ -734,11 +856,7 @@ impl Handler<AwaitSettled> for Supervisor {
 
     fn handle(&mut self, _: AwaitSettled, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        if self
-            .bots
-            .iter()
-            .any(|b| !matches!(b.state, BotState::Ready | BotState::Failed))
-        {
+        if self.bots.iter().any(|b| !b.state.settled()) {
             self.settle_waiters.push(tx);
         }
         Box::pin(async move {
@@ -763,6 +881,14 @@ impl Handler<RestartBot> for Supervisor {
     }
 }
 
+impl Handler<EndpointChecked> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EndpointChecked, _: &mut Context<Self>) {
+        self.on_endpoint_checked(msg.0);
+    }
+}
+
 impl Handler<SubscribeStatus> for Supervisor {
     type Result = MessageResult<SubscribeStatus>;
 
@@ -778,13 +904,7 @@ impl Handler<Shutdown> for Supervisor {
         self.shutting_down = true;
         let mut drains = Vec::new();
         for idx in 0..self.bots.len() {
-            let bot = &self.bots[idx];
-            let generations = bot
-                .current
-                .iter()
-                .chain(bot.pending.as_ref().map(|p| &p.generation))
-                .chain(&bot.draining);
-            drains.extend(generations.map(|g| g.addr.send(Drain)));
+            drains.extend(self.bots[idx].generations().map(|g| g.addr.send(Drain)));
             self.set_state(idx, BotState::Draining);
         }
         info!(workers = drains.len(), "draining all workers");

@@ -11,24 +11,37 @@ use serde::{Deserialize, Serialize};
 pub enum BotState {
     Starting,
     Ready,
+    /// The worker is ready but every model server it uses is down.
+    Degraded,
     Draining,
     Restarting,
     Failed,
 }
 
 impl BotState {
-    pub const ALL: [BotState; 5] = [
+    pub const ALL: [BotState; 6] = [
         BotState::Starting,
         BotState::Ready,
+        BotState::Degraded,
         BotState::Draining,
         BotState::Restarting,
         BotState::Failed,
     ];
 
+    /// Start-up is over for this bot: it serves (perhaps degraded) or has
+    /// been given up on.
+    pub fn settled(self) -> bool {
+        matches!(
+            self,
+            BotState::Ready | BotState::Degraded | BotState::Failed
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BotState::Starting => "starting",
             BotState::Ready => "ready",
+            BotState::Degraded => "degraded",
             BotState::Draining => "draining",
             BotState::Restarting => "restarting",
             BotState::Failed => "failed",

@@ -117,6 +117,12 @@ pub fn turn_status(code: ErrorCode) -> (StatusCode, &'static str) {
         ErrorCode::BotUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "bot_unavailable"),
         ErrorCode::WorkerDied => (StatusCode::BAD_GATEWAY, "worker_died"),
         ErrorCode::EngineFailed => (StatusCode::BAD_GATEWAY, "engine_failed"),
+        ErrorCode::InferenceUnavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "inference_unavailable")
+        }
+        ErrorCode::ModelNotFound => (StatusCode::BAD_GATEWAY, "model_not_found"),
+        ErrorCode::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        ErrorCode::EngineTimeout => (StatusCode::GATEWAY_TIMEOUT, "engine_timeout"),
         ErrorCode::Cancelled => (StatusCode::CONFLICT, "cancelled"),
         ErrorCode::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         ErrorCode::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),

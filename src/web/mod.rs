@@ -172,6 +172,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "ready": ready.ready,
         "store": {"ok": store.is_ok(), "backend": state.store.backend(), "error": ready.store_error},
         "workers": ready.bots,
+        "inference": ready.inference,
     });
     if ready.ready {
         HttpResponse::Ok().json(body)
@@ -184,9 +185,11 @@ struct Readiness {
     ready: bool,
     store_error: Option<String>,
     bots: serde_json::Value,
+    inference: serde_json::Value,
 }
 
-/// The readiness rule: the store is reachable and some bot is ready.
+/// The readiness rule: the store is reachable and some bot is ready (a
+/// `degraded` bot, whose model servers are all down, is not).
 fn readiness(store_error: Option<String>, status: Option<&StatusReport>) -> Readiness {
     let bots: serde_json::Map<String, serde_json::Value> = status
         .map(|s| {
@@ -201,6 +204,12 @@ fn readiness(store_error: Option<String>, status: Option<&StatusReport>) -> Read
         ready: store_error.is_none() && any_ready,
         store_error,
         bots: serde_json::Value::Object(bots),
+        inference: json!({
+            "endpoints": status.map(|s| &s.inference),
+            "models_present": status.map(|s| s.bots.iter()
+                .filter_map(|b| Some((b.name.clone(), json!(b.model_present?))))
+                .collect::<serde_json::Map<_, _>>()),
+        }),
     }
 }
 
@@ -241,14 +250,16 @@ mod tests {
                     leak_slope_bytes_per_second: 0.0,
                     memory_warning: false,
                     pending_generation: None,
+                    model_present: None,
                 })
                 .collect(),
             host_rss_bytes: None,
+            inference: Vec::new(),
         }
     }
 
     #[test]
-    fn ready_needs_the_store_and_one_ready_bot() {
+    fn ready_needs_the_store_and_one_ready_not_degraded_bot() {
         let some = report(&[BotState::Failed, BotState::Ready]);
         assert!(readiness(None, Some(&some)).ready);
         assert!(!readiness(Some("down".into()), Some(&some)).ready);
@@ -260,6 +271,7 @@ mod tests {
             .ready
         );
         assert!(!readiness(None, None).ready);
+        assert!(!readiness(None, Some(&report(&[BotState::Degraded]))).ready);
         assert_eq!(readiness(None, Some(&some)).bots["b0"], "failed");
     }
 }

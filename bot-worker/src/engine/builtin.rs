@@ -1,12 +1,6 @@
-//! Engines: what turns a conversation into a streamed reply.
-//!
-//! Owns the engines the worker can run. Only the `builtin` engine exists so
-//! far: deterministic, no server, with fault-injection knobs so that tests and
-//! benchmarks can exercise slow, failing and leaking bots for real.
-//!
-//! An engine never talks to the socket: it pushes `Delta` messages into the
-//! channel it is given and returns the turn's outcome; the serve loop owns the
-//! connection.
+//! The builtin engine: deterministic replies, no server, with
+//! fault-injection knobs (token delay, failure rate, a real leak) so tests
+//! and benchmarks can exercise slow, failing and leaking bots for real.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,12 +8,7 @@ use std::time::Duration;
 use bot_worker::{BuiltinSpec, ChatMessage, FailCode, Role, Usage, WorkerMessage};
 use tokio::sync::mpsc;
 
-/// Why a turn ended without `Done`.
-#[derive(Debug)]
-pub struct EngineError {
-    pub code: FailCode,
-    pub message: String,
-}
+use super::EngineError;
 
 pub struct Builtin {
     bot: String,
@@ -63,12 +52,7 @@ impl Builtin {
                 id,
                 text: (*token).to_owned(),
             };
-            if out.send(delta).await.is_err() {
-                return Err(EngineError {
-                    code: FailCode::Cancelled,
-                    message: "the connection to the host is gone".into(),
-                });
-            }
+            super::emit(out, delta).await?;
         }
         if fail_after == Some(tokens.len()) {
             return Err(self.injected_failure());
@@ -76,17 +60,18 @@ impl Builtin {
         Ok(Usage {
             prompt_tokens: count_words(messages),
             completion_tokens: u32::try_from(tokens.len()).unwrap_or(u32::MAX),
+            ..Usage::default()
         })
     }
 
     fn injected_failure(&self) -> EngineError {
-        EngineError {
-            code: FailCode::EngineFailed,
-            message: format!(
+        EngineError::new(
+            FailCode::EngineFailed,
+            format!(
                 "builtin engine: injected failure (fail_rate = {})",
                 self.spec.fail_rate
             ),
-        }
+        )
     }
 
     fn leak(&self) {

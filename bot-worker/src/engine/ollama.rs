@@ -1,0 +1,167 @@
+//! Ollama's wire format: `POST /api/chat` with `stream: true`, answered by
+//! NDJSON, one JSON object per line:
+//!
+//! ```text
+//! {"model":"llama3.2","message":{"role":"assistant","content":"Hel"},"done":false}
+//! {"model":"llama3.2","message":{"role":"assistant","content":""},"done":true,
+//!  "done_reason":"stop","total_duration":812000000,"prompt_eval_count":26,"eval_count":9,...}
+//! {"error":"an error line can arrive in the middle of a 200 stream"}
+//! ```
+//!
+//! A stream that ends without `"done": true` did not finish. Errors before
+//! the stream are an HTTP status with `{"error": "..."}`: 400 a bad request,
+//! 404 a model the server does not have, 503 a full queue, 500 a failure.
+
+use bot_worker::{ChatMessage, FailCode, RemoteSpec, Usage};
+use serde_json::{json, Value};
+
+use super::remote::{error_text, Piece};
+use super::EngineError;
+
+pub fn body(model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
+    let mut options = serde_json::Map::new();
+    if let Some(t) = spec.temperature {
+        options.insert("temperature".into(), json!(t));
+    }
+    if let Some(n) = spec.num_ctx {
+        options.insert("num_ctx".into(), json!(n));
+    }
+    let mut body = json!({"model": model, "messages": messages, "stream": true});
+    if !options.is_empty() {
+        body["options"] = Value::Object(options);
+    }
+    if let Some(k) = &spec.keep_alive {
+        body["keep_alive"] = json!(k);
+    }
+    body
+}
+
+pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
+    if line.is_empty() {
+        return Ok(Piece::default());
+    }
+    let v: Value = serde_json::from_str(line).map_err(|e| {
+        EngineError::new(
+            FailCode::EngineFailed,
+            format!("the model server sent a line that is not JSON ({e})"),
+        )
+    })?;
+    if let Some(error) = v.get("error") {
+        return Err(EngineError::new(
+            FailCode::EngineFailed,
+            format!("the model server failed mid-reply: {}", error_text(error)),
+        ));
+    }
+    let text = v["message"]["content"].as_str().map(str::to_owned);
+    let done = v["done"].as_bool().unwrap_or(false);
+    let usage = done.then(|| Usage {
+        prompt_tokens: count(&v["prompt_eval_count"]),
+        completion_tokens: count(&v["eval_count"]),
+        endpoint: None,
+        engine_ms: v["total_duration"].as_u64().map(|ns| ns / 1_000_000),
+    });
+    Ok(Piece { text, usage, done })
+}
+
+fn count(v: &Value) -> u32 {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+pub fn http_error(status: u16, body: &str, model: &str) -> EngineError {
+    let detail = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").map(error_text))
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    match status {
+        400 => EngineError::new(
+            FailCode::BadRequest,
+            format!("the model server refused the request: {detail}"),
+        ),
+        404 => EngineError::new(
+            FailCode::ModelNotFound,
+            format!("the model '{model}' is not available: {detail}"),
+        ),
+        429 | 503 => EngineError::new(
+            FailCode::Overloaded,
+            format!("the model server is busy: {detail}"),
+        ),
+        _ => EngineError::new(
+            FailCode::EngineFailed,
+            format!("the model server failed (HTTP {status}): {detail}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bot_worker::Role;
+
+    #[test]
+    fn the_request_carries_model_messages_options_and_keep_alive() {
+        let spec = RemoteSpec {
+            endpoints: vec![],
+            temperature: Some(0.2),
+            num_ctx: Some(4096),
+            keep_alive: Some("10m".into()),
+        };
+        let messages = [ChatMessage {
+            role: Role::System,
+            content: "be brief".into(),
+        }];
+        let b = body("llama3.2", &messages, &spec);
+        assert_eq!(b["model"], "llama3.2");
+        assert_eq!(b["stream"], true);
+        assert_eq!(b["messages"][0]["role"], "system");
+        assert_eq!(b["options"]["temperature"], 0.2);
+        assert_eq!(b["options"]["num_ctx"], 4096);
+        assert_eq!(b["keep_alive"], "10m");
+        let bare = RemoteSpec {
+            temperature: None,
+            num_ctx: None,
+            keep_alive: None,
+            ..spec
+        };
+        assert!(body("m", &messages, &bare).get("options").is_none());
+    }
+
+    #[test]
+    fn lines_give_text_then_the_final_counters() {
+        let p = parse_line(r#"{"model":"m","message":{"role":"assistant","content":"Hel"},"done":false}"#)
+            .unwrap();
+        assert_eq!((p.text.as_deref(), p.done), (Some("Hel"), false));
+        let p = parse_line(
+            r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",
+               "total_duration":812000000,"prompt_eval_count":26,"eval_count":9,"eval_duration":400000000}"#
+                .replace('\n', " ")
+                .as_str(),
+        )
+        .unwrap();
+        assert!(p.done);
+        let usage = p.usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (26, 9));
+        assert_eq!(usage.engine_ms, Some(812));
+    }
+
+    #[test]
+    fn an_error_line_mid_stream_fails_the_turn() {
+        let e = parse_line(r#"{"error":"llama runner process has terminated"}"#).unwrap_err();
+        assert_eq!(e.code, FailCode::EngineFailed);
+        assert!(e.message.contains("llama runner process has terminated"), "{}", e.message);
+        assert_eq!(parse_line("not json").unwrap_err().code, FailCode::EngineFailed);
+    }
+
+    #[test]
+    fn http_statuses_map_to_specific_errors() {
+        let e = http_error(404, r#"{"error":"model \"nope\" not found, try pulling it first"}"#, "nope");
+        assert_eq!(e.code, FailCode::ModelNotFound);
+        assert!(e.message.contains("nope") && e.message.contains("try pulling"), "{}", e.message);
+        assert_eq!(http_error(400, r#"{"error":"bad"}"#, "m").code, FailCode::BadRequest);
+        assert_eq!(http_error(503, r#"{"error":"server busy"}"#, "m").code, FailCode::Overloaded);
+        let e = http_error(500, "plain text", "m");
+        assert_eq!(e.code, FailCode::EngineFailed);
+        assert!(e.message.contains("HTTP 500") && e.message.contains("plain text"));
+    }
+}

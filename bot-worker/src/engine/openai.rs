@@ -1,0 +1,163 @@
+//! The OpenAI-compatible wire format (llama.cpp, vLLM, LiteLLM, ...):
+//! `POST /v1/chat/completions` with `stream: true`, answered by server-sent
+//! events:
+//!
+//! ```text
+//! data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}
+//!
+//! data: {"choices":[],"usage":{"prompt_tokens":26,"completion_tokens":9}}
+//!
+//! data: [DONE]
+//! ```
+//!
+//! Only `data:` lines matter; `[DONE]` ends the stream, and a stream that
+//! ends without it did not finish. Errors are an HTTP status with
+//! `{"error": {"message": "..."}}`, or a `data:` line carrying `error`.
+
+use bot_worker::{ChatMessage, FailCode, RemoteSpec, Usage};
+use serde_json::{json, Value};
+
+use super::remote::{error_text, Piece};
+use super::EngineError;
+
+/// The completions URL under a base that may or may not end in `/v1`.
+pub fn url(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.ends_with("/v1") {
+        format!("{base}/chat/completions")
+    } else {
+        format!("{base}/v1/chat/completions")
+    }
+}
+
+pub fn body(model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(t) = spec.temperature {
+        body["temperature"] = json!(t);
+    }
+    body
+}
+
+pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
+    let Some(data) = line.strip_prefix("data:") else {
+        // Blank separators, `event:`, `id:` and `:` comments carry nothing.
+        return Ok(Piece::default());
+    };
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Ok(Piece {
+            done: true,
+            ..Piece::default()
+        });
+    }
+    let v: Value = serde_json::from_str(data).map_err(|e| {
+        EngineError::new(
+            FailCode::EngineFailed,
+            format!("the model server sent an event that is not JSON ({e})"),
+        )
+    })?;
+    if let Some(error) = v.get("error") {
+        return Err(EngineError::new(
+            FailCode::EngineFailed,
+            format!("the model server failed mid-reply: {}", error_text(error)),
+        ));
+    }
+    let text = v["choices"][0]["delta"]["content"]
+        .as_str()
+        .map(str::to_owned);
+    let usage = v.get("usage").filter(|u| u.is_object()).map(|u| Usage {
+        prompt_tokens: count(&u["prompt_tokens"]),
+        completion_tokens: count(&u["completion_tokens"]),
+        ..Usage::default()
+    });
+    Ok(Piece {
+        text,
+        usage,
+        done: false,
+    })
+}
+
+fn count(v: &Value) -> u32 {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+pub fn http_error(status: u16, body: &str, model: &str) -> EngineError {
+    let detail = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").map(error_text))
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    match status {
+        400 | 422 => EngineError::new(
+            FailCode::BadRequest,
+            format!("the model server refused the request: {detail}"),
+        ),
+        401 | 403 => EngineError::new(
+            FailCode::EngineFailed,
+            format!("the model server refused the API key (HTTP {status}): {detail}"),
+        ),
+        404 => EngineError::new(
+            FailCode::ModelNotFound,
+            format!("the model '{model}' is not available: {detail}"),
+        ),
+        429 | 503 => EngineError::new(
+            FailCode::Overloaded,
+            format!("the model server is busy: {detail}"),
+        ),
+        _ => EngineError::new(
+            FailCode::EngineFailed,
+            format!("the model server failed (HTTP {status}): {detail}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_found_under_either_kind_of_base() {
+        assert_eq!(url("http://h:8000"), "http://h:8000/v1/chat/completions");
+        assert_eq!(url("http://h:8000/v1/"), "http://h:8000/v1/chat/completions");
+    }
+
+    #[test]
+    fn events_give_text_usage_and_the_end() {
+        let p = parse_line(r#"data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#)
+            .unwrap();
+        assert_eq!(p.text.as_deref(), Some("Hel"));
+        let p = parse_line(r#"data: {"choices":[],"usage":{"prompt_tokens":26,"completion_tokens":9}}"#)
+            .unwrap();
+        let u = p.usage.unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (26, 9));
+        assert!(parse_line("data: [DONE]").unwrap().done);
+        for nothing in ["", ": keep-alive", "event: message"] {
+            assert_eq!(parse_line(nothing).unwrap(), Piece::default());
+        }
+    }
+
+    #[test]
+    fn an_error_event_fails_the_turn() {
+        let e = parse_line(r#"data: {"error":{"message":"context length exceeded","type":"invalid_request_error"}}"#)
+            .unwrap_err();
+        assert_eq!(e.code, FailCode::EngineFailed);
+        assert!(e.message.contains("context length exceeded"), "{}", e.message);
+    }
+
+    #[test]
+    fn http_statuses_map_to_specific_errors() {
+        let body = r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error"}}"#;
+        let e = http_error(404, body, "x");
+        assert_eq!(e.code, FailCode::ModelNotFound);
+        assert!(e.message.contains("does not exist"), "{}", e.message);
+        assert_eq!(http_error(429, "{}", "x").code, FailCode::Overloaded);
+        assert_eq!(http_error(400, "{}", "x").code, FailCode::BadRequest);
+        assert!(http_error(401, "{}", "x").message.contains("API key"));
+    }
+}

@@ -1,0 +1,348 @@
+//! Inference endpoints as the host sees them: is each model server up,
+//! which models does it have, and the local servers bothost runs itself.
+//!
+//! One task per `[[inference]]` endpoint checks it with a cheap call
+//! (`GET /api/tags` for Ollama, `GET /v1/models` for OpenAI-compatible
+//! servers) every `health_interval` while it is up and every
+//! `health_interval_down` while it is down, and reports each result to the
+//! Supervisor, which tells the workers and marks bots `degraded`. Workers
+//! make the per-turn decisions (failover, cooldown); this module only
+//! observes.
+//!
+//! An endpoint with a `command` is supervised like a worker: started in its
+//! own process group, dying with the host, restarted with backoff when it
+//! exits, when it has passed no check within `start_timeout` of its start,
+//! or when it fails `restart_after_failed_checks` checks in a row.
+//!
+//! It never decides anything about bots and never logs a URL's password.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{InferenceConfig, InferenceKind};
+use crate::metrics::Metrics;
+use crate::supervisor::{EndpointChecked, Supervisor};
+
+/// One endpoint's last health check, as status and `/readyz` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub name: String,
+    pub kind: InferenceKind,
+    /// Passed its last health check. Before the first check: `true`, so
+    /// turns are tried rather than refused.
+    pub up: bool,
+    /// At least one check has run.
+    pub checked: bool,
+    /// Models the server has (from the last passing check).
+    pub models: Vec<String>,
+    /// Why the last check failed.
+    pub error: Option<String>,
+    /// The supervised server's pid, when bothost runs it.
+    pub pid: Option<u32>,
+    /// Restarts of the supervised server.
+    pub restarts: u64,
+}
+
+impl EndpointStatus {
+    pub fn unchecked(config: &InferenceConfig) -> Self {
+        Self {
+            name: config.name.clone(),
+            kind: config.kind,
+            up: true,
+            checked: false,
+            models: Vec::new(),
+            error: None,
+            pid: None,
+            restarts: 0,
+        }
+    }
+}
+
+/// Whether a server listing `models` can run `model`. Ollama names carry a
+/// tag and `llama3.2` means `llama3.2:latest`.
+pub fn has_model(models: &[String], model: &str) -> bool {
+    models
+        .iter()
+        .any(|m| m == model || (!model.contains(':') && *m == format!("{model}:latest")))
+}
+
+/// Starts one monitoring task per endpoint (on the current thread: a
+/// supervised server's parent-death signal follows the thread that forked
+/// it, and this is the host's main thread).
+pub fn start(endpoints: &[InferenceConfig], metrics: &Metrics, supervisor: Addr<Supervisor>) {
+    for config in endpoints {
+        metrics
+            .inference_up
+            .with_label_values(&[&config.name])
+            .set(0);
+        actix_rt::spawn(monitor(config.clone(), metrics.clone(), supervisor.clone()));
+    }
+}
+
+async fn monitor(config: InferenceConfig, metrics: Metrics, supervisor: Addr<Supervisor>) {
+    let client = match reqwest::Client::builder()
+        .timeout(config.health_timeout)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            error!(endpoint = %config.name, "cannot build an HTTP client: {e}");
+            return;
+        }
+    };
+    let mut status = EndpointStatus::unchecked(&config);
+    let mut server = Server::new(&config);
+    server.start(&mut status).await;
+    let mut failed_in_a_row = 0u32;
+    loop {
+        let was = (status.checked, status.up);
+        match check(&client, &config).await {
+            Ok(models) => {
+                failed_in_a_row = 0;
+                server.passed();
+                status.up = true;
+                status.models = models;
+                status.error = None;
+            }
+            Err(why) => {
+                failed_in_a_row += 1;
+                status.up = false;
+                status.error = Some(why);
+            }
+        }
+        status.checked = true;
+        if was != (true, status.up) {
+            log_change(&config, &status);
+        }
+        metrics
+            .inference_up
+            .with_label_values(&[&config.name])
+            .set(i64::from(status.up));
+        supervisor.do_send(EndpointChecked(status.clone()));
+
+        if let Some(why) = server.needs_restart(&config, failed_in_a_row) {
+            warn!(endpoint = %config.name, "restarting the supervised model server: {why}");
+            server.restart(&mut status).await;
+            failed_in_a_row = 0;
+            supervisor.do_send(EndpointChecked(status.clone()));
+        }
+        let wait = if status.up {
+            config.health_interval
+        } else {
+            config.health_interval_down
+        };
+        // A supervised server that exits is noticed at once, not at the
+        // next check.
+        if server.wait_exit(wait).await {
+            status.up = false;
+            status.error = Some("the supervised server exited".into());
+            metrics
+                .inference_up
+                .with_label_values(&[&config.name])
+                .set(0);
+            supervisor.do_send(EndpointChecked(status.clone()));
+            server.restart(&mut status).await;
+            supervisor.do_send(EndpointChecked(status.clone()));
+        }
+    }
+}
+
+fn log_change(config: &InferenceConfig, status: &EndpointStatus) {
+    if status.up {
+        info!(
+            endpoint = %config.name, kind = config.kind.as_str(), models = status.models.len(),
+            "inference endpoint up: {}", status.models.join(", ")
+        );
+    } else {
+        warn!(
+            endpoint = %config.name, kind = config.kind.as_str(),
+            "inference endpoint down: {}", status.error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// The health check: the models the server lists, or why it failed.
+async fn check(client: &reqwest::Client, config: &InferenceConfig) -> Result<Vec<String>, String> {
+    let base = config.url.trim_end_matches('/');
+    let (url, list, field) = match config.kind {
+        InferenceKind::Ollama => (format!("{base}/api/tags"), "models", "name"),
+        InferenceKind::Openai if base.ends_with("/v1") => (format!("{base}/models"), "data", "id"),
+        InferenceKind::Openai => (format!("{base}/v1/models"), "data", "id"),
+    };
+    let mut request = client.get(&url);
+    if let Some(key) = config
+        .api_key_env
+        .as_deref()
+        .and_then(|var| std::env::var(var).ok())
+    {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.map_err(|e| {
+        // reqwest's error names the URL; ours may carry a password.
+        let e = e.without_url();
+        if e.is_timeout() {
+            format!("no answer within {:?}", config.health_timeout)
+        } else {
+            format!("cannot reach the server: {e}")
+        }
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("health check answered HTTP {}", status.as_u16()));
+    }
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| format!("health check answer is not JSON: {}", e.without_url()))?;
+    Ok(body[list]
+        .as_array()
+        .map(|models| {
+            models
+                .iter()
+                .filter_map(|m| m[field].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The model server process bothost runs for an endpoint with a `command`.
+struct Server {
+    command: Vec<String>,
+    name: String,
+    child: Option<tokio::process::Child>,
+    started: Instant,
+    passed_since_start: bool,
+    backoff: Duration,
+}
+
+const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Server {
+    fn new(config: &InferenceConfig) -> Self {
+        Self {
+            command: config.command.clone(),
+            name: config.name.clone(),
+            child: None,
+            started: Instant::now(),
+            passed_since_start: false,
+            backoff: BACKOFF_INITIAL,
+        }
+    }
+
+    fn passed(&mut self) {
+        self.passed_since_start = true;
+        self.backoff = BACKOFF_INITIAL;
+    }
+
+    async fn start(&mut self, status: &mut EndpointStatus) {
+        let Some((program, args)) = self.command.split_first() else {
+            return;
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        crate::worker::bind_to_host(&mut cmd);
+        self.started = Instant::now();
+        self.passed_since_start = false;
+        match cmd.spawn() {
+            Ok(mut child) => {
+                status.pid = child.id();
+                info!(endpoint = %self.name, pid = status.pid, "started the model server: {}", self.command.join(" "));
+                if let Some(stderr) = child.stderr.take() {
+                    actix_rt::spawn(relay(stderr, self.name.clone()));
+                }
+                self.child = Some(child);
+            }
+            Err(e) => {
+                status.pid = None;
+                error!(endpoint = %self.name, "cannot start the model server `{program}`: {e}");
+            }
+        }
+    }
+
+    /// Why the supervised server must be replaced, if it must.
+    fn needs_restart(&self, config: &InferenceConfig, failed_in_a_row: u32) -> Option<String> {
+        self.command.first()?;
+        if self.child.is_none() {
+            return Some("it is not running".into());
+        }
+        if !self.passed_since_start && self.started.elapsed() >= config.start_timeout {
+            return Some(format!(
+                "no passing health check within {:?} of its start",
+                config.start_timeout
+            ));
+        }
+        (self.passed_since_start && failed_in_a_row >= config.restart_after_failed_checks)
+            .then(|| format!("{failed_in_a_row} failed health checks in a row"))
+    }
+
+    /// Stops what runs (SIGKILL to its group), waits the backoff, starts
+    /// again.
+    async fn restart(&mut self, status: &mut EndpointStatus) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        status.restarts += 1;
+        self.start(status).await;
+    }
+
+    /// Sleeps `wait`; returns early with `true` if the supervised server
+    /// exits meanwhile.
+    async fn wait_exit(&mut self, wait: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            tokio::time::sleep(wait).await;
+            return false;
+        };
+        tokio::select! {
+            exit = child.wait() => {
+                let how = match exit {
+                    Ok(status) => status.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                warn!(endpoint = %self.name, "the supervised model server exited: {how}");
+                self.child = None;
+                true
+            }
+            () = tokio::time::sleep(wait) => false,
+        }
+    }
+}
+
+/// The supervised server's own log, at debug level under its endpoint.
+async fn relay(stderr: tokio::process::ChildStderr, endpoint: String) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        debug!(%endpoint, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_untagged_model_means_latest() {
+        let models = vec!["llama3.2:latest".to_owned(), "qwen2.5:7b".to_owned()];
+        assert!(has_model(&models, "llama3.2"));
+        assert!(has_model(&models, "llama3.2:latest"));
+        assert!(has_model(&models, "qwen2.5:7b"));
+        assert!(!has_model(&models, "qwen2.5"));
+        assert!(!has_model(&models, "mistral"));
+    }
+}
