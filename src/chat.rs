@@ -210,10 +210,16 @@ impl Chats {
         outcome(status.as_str());
         let event = match (ended, stored) {
             (Ok(_), Ok(reply)) => ChatEvent::Done { reply },
-            (Err(error), stored) => ChatEvent::Failed {
-                error,
-                reply: stored.ok(),
-            },
+            (Err(mut error), stored) => {
+                if error.code == ErrorCode::InferenceUnavailable {
+                    // True here, where the question was stored first.
+                    error.message.push_str(" Your message is saved.");
+                }
+                ChatEvent::Failed {
+                    error,
+                    reply: stored.ok(),
+                }
+            }
             (Ok(_), Err(e)) => fail(store_error(&e, "the reply could not be saved")),
         };
         let _ = events.send(event);

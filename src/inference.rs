@@ -16,7 +16,9 @@
 //!
 //! It never decides anything about bots and never logs a URL's password.
 
+use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -25,6 +27,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{InferenceConfig, InferenceKind};
@@ -66,6 +69,32 @@ impl EndpointStatus {
     }
 }
 
+/// One wake-up per endpoint: a turn that failed there asks for its health
+/// check now rather than at the next interval (up to a minute away).
+#[derive(Clone, Default)]
+pub struct Rechecks(Arc<HashMap<String, Arc<Notify>>>);
+
+impl Rechecks {
+    pub fn new(endpoints: &[InferenceConfig]) -> Self {
+        Self(Arc::new(
+            endpoints
+                .iter()
+                .map(|e| (e.name.clone(), Arc::new(Notify::new())))
+                .collect(),
+        ))
+    }
+
+    pub fn poke(&self, endpoint: &str) {
+        if let Some(n) = self.0.get(endpoint) {
+            n.notify_one();
+        }
+    }
+
+    fn of(&self, endpoint: &str) -> Arc<Notify> {
+        self.0.get(endpoint).cloned().unwrap_or_default()
+    }
+}
+
 /// Whether a server listing `models` can run `model`. Ollama names carry a
 /// tag and `llama3.2` means `llama3.2:latest`.
 pub fn has_model(models: &[String], model: &str) -> bool {
@@ -77,17 +106,33 @@ pub fn has_model(models: &[String], model: &str) -> bool {
 /// Starts one monitoring task per endpoint (on the current thread: a
 /// supervised server's parent-death signal follows the thread that forked
 /// it, and this is the host's main thread).
-pub fn start(endpoints: &[InferenceConfig], metrics: &Metrics, supervisor: Addr<Supervisor>) {
+pub fn start(
+    endpoints: &[InferenceConfig],
+    metrics: &Metrics,
+    supervisor: Addr<Supervisor>,
+    rechecks: &Rechecks,
+) {
     for config in endpoints {
         metrics
             .inference_up
             .with_label_values(&[&config.name])
             .set(0);
-        actix_rt::spawn(monitor(config.clone(), metrics.clone(), supervisor.clone()));
+        let recheck = rechecks.of(&config.name);
+        actix_rt::spawn(monitor(
+            config.clone(),
+            metrics.clone(),
+            supervisor.clone(),
+            recheck,
+        ));
     }
 }
 
-async fn monitor(config: InferenceConfig, metrics: Metrics, supervisor: Addr<Supervisor>) {
+async fn monitor(
+    config: InferenceConfig,
+    metrics: Metrics,
+    supervisor: Addr<Supervisor>,
+    recheck: Arc<Notify>,
+) {
     let client = match reqwest::Client::builder()
         .timeout(config.health_timeout)
         .build()
@@ -103,6 +148,8 @@ async fn monitor(config: InferenceConfig, metrics: Metrics, supervisor: Addr<Sup
     server.start(&mut status).await;
     let mut failed_in_a_row = 0u32;
     loop {
+        // However often failed turns ask, check at most this often.
+        tokio::time::sleep(MIN_CHECK_GAP).await;
         let was = (status.checked, status.up);
         match check(&client, &config).await {
             Ok(models) => {
@@ -141,7 +188,7 @@ async fn monitor(config: InferenceConfig, metrics: Metrics, supervisor: Addr<Sup
         };
         // A supervised server that exits is noticed at once, not at the
         // next check.
-        if server.wait_exit(wait).await {
+        if server.wait_exit(wait, &recheck).await {
             status.up = false;
             status.error = Some("the supervised server exited".into());
             metrics
@@ -223,6 +270,7 @@ struct Server {
     backoff: Duration,
 }
 
+const MIN_CHECK_GAP: Duration = Duration::from_millis(200);
 const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -302,14 +350,18 @@ impl Server {
         self.start(status).await;
     }
 
-    /// Sleeps `wait`; returns early with `true` if the supervised server
-    /// exits meanwhile.
-    async fn wait_exit(&mut self, wait: Duration) -> bool {
+    /// Sleeps `wait`, or until `recheck` is poked; returns early with `true`
+    /// if the supervised server exits meanwhile.
+    async fn wait_exit(&mut self, wait: Duration, recheck: &Notify) -> bool {
         let Some(child) = self.child.as_mut() else {
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = recheck.notified() => {}
+            }
             return false;
         };
         tokio::select! {
+            () = recheck.notified() => false,
             exit = child.wait() => {
                 let how = match exit {
                     Ok(status) => status.to_string(),

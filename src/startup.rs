@@ -49,8 +49,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Started on the System arbiter: WorkerHandles live on its thread, which
     // the parent-death signal of every worker is tied to (see `worker`).
     let sampler = Sampler::new().context("cannot read process memory (sysinfo)")?;
-    let supervisor = Supervisor::new(&config, metrics.clone(), sampler).start();
-    crate::inference::start(&config.inference, &metrics, supervisor.clone());
+    let rechecks = crate::inference::Rechecks::new(&config.inference);
+    let supervisor = Supervisor::new(&config, metrics.clone(), sampler)
+        .with_rechecks(rechecks.clone())
+        .start();
+    crate::inference::start(&config.inference, &metrics, supervisor.clone(), &rechecks);
     let settle_limit = config.supervisor.start_timeout + config.supervisor.backoff_max;
     if tokio::time::timeout(settle_limit, supervisor.send(AwaitSettled))
         .await

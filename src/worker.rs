@@ -93,6 +93,10 @@ pub enum WorkerEvent {
         generation: u64,
         cause: Cause,
     },
+    /// A turn failed on this inference endpoint: worth a health check now.
+    EndpointFailed {
+        endpoint: String,
+    },
 }
 
 /// Start a turn; `reply` gets its request id. Sent by the Supervisor with
@@ -349,14 +353,21 @@ impl WorkerHandle {
                     let _ = t.send(TurnEvent::Failed(turn_error(self.bot(), code, message)));
                 }
             }
-            WorkerMessage::Failover {
+            WorkerMessage::EndpointFailed {
                 id,
-                from,
-                to,
+                endpoint,
                 reason,
+                next,
             } => {
-                warn!(bot = %self.bot(), turn = id, %from, %to, "inference failover: {reason}");
-                self.failovers.with_label_values(&[&from, &to]).inc();
+                match &next {
+                    Some(to) => {
+                        warn!(bot = %self.bot(), turn = id, from = %endpoint, %to, "inference failover: {reason}");
+                        self.failovers.with_label_values(&[&endpoint, to]).inc();
+                    }
+                    None => warn!(bot = %self.bot(), turn = id, %endpoint, "inference failed: {reason}"),
+                }
+                self.supervisor
+                    .do_send(WorkerEvent::EndpointFailed { endpoint });
             }
             WorkerMessage::Ping { seq } => {
                 self.send(&HostMessage::Pong { seq });
@@ -626,8 +637,8 @@ fn turn_error(bot: &str, code: FailCode, message: String) -> TurnError {
             return TurnError::new(
                 ErrorCode::InferenceUnavailable,
                 format!(
-                    "{bot} is temporarily unavailable: its model server cannot be reached. \
-                     Your message is saved; please try again in a moment."
+                    "{bot} is temporarily unavailable: its model server cannot be reached \
+                     right now. Please try again in a moment."
                 ),
             );
         }

@@ -194,12 +194,14 @@ pub enum WorkerMessage {
         code: FailCode,
         message: String,
     },
-    /// Turn `id` failed on `from` before its first token and moves to `to`.
-    Failover {
+    /// Turn `id` failed on `endpoint` before its first token; it moves on
+    /// to `next`, if there is one. The host re-checks that endpoint's
+    /// health at once.
+    EndpointFailed {
         id: u64,
-        from: String,
-        to: String,
+        endpoint: String,
         reason: String,
+        next: Option<String>,
     },
     Ping {
         seq: u64,

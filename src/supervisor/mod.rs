@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::inference::{has_model, EndpointStatus};
+use crate::inference::{has_model, EndpointStatus, Rechecks};
 use crate::memory::{Action, MemoryPolicy, MemoryWatch, Sampler};
 use crate::metrics::Metrics;
 use crate::turn::{ErrorCode, TurnError, TurnEvent};
@@ -215,6 +215,7 @@ pub struct Supervisor {
     changes: tokio::sync::broadcast::Sender<StatusChange>,
     /// The last health check of every inference endpoint.
     inference: Vec<EndpointStatus>,
+    rechecks: Rechecks,
 }
 
 impl Supervisor {
@@ -281,7 +282,14 @@ impl Supervisor {
                 .iter()
                 .map(EndpointStatus::unchecked)
                 .collect(),
+            rechecks: Rechecks::default(),
         }
+    }
+
+    /// Where a failed turn asks for an endpoint's health check at once.
+    pub fn with_rechecks(mut self, rechecks: Rechecks) -> Self {
+        self.rechecks = rechecks;
+        self
     }
 
     /// Endpoints whose last health check failed.
@@ -808,6 +816,7 @@ impl Handler<WorkerEvent> for Supervisor {
                     self.on_gone(idx, generation, cause, ctx);
                 }
             }
+            WorkerEvent::EndpointFailed { endpoint } => self.rechecks.poke(&endpoint),
         }
     }
 }

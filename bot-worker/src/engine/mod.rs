@@ -5,7 +5,7 @@
 //! `openai`, which share one failover loop (`remote`) and differ only in
 //! their wire format (`ollama`, `openai`).
 //!
-//! An engine never talks to the socket: it pushes `Delta` (and `Failover`)
+//! An engine never talks to the socket: it pushes `Delta` (and `EndpointFailed`)
 //! messages into the channel it is given and returns the turn's outcome; the
 //! serve loop owns the connection.
 

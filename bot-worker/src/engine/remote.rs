@@ -3,8 +3,8 @@
 //! A turn tries the bot's endpoints in order of preference. Until the first
 //! token has been sent to the host, any failure (refused connection,
 //! timeout, an HTTP error, an error line, a stream cut short) moves the turn
-//! to the next endpoint at once and tells the host with `Failover`; the
-//! failed endpoint cools down. After the first token a failure ends the turn:
+//! to the next endpoint at once and tells the host with `EndpointFailed`;
+//! the failed endpoint cools down. After the first token a failure ends the turn:
 //! repeating the reply from another server would show the user text twice.
 //!
 //! Which endpoints are preferred:
@@ -161,24 +161,23 @@ impl Remote {
                 failure.error.message
             );
             // A request the server found malformed would be refused anywhere.
-            let retry = failure.error.code != FailCode::BadRequest;
+            let next = order
+                .get(n + 1)
+                .filter(|_| failure.error.code != FailCode::BadRequest)
+                .map(|&i| self.endpoints[i].spec.name.clone());
+            emit(
+                out,
+                WorkerMessage::EndpointFailed {
+                    id,
+                    endpoint: endpoint.spec.name.clone(),
+                    reason: failure.error.message.clone(),
+                    next: next.clone(),
+                },
+            )
+            .await?;
             failures.push((endpoint.spec.name.clone(), failure.error));
-            match order.get(n + 1) {
-                Some(&next) if retry => {
-                    let (from, to) = (&endpoint.spec.name, &self.endpoints[next].spec.name);
-                    let reason = failures.last().map_or_else(String::new, |f| f.1.message.clone());
-                    emit(
-                        out,
-                        WorkerMessage::Failover {
-                            id,
-                            from: from.clone(),
-                            to: to.clone(),
-                            reason,
-                        },
-                    )
-                    .await?;
-                }
-                _ => break,
+            if next.is_none() {
+                break;
             }
         }
         Err(all_failed(&failures, &self.endpoints))
