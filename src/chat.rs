@@ -211,7 +211,7 @@ impl Chats {
         let event = match (ended, stored) {
             (Ok(_), Ok(reply)) => ChatEvent::Done { reply },
             (Err(mut error), stored) => {
-                if error.code == ErrorCode::InferenceUnavailable {
+                if error.code != ErrorCode::Cancelled {
                     // True here, where the question was stored first.
                     error.message.push_str(" Your message is saved.");
                 }

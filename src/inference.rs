@@ -147,9 +147,13 @@ async fn monitor(
     let mut server = Server::new(&config);
     server.start(&mut status).await;
     let mut failed_in_a_row = 0u32;
+    let mut last_check: Option<Instant> = None;
     loop {
         // However often failed turns ask, check at most this often.
-        tokio::time::sleep(MIN_CHECK_GAP).await;
+        if let Some(t) = last_check {
+            tokio::time::sleep(MIN_CHECK_GAP.saturating_sub(t.elapsed())).await;
+        }
+        last_check = Some(Instant::now());
         let was = (status.checked, status.up);
         match check(&client, &config).await {
             Ok(models) => {

@@ -25,16 +25,18 @@
 //! | `hang` | nothing at all: the request never gets an answer |
 //! | `hang_after` (`tokens`) | that many tokens, then silence |
 //! | `health_fail` | normal replies, but the health routes answer 500 |
+//! | `unavailable` | 503 on every route, health checks too (a server going down) |
 //!
 //! `latency_ms` and `token_delay_ms` may be set in the same body.
 //! `GET /_stats` counts chat requests and health checks; `GET /_last` is
-//! the last chat request's body. A refused connection is a stopped fake.
+//! the last chat request's body, with its `Authorization` header under
+//! `_authorization`. A refused connection is a stopped fake.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -62,6 +64,7 @@ enum Fault {
         tokens: usize,
     },
     HealthFail,
+    Unavailable,
 }
 
 fn default_message() -> String {
@@ -156,8 +159,15 @@ fn main() -> std::io::Result<()> {
 fn health(shared: &Shared, body: impl FnOnce(&Settings) -> Value) -> HttpResponse {
     let mut s = lock(shared);
     s.health_checks += 1;
-    if matches!(s.fault, Fault::HealthFail) {
-        return HttpResponse::InternalServerError().json(json!({"error": "health check failed"}));
+    match s.fault {
+        Fault::HealthFail => {
+            return HttpResponse::InternalServerError()
+                .json(json!({"error": "health check failed"}))
+        }
+        Fault::Unavailable => {
+            return HttpResponse::ServiceUnavailable().json(json!({"error": "server unavailable"}))
+        }
+        _ => {}
     }
     HttpResponse::Ok().json(body(&s))
 }
@@ -213,12 +223,12 @@ async fn last(shared: Shared) -> HttpResponse {
     HttpResponse::Ok().json(lock(&shared).last.clone())
 }
 
-async fn ollama_chat(shared: Shared, body: Bytes) -> HttpResponse {
-    chat(shared, body, Wire::Ollama).await
+async fn ollama_chat(shared: Shared, req: HttpRequest, body: Bytes) -> HttpResponse {
+    chat(shared, &req, body, Wire::Ollama).await
 }
 
-async fn openai_chat(shared: Shared, body: Bytes) -> HttpResponse {
-    chat(shared, body, Wire::Openai).await
+async fn openai_chat(shared: Shared, req: HttpRequest, body: Bytes) -> HttpResponse {
+    chat(shared, &req, body, Wire::Openai).await
 }
 
 /// The error body each server sends with a failing status.
@@ -232,7 +242,7 @@ fn error_response(wire: Wire, status: u16, message: &str) -> HttpResponse {
     HttpResponse::build(code).json(body)
 }
 
-async fn chat(shared: Shared, body: Bytes, wire: Wire) -> HttpResponse {
+async fn chat(shared: Shared, req: &HttpRequest, body: Bytes, wire: Wire) -> HttpResponse {
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return error_response(wire, 400, &format!("invalid JSON: {e}")),
@@ -241,6 +251,13 @@ async fn chat(shared: Shared, body: Bytes, wire: Wire) -> HttpResponse {
         let mut s = lock(&shared);
         s.chats += 1;
         s.last = request.clone();
+        if let Some(auth) = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        {
+            s.last["_authorization"] = json!(auth);
+        }
         let model = request["model"].as_str().unwrap_or_default();
         let known = s
             .models
@@ -264,6 +281,7 @@ async fn chat(shared: Shared, body: Bytes, wire: Wire) -> HttpResponse {
     }
     match &fault {
         Fault::Status { status, message } => return error_response(wire, *status, message),
+        Fault::Unavailable => return error_response(wire, 503, "server unavailable"),
         Fault::Hang => std::future::pending::<()>().await,
         _ => {}
     }

@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod db;
+pub mod fake;
 pub mod web;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -206,7 +206,7 @@ impl Remote {
         let gap = Duration::from_millis(spec.token_gap_timeout_ms);
         let response = timeout_at(first_deadline.into(), self.request(endpoint, messages).send())
             .await
-            .map_err(|_| before(timed_out("an answer", spec.first_token_timeout_ms)))?
+            .map_err(|_| before(timed_out("answer", spec.first_token_timeout_ms)))?
             .map_err(|e| before(request_error(spec, &e)))?;
         let status = response.status();
         if !status.is_success() {
@@ -234,10 +234,10 @@ impl Remote {
             };
             let chunk = match timeout_at(deadline.into(), stream.next()).await {
                 Err(_) if sent => {
-                    return Err(fail(timed_out("the next token", spec.token_gap_timeout_ms), sent))
+                    return Err(fail(timed_out("next token", spec.token_gap_timeout_ms), sent))
                 }
                 Err(_) => {
-                    return Err(fail(timed_out("a first token", spec.first_token_timeout_ms), sent))
+                    return Err(fail(timed_out("first token", spec.first_token_timeout_ms), sent))
                 }
                 Ok(None) => {
                     return Err(fail(
@@ -372,7 +372,10 @@ fn request_error(spec: &EndpointSpec, e: &reqwest::Error) -> EngineError {
             format!("cannot connect to {} ({}): {e}", spec.name, spec.url),
         )
     } else if e.is_timeout() {
-        timed_out("connection", spec.connect_timeout_ms)
+        EngineError::new(
+            FailCode::Timeout,
+            format!("cannot connect to {} within {} ms", spec.name, spec.connect_timeout_ms),
+        )
     } else {
         EngineError::new(
             FailCode::InferenceUnavailable,
