@@ -740,7 +740,10 @@ impl Config {
                 }
             }
             if e.restart_after_failed_checks == 0 {
-                return Err((key("restart_after_failed_checks"), "must be at least 1".into()));
+                return Err((
+                    key("restart_after_failed_checks"),
+                    "must be at least 1".into(),
+                ));
             }
         }
         let mut seen = HashSet::new();
@@ -784,11 +787,20 @@ impl Config {
         }
         for name in &bot.inference {
             match self.inference.iter().find(|e| &e.name == name) {
-                None => return Err(("inference", format!("no [[inference]] endpoint is named '{name}'"))),
+                None => {
+                    return Err((
+                        "inference",
+                        format!("no [[inference]] endpoint is named '{name}'"),
+                    ))
+                }
                 Some(e) if e.kind != kind => {
                     return Err((
                         "inference",
-                        format!("endpoint '{name}' speaks {}, the bot's engine is {}", e.kind.as_str(), kind.as_str()),
+                        format!(
+                            "endpoint '{name}' speaks {}, the bot's engine is {}",
+                            e.kind.as_str(),
+                            kind.as_str()
+                        ),
                     ))
                 }
                 Some(_) => {}
@@ -797,7 +809,10 @@ impl Config {
         if self.endpoints_of(bot).is_empty() {
             return Err((
                 "engine",
-                format!("no [[inference]] endpoint of kind \"{}\" is configured", kind.as_str()),
+                format!(
+                    "no [[inference]] endpoint of kind \"{}\" is configured",
+                    kind.as_str()
+                ),
             ));
         }
         if let Some(t) = bot.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
@@ -1041,6 +1056,73 @@ mod tests {
     }
 
     const ONE_BOT: &str = "[[bots]]\nname = \"helper\"\n";
+
+    const TWO_ENDPOINTS: &str =
+        "[[inference]]\nname = \"primary\"\nurl = \"http://127.0.0.1:11434\"\n\
+         [[inference]]\nname = \"vllm\"\nkind = \"openai\"\nurl = \"http://10.0.0.2:8000/v1\"\n\
+         api_key_env = \"VLLM_KEY\"\n";
+
+    #[test]
+    fn remote_bots_get_their_endpoints_in_order_with_their_timeouts() {
+        let c = parse(&format!(
+            "{TWO_ENDPOINTS}[[bots]]\nname = \"llama\"\nengine = \"ollama\"\nmodel = \"llama3.2\"\n\
+             temperature = 0.2\nkeep_alive = \"5m\"\n\
+             [[bots]]\nname = \"qwen\"\nengine = \"openai\"\nmodel = \"qwen\"\ninference = [\"vllm\"]\n"
+        ))
+        .unwrap();
+        let EngineSpec::Ollama(llama) = c.spec_of(&c.bots[0]).engine else {
+            panic!("an ollama spec")
+        };
+        assert_eq!(llama.endpoints.len(), 1, "only endpoints of its kind");
+        assert_eq!(llama.endpoints[0].name, "primary");
+        assert_eq!(llama.endpoints[0].first_token_timeout_ms, 60_000);
+        assert_eq!(
+            (llama.temperature, llama.keep_alive.as_deref()),
+            (Some(0.2), Some("5m"))
+        );
+        let EngineSpec::Openai(qwen) = c.spec_of(&c.bots[1]).engine else {
+            panic!("an openai spec")
+        };
+        assert_eq!(qwen.endpoints[0].api_key_env.as_deref(), Some("VLLM_KEY"));
+        assert_eq!(c.inference[0].health_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_inference_settings_are_named() {
+        for (text, expected) in [
+            (
+                "[[bots]]\nname = \"a\"\nengine = \"ollama\"\nmodel = \"m\"\n".to_owned(),
+                "bots[0].engine: no [[inference]] endpoint of kind \"ollama\" is configured",
+            ),
+            (
+                format!("{TWO_ENDPOINTS}[[bots]]\nname = \"a\"\nengine = \"ollama\"\n"),
+                "bots[0].model: an ollama bot needs the model",
+            ),
+            (
+                format!("{TWO_ENDPOINTS}[[bots]]\nname = \"a\"\nengine = \"ollama\"\nmodel = \"m\"\ninference = [\"vllm\"]\n"),
+                "bots[0].inference: endpoint 'vllm' speaks openai, the bot's engine is ollama",
+            ),
+            (
+                format!("{TWO_ENDPOINTS}[[bots]]\nname = \"a\"\nengine = \"ollama\"\nmodel = \"m\"\ninference = [\"nope\"]\n"),
+                "bots[0].inference: no [[inference]] endpoint is named 'nope'",
+            ),
+            (
+                format!("[[inference]]\nname = \"p\"\nurl = \"127.0.0.1:11434\"\n{ONE_BOT}"),
+                "inference[0].url: '127.0.0.1:11434' is not an http:// or https:// URL",
+            ),
+            (
+                format!("{TWO_ENDPOINTS}[[inference]]\nname = \"primary\"\nurl = \"http://h\"\n{ONE_BOT}"),
+                "inference[2].name: duplicate endpoint name 'primary'",
+            ),
+            (
+                format!("[[inference]]\nname = \"p\"\nurl = \"http://h\"\nkind = \"llamafile\"\n{ONE_BOT}"),
+                "inference[0].kind: unknown variant `llamafile`",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(expected), "{e}\n  expected: {expected}");
+        }
+    }
 
     #[test]
     fn every_key_has_a_default_but_the_bot_name() {

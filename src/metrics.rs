@@ -239,7 +239,10 @@ impl Metrics {
         // A degraded bot's worker is up; its model server is not.
         self.worker_up
             .with_label_values(&[bot])
-            .set(i64::from(matches!(state, BotState::Ready | BotState::Degraded)));
+            .set(i64::from(matches!(
+                state,
+                BotState::Ready | BotState::Degraded
+            )));
     }
 
     /// The Prometheus text exposition format.

@@ -94,9 +94,7 @@ pub enum WorkerEvent {
         cause: Cause,
     },
     /// A turn failed on this inference endpoint: worth a health check now.
-    EndpointFailed {
-        endpoint: String,
-    },
+    EndpointFailed { endpoint: String },
 }
 
 /// Start a turn; `reply` gets its request id. Sent by the Supervisor with
@@ -364,7 +362,9 @@ impl WorkerHandle {
                         warn!(bot = %self.bot(), turn = id, from = %endpoint, %to, "inference failover: {reason}");
                         self.failovers.with_label_values(&[&endpoint, to]).inc();
                     }
-                    None => warn!(bot = %self.bot(), turn = id, %endpoint, "inference failed: {reason}"),
+                    None => {
+                        warn!(bot = %self.bot(), turn = id, %endpoint, "inference failed: {reason}")
+                    }
                 }
                 self.supervisor
                     .do_send(WorkerEvent::EndpointFailed { endpoint });

@@ -44,7 +44,11 @@ fn answered_by(host: &TestHost, bot: &str, text: &str) -> String {
     let (ok, out, err) = host.chat(bot, text);
     assert!(ok, "chat failed: {err}\nhost log:\n{}", host.log());
     assert!(out.contains(&format!("You said: {text}.")), "{out}");
-    out.split_whitespace().nth(2).unwrap_or_default().trim_end_matches('.').to_owned()
+    out.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_owned()
 }
 
 #[test]
@@ -70,14 +74,26 @@ fn an_ollama_bot_streams_its_reply_with_its_prompt_options_and_history() {
             }
         }
     });
-    assert_eq!(deltas.concat(), "Hello from primary. You said: how are you.");
+    assert_eq!(
+        deltas.concat(),
+        "Hello from primary. You said: how are you."
+    );
     assert!(deltas.len() > 3, "streamed token by token: {deltas:?}");
     let sent = fake.last_request();
     assert_eq!(sent["model"], "llama3.2");
     assert_eq!(sent["stream"], true);
-    assert_eq!(sent["messages"][0], json!({"role": "system", "content": "Answer briefly."}));
-    assert_eq!(sent["messages"][1], json!({"role": "user", "content": "how are you"}));
-    assert_eq!(sent["options"], json!({"temperature": 0.3, "num_ctx": 4096}));
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "Answer briefly."})
+    );
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "user", "content": "how are you"})
+    );
+    assert_eq!(
+        sent["options"],
+        json!({"temperature": 0.3, "num_ctx": 4096})
+    );
     assert_eq!(sent["keep_alive"], "10m");
 
     // Through the web API the bot sees the conversation so far.
@@ -98,15 +114,24 @@ fn an_ollama_bot_streams_its_reply_with_its_prompt_options_and_history() {
         .map(|m| m["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
-    assert_eq!(sent["messages"][2]["content"], "Hello from primary. You said: first question.");
+    assert_eq!(
+        sent["messages"][2]["content"],
+        "Hello from primary. You said: first question."
+    );
 
     let primary = host.wait_for("the first health check", Duration::from_secs(3), || {
         let e = host.status().inference.remove(0);
         e.checked.then_some(e)
     });
-    assert!(primary.up && primary.models.contains(&"llama3.2:latest".to_owned()), "{primary:?}");
+    assert!(
+        primary.up && primary.models.contains(&"llama3.2:latest".to_owned()),
+        "{primary:?}"
+    );
     assert_eq!(host.bot("llama").model_present, Some(true));
-    assert_eq!(host.metric("bothost_inference_up{endpoint=\"primary\"}"), Some(1.0));
+    assert_eq!(
+        host.metric("bothost_inference_up{endpoint=\"primary\"}"),
+        Some(1.0)
+    );
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -119,11 +144,17 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn http_errors_from_the_model_server_each_get_a_specific_error() {
     let fake = FakeServer::start("primary", &[]);
-    let bots = format!("{LLAMA}[[bots]]\nname = \"missing\"\nengine = \"ollama\"\nmodel = \"nope\"\n");
+    let bots =
+        format!("{LLAMA}[[bots]]\nname = \"missing\"\nengine = \"ollama\"\nmodel = \"nope\"\n");
     let host = host(&endpoint("primary", "ollama", &fake.url, ""), &bots);
 
     let err = chat_error(&host, "missing", "hi");
-    assert!(err.contains("model_not_found") && err.contains("nope") && err.contains("try pulling it first"), "{err}");
+    assert!(
+        err.contains("model_not_found")
+            && err.contains("nope")
+            && err.contains("try pulling it first"),
+        "{err}"
+    );
     host.wait_for("the missing model reported", Duration::from_secs(5), || {
         (host.bot("missing").model_present == Some(false)).then_some(())
     });
@@ -135,7 +166,10 @@ fn http_errors_from_the_model_server_each_get_a_specific_error() {
     ] {
         fake.fault(json!({"mode": "status", "status": status, "message": "injected"}));
         let err = chat_error(&host, "llama", "hi");
-        assert!(err.contains(code) && err.contains(words), "HTTP {status}: {err}");
+        assert!(
+            err.contains(code) && err.contains(words),
+            "HTTP {status}: {err}"
+        );
     }
     fake.fault(json!({"mode": "none"}));
     assert_eq!(answered_by(&host, "llama", "better now"), "primary");
@@ -148,10 +182,18 @@ fn a_failure_mid_reply_ends_the_turn_and_keeps_what_was_shown() {
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("llama");
     let cases = [
-        (json!({"mode": "error_after", "tokens": 2, "message": "llama runner process has terminated"}),
-         "llama runner process has terminated"),
-        (json!({"mode": "cut_after", "tokens": 2}), "before it was complete"),
-        (json!({"mode": "hang_after", "tokens": 2}), "no next token within 500 ms"),
+        (
+            json!({"mode": "error_after", "tokens": 2, "message": "llama runner process has terminated"}),
+            "llama runner process has terminated",
+        ),
+        (
+            json!({"mode": "cut_after", "tokens": 2}),
+            "before it was complete",
+        ),
+        (
+            json!({"mode": "hang_after", "tokens": 2}),
+            "no next token within 500 ms",
+        ),
     ];
     for (i, (fault, words)) in cases.into_iter().enumerate() {
         fake.fault(fault);
@@ -180,8 +222,15 @@ fn a_server_that_never_answers_times_out() {
     fake.fault(json!({"mode": "hang"}));
     let started = Instant::now();
     let err = chat_error(&host, "llama", "hello?");
-    assert!(err.contains("engine_timeout") && err.contains("no answer within 1000 ms"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        err.contains("engine_timeout") && err.contains("no answer within 1000 ms"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -199,7 +248,11 @@ fn a_dead_primary_fails_over_to_the_secondary_at_once() {
     primary.kill();
     let started = Instant::now();
     assert_eq!(answered_by(&host, "llama", "two"), "secondary");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(
         host.metric("bothost_inference_failovers_total{from=\"primary\",to=\"secondary\"}"),
         Some(1.0)
@@ -209,7 +262,11 @@ fn a_dead_primary_fails_over_to_the_secondary_at_once() {
     host.wait_for("primary reported down", Duration::from_secs(3), || {
         (!host.status().inference[0].up).then_some(())
     });
-    assert_eq!(host.bot("llama").state, BotState::Ready, "one server left: not degraded");
+    assert_eq!(
+        host.bot("llama").state,
+        BotState::Ready,
+        "one server left: not degraded"
+    );
     assert_eq!(answered_by(&host, "llama", "three"), "secondary");
 }
 
@@ -232,7 +289,11 @@ fn a_failed_primary_cools_down_and_returns_when_its_health_check_passes() {
     });
     let asked = primary.chat_requests();
     assert_eq!(answered_by(&host, "llama", "three"), "secondary");
-    assert_eq!(primary.chat_requests(), asked, "a server known to be down is not asked");
+    assert_eq!(
+        primary.chat_requests(),
+        asked,
+        "a server known to be down is not asked"
+    );
 
     primary.fault(json!({"mode": "none"}));
     host.wait_for("primary up again", Duration::from_secs(3), || {
@@ -261,20 +322,37 @@ fn with_every_server_down_the_bot_is_degraded_and_recovers_without_a_restart() {
     assert!(started.elapsed() < Duration::from_secs(2), "told at once");
     let status = res.status().as_u16();
     let body: Value = res.json().unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("inference_unavailable")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("inference_unavailable")),
+        "{body}"
+    );
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("temporarily unavailable") && message.contains("Your message is saved"),
         "{message}"
     );
-    assert!(!message.contains("http://"), "no server addresses for users: {message}");
-    assert_eq!(alice.history(conv)[1]["content"], "are you there?", "the question is stored");
+    assert!(
+        !message.contains("http://"),
+        "no server addresses for users: {message}"
+    );
+    assert_eq!(
+        alice.history(conv)[1]["content"],
+        "are you there?",
+        "the question is stored"
+    );
 
     host.wait_for("llama degraded", Duration::from_secs(3), || {
         (host.bot("llama").state == BotState::Degraded).then_some(())
     });
-    assert_eq!(host.metric("bothost_worker_state{bot=\"llama\",state=\"degraded\"}"), Some(1.0));
-    assert_eq!(host.metric("bothost_inference_up{endpoint=\"primary\"}"), Some(0.0));
+    assert_eq!(
+        host.metric("bothost_worker_state{bot=\"llama\",state=\"degraded\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        host.metric("bothost_inference_up{endpoint=\"primary\"}"),
+        Some(0.0)
+    );
     let (code, readyz) = host.http_get("/readyz");
     assert_eq!(code, 503, "{readyz}");
     let bots: Value = alice.get("/api/v1/bots").json().unwrap();
@@ -306,20 +384,42 @@ fn a_supervised_model_server_is_restarted_when_it_dies() {
     });
     assert_eq!(answered_by(&host, "llama", "hello"), "supervised");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill the model server");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the model server");
     let second = host.wait_for("a new server up", Duration::from_secs(10), || {
         let e = host.status().inference.remove(0);
         (e.up && e.pid != Some(first)).then_some((e.pid?, e.restarts))
     });
     assert!(second.1 >= 1, "{second:?}");
     assert_eq!(answered_by(&host, "llama", "again"), "supervised");
+
+    // A server that stops answering (frozen, not dead) is replaced too.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.0 as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("freeze the model server");
+    let third = host.wait_for("a frozen server replaced", Duration::from_secs(10), || {
+        let e = host.status().inference.remove(0);
+        (e.up && e.pid != Some(second.0)).then_some(e.pid?)
+    });
+    assert!(process_gone(second.0), "the frozen server was killed");
+    assert_ne!(third, first);
+    assert_eq!(answered_by(&host, "llama", "once more"), "supervised");
 }
 
 #[test]
 fn an_openai_compatible_server_streams_and_reports_its_errors() {
     let fake = FakeServer::start("vllm", &["--models", "qwen2.5-7b"]);
-    let endpoints = endpoint("vllm", "openai", &format!("{}/v1", fake.url), "api_key_env = \"BOTHOST_TEST_OPENAI_KEY\"\n");
+    let endpoints = endpoint(
+        "vllm",
+        "openai",
+        &format!("{}/v1", fake.url),
+        "api_key_env = \"BOTHOST_TEST_OPENAI_KEY\"\n",
+    );
     let bots = "[[bots]]\nname = \"qwen\"\nengine = \"openai\"\nmodel = \"qwen2.5-7b\"\ntemperature = 0.5\n\
                 [[bots]]\nname = \"ghost\"\nengine = \"openai\"\nmodel = \"ghost-1\"\n";
     // The key reaches the workers through the environment, never the socket.
@@ -330,14 +430,26 @@ fn an_openai_compatible_server_streams_and_reports_its_errors() {
     assert_eq!(sent["_authorization"], "Bearer sk-test-123");
     assert_eq!(sent["temperature"], 0.5);
     assert_eq!(sent["stream"], true);
-    assert!(!host.log().contains("sk-test-123"), "the key is never logged");
+    assert!(
+        !host.log().contains("sk-test-123"),
+        "the key is never logged"
+    );
 
     let err = chat_error(&host, "ghost", "hi");
-    assert!(err.contains("model_not_found") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("model_not_found") && err.contains("does not exist"),
+        "{err}"
+    );
     fake.fault(json!({"mode": "error_after", "tokens": 1, "message": "context length exceeded"}));
     let err = chat_error(&host, "qwen", "hi");
-    assert!(err.contains("engine_failed") && err.contains("context length exceeded"), "{err}");
+    assert!(
+        err.contains("engine_failed") && err.contains("context length exceeded"),
+        "{err}"
+    );
     fake.fault(json!({"mode": "status", "status": 429, "message": "rate limited"}));
     let err = chat_error(&host, "qwen", "hi");
-    assert!(err.contains("overloaded") && err.contains("rate limited"), "{err}");
+    assert!(
+        err.contains("overloaded") && err.contains("rate limited"),
+        "{err}"
+    );
 }

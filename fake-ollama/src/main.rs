@@ -263,7 +263,13 @@ async fn chat(shared: Shared, req: &HttpRequest, body: Bytes, wire: Wire) -> Htt
             .models
             .iter()
             .any(|m| m == model || *m == format!("{model}:latest"));
-        (s.fault.clone(), s.latency, s.token_delay, s.name.clone(), known)
+        (
+            s.fault.clone(),
+            s.latency,
+            s.token_delay,
+            s.name.clone(),
+            known,
+        )
     };
     let model = request["model"].as_str().unwrap_or_default().to_owned();
     let Some(messages) = request["messages"].as_array() else {
@@ -292,10 +298,7 @@ async fn chat(shared: Shared, req: &HttpRequest, body: Bytes, wire: Wire) -> Htt
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default();
     let reply = format!("Hello from {name}. You said: {said}.");
-    let tokens: Vec<String> = reply
-        .split_inclusive(' ')
-        .map(str::to_owned)
-        .collect();
+    let tokens: Vec<String> = reply.split_inclusive(' ').map(str::to_owned).collect();
     let prompt_tokens = messages.len() * 10;
 
     let (tx, rx) = mpsc::channel::<Bytes>(64);

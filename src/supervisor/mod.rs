@@ -305,11 +305,10 @@ impl Supervisor {
     fn ready_state(&self, idx: usize) -> BotState {
         let bot = &self.bots[idx];
         let all_down = !bot.endpoints.is_empty()
-            && bot.endpoints.iter().all(|name| {
-                self.inference
-                    .iter()
-                    .any(|e| &e.name == name && !e.up)
-            });
+            && bot
+                .endpoints
+                .iter()
+                .all(|name| self.inference.iter().any(|e| &e.name == name && !e.up));
         if all_down {
             BotState::Degraded
         } else {

@@ -75,10 +75,7 @@ impl Engine {
 /// Sends one message to the host, or reports that the turn's caller (the
 /// connection) is gone.
 async fn emit(out: &mpsc::Sender<WorkerMessage>, msg: WorkerMessage) -> Result<(), EngineError> {
-    out.send(msg).await.map_err(|_| {
-        EngineError::new(
-            FailCode::Cancelled,
-            "the connection to the host is gone",
-        )
-    })
+    out.send(msg)
+        .await
+        .map_err(|_| EngineError::new(FailCode::Cancelled, "the connection to the host is gone"))
 }

@@ -64,9 +64,7 @@ pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
 }
 
 fn count(v: &Value) -> u32 {
-    v.as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0)
+    v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
 }
 
 pub fn http_error(status: u16, body: &str, model: &str) -> EngineError {
@@ -129,8 +127,10 @@ mod tests {
 
     #[test]
     fn lines_give_text_then_the_final_counters() {
-        let p = parse_line(r#"{"model":"m","message":{"role":"assistant","content":"Hel"},"done":false}"#)
-            .unwrap();
+        let p = parse_line(
+            r#"{"model":"m","message":{"role":"assistant","content":"Hel"},"done":false}"#,
+        )
+        .unwrap();
         assert_eq!((p.text.as_deref(), p.done), (Some("Hel"), false));
         let p = parse_line(
             r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",
@@ -149,17 +149,38 @@ mod tests {
     fn an_error_line_mid_stream_fails_the_turn() {
         let e = parse_line(r#"{"error":"llama runner process has terminated"}"#).unwrap_err();
         assert_eq!(e.code, FailCode::EngineFailed);
-        assert!(e.message.contains("llama runner process has terminated"), "{}", e.message);
-        assert_eq!(parse_line("not json").unwrap_err().code, FailCode::EngineFailed);
+        assert!(
+            e.message.contains("llama runner process has terminated"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            parse_line("not json").unwrap_err().code,
+            FailCode::EngineFailed
+        );
     }
 
     #[test]
     fn http_statuses_map_to_specific_errors() {
-        let e = http_error(404, r#"{"error":"model \"nope\" not found, try pulling it first"}"#, "nope");
+        let e = http_error(
+            404,
+            r#"{"error":"model \"nope\" not found, try pulling it first"}"#,
+            "nope",
+        );
         assert_eq!(e.code, FailCode::ModelNotFound);
-        assert!(e.message.contains("nope") && e.message.contains("try pulling"), "{}", e.message);
-        assert_eq!(http_error(400, r#"{"error":"bad"}"#, "m").code, FailCode::BadRequest);
-        assert_eq!(http_error(503, r#"{"error":"server busy"}"#, "m").code, FailCode::Overloaded);
+        assert!(
+            e.message.contains("nope") && e.message.contains("try pulling"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            http_error(400, r#"{"error":"bad"}"#, "m").code,
+            FailCode::BadRequest
+        );
+        assert_eq!(
+            http_error(503, r#"{"error":"server busy"}"#, "m").code,
+            FailCode::Overloaded
+        );
         let e = http_error(500, "plain text", "m");
         assert_eq!(e.code, FailCode::EngineFailed);
         assert!(e.message.contains("HTTP 500") && e.message.contains("plain text"));

@@ -83,9 +83,7 @@ pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
 }
 
 fn count(v: &Value) -> u32 {
-    v.as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0)
+    v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
 }
 
 pub fn http_error(status: u16, body: &str, model: &str) -> EngineError {
@@ -124,16 +122,23 @@ mod tests {
     #[test]
     fn the_url_is_found_under_either_kind_of_base() {
         assert_eq!(url("http://h:8000"), "http://h:8000/v1/chat/completions");
-        assert_eq!(url("http://h:8000/v1/"), "http://h:8000/v1/chat/completions");
+        assert_eq!(
+            url("http://h:8000/v1/"),
+            "http://h:8000/v1/chat/completions"
+        );
     }
 
     #[test]
     fn events_give_text_usage_and_the_end() {
-        let p = parse_line(r#"data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#)
-            .unwrap();
+        let p = parse_line(
+            r#"data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#,
+        )
+        .unwrap();
         assert_eq!(p.text.as_deref(), Some("Hel"));
-        let p = parse_line(r#"data: {"choices":[],"usage":{"prompt_tokens":26,"completion_tokens":9}}"#)
-            .unwrap();
+        let p = parse_line(
+            r#"data: {"choices":[],"usage":{"prompt_tokens":26,"completion_tokens":9}}"#,
+        )
+        .unwrap();
         let u = p.usage.unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens), (26, 9));
         assert!(parse_line("data: [DONE]").unwrap().done);
@@ -147,7 +152,11 @@ mod tests {
         let e = parse_line(r#"data: {"error":{"message":"context length exceeded","type":"invalid_request_error"}}"#)
             .unwrap_err();
         assert_eq!(e.code, FailCode::EngineFailed);
-        assert!(e.message.contains("context length exceeded"), "{}", e.message);
+        assert!(
+            e.message.contains("context length exceeded"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -204,10 +204,13 @@ impl Remote {
         };
         let first_deadline = Instant::now() + Duration::from_millis(spec.first_token_timeout_ms);
         let gap = Duration::from_millis(spec.token_gap_timeout_ms);
-        let response = timeout_at(first_deadline.into(), self.request(endpoint, messages).send())
-            .await
-            .map_err(|_| before(timed_out("answer", spec.first_token_timeout_ms)))?
-            .map_err(|e| before(request_error(spec, &e)))?;
+        let response = timeout_at(
+            first_deadline.into(),
+            self.request(endpoint, messages).send(),
+        )
+        .await
+        .map_err(|_| before(timed_out("answer", spec.first_token_timeout_ms)))?
+        .map_err(|e| before(request_error(spec, &e)))?;
         let status = response.status();
         if !status.is_success() {
             let body = timeout_at((Instant::now() + gap).into(), response.text())
@@ -234,10 +237,16 @@ impl Remote {
             };
             let chunk = match timeout_at(deadline.into(), stream.next()).await {
                 Err(_) if sent => {
-                    return Err(fail(timed_out("next token", spec.token_gap_timeout_ms), sent))
+                    return Err(fail(
+                        timed_out("next token", spec.token_gap_timeout_ms),
+                        sent,
+                    ))
                 }
                 Err(_) => {
-                    return Err(fail(timed_out("first token", spec.first_token_timeout_ms), sent))
+                    return Err(fail(
+                        timed_out("first token", spec.first_token_timeout_ms),
+                        sent,
+                    ))
                 }
                 Ok(None) => {
                     return Err(fail(
@@ -288,10 +297,11 @@ impl Remote {
                 .client
                 .post(format!("{base}/api/chat"))
                 .json(&ollama::body(&self.model, messages, &self.spec)),
-            Wire::Openai => endpoint
-                .client
-                .post(openai::url(base))
-                .json(&openai::body(&self.model, messages, &self.spec)),
+            Wire::Openai => endpoint.client.post(openai::url(base)).json(&openai::body(
+                &self.model,
+                messages,
+                &self.spec,
+            )),
         };
         match api_key(&endpoint.spec) {
             Some(key) => request.bearer_auth(key),
@@ -374,7 +384,10 @@ fn request_error(spec: &EndpointSpec, e: &reqwest::Error) -> EngineError {
     } else if e.is_timeout() {
         EngineError::new(
             FailCode::Timeout,
-            format!("cannot connect to {} within {} ms", spec.name, spec.connect_timeout_ms),
+            format!(
+                "cannot connect to {} within {} ms",
+                spec.name, spec.connect_timeout_ms
+            ),
         )
     } else {
         EngineError::new(
@@ -444,7 +457,10 @@ mod tests {
         assert_eq!(err.code, FailCode::InferenceUnavailable);
         assert!(err.message.contains("a: refused") && err.message.contains("b: busy"));
         let single = vec![("a".to_owned(), e(FailCode::EngineFailed, "HTTP 500"))];
-        assert_eq!(all_failed(&single, &eps), e(FailCode::EngineFailed, "HTTP 500"));
+        assert_eq!(
+            all_failed(&single, &eps),
+            e(FailCode::EngineFailed, "HTTP 500")
+        );
         let busy = vec![("a".to_owned(), e(FailCode::Overloaded, "queue full"))];
         assert_eq!(all_failed(&busy, &eps).code, FailCode::Overloaded);
         let none = all_failed(&[], &eps);
