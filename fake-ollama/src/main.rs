@@ -147,6 +147,8 @@ fn main() -> std::io::Result<()> {
                 .route("/_last", web::get().to(last))
         })
         .workers(1)
+        // As Ollama (Go) does: every token leaves at once.
+        .tcp_nodelay(true)
         .bind(("127.0.0.1", port))?;
         let addr = server.addrs()[0];
         let running = server.run();
