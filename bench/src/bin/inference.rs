@@ -184,7 +184,6 @@ async fn failover(delay: u64) -> anyhow::Result<()> {
     let mut primary = primary;
     let _ = primary.child.kill();
     let _ = primary.child.wait();
-    let killed = Instant::now();
     let (first, done) = hosted_turn(&mut client, 100).await?;
     let (after, _) = hosted_turn(&mut client, 101).await?;
     println!("\n## Failover, primary killed (connection refused)");
