@@ -1375,4 +1375,21 @@ mod tests {
         assert_eq!(c.bots.len(), 5);
         assert!(c.bots.iter().all(|b| b.engine == EngineKind::Builtin));
     }
+
+    #[test]
+    fn the_shipped_inference_example_is_valid_once_uncommented() {
+        let text = include_str!("../supervisor.toml");
+        let start = text.find("# [[inference]]").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap();
+        let example: String = text[start..end]
+            .lines()
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        let uncommented = format!("{}{example}{}", &text[..start], &text[end..]);
+        let c = Config::parse(&uncommented, Path::new("supervisor.toml"), Vec::new()).unwrap();
+        assert_eq!(c.inference.len(), 2);
+        assert_eq!(c.inference[0].command, ["ollama", "serve"]);
+        let llama = c.bots.iter().find(|b| b.name == "llama").unwrap();
+        assert_eq!(c.endpoints_of(llama).len(), 2);
+    }
 }
