@@ -1,7 +1,7 @@
 //! A chat turn as the rest of the host sees it.
 //!
 //! Owns the vocabulary shared by everything that starts a turn (the control
-//! socket now, the web front end later): the events a turn streams and the
+//! socket and the web front end): the events a turn streams and the
 //! errors it can end with, each with a stable `code` and a message fit to
 //! show a user. [`start`] routes a turn to its bot's current worker.
 //! A [`Turn`] dropped before it ends cancels itself in the worker, so a

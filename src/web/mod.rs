@@ -213,7 +213,7 @@ fn readiness(store_error: Option<String>, status: Option<&StatusReport>) -> Read
     }
 }
 
-/// Alive: the process answers HTTP. Readiness is `/readyz` (later).
+/// Alive: the process answers HTTP. Readiness is `/readyz`.
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
