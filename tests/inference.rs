@@ -233,9 +233,10 @@ fn a_server_that_never_answers_times_out() {
     );
 }
 
-#[test]
-fn a_dead_primary_fails_over_to_the_secondary_at_once() {
-    let mut primary = FakeServer::start("primary", &[]);
+/// Two fake servers, a host whose bot uses them in that order, and a first
+/// turn answered by the primary.
+fn primary_and_secondary() -> (FakeServer, FakeServer, TestHost) {
+    let primary = FakeServer::start("primary", &[]);
     let secondary = FakeServer::start("secondary", &[]);
     let endpoints = format!(
         "{}{}",
@@ -244,6 +245,12 @@ fn a_dead_primary_fails_over_to_the_secondary_at_once() {
     );
     let host = host(&endpoints, LLAMA);
     assert_eq!(answered_by(&host, "llama", "one"), "primary");
+    (primary, secondary, host)
+}
+
+#[test]
+fn a_dead_primary_fails_over_to_the_secondary_at_once() {
+    let (mut primary, _secondary, host) = primary_and_secondary();
 
     primary.kill();
     let started = Instant::now();
@@ -272,15 +279,7 @@ fn a_dead_primary_fails_over_to_the_secondary_at_once() {
 
 #[test]
 fn a_failed_primary_cools_down_and_returns_when_its_health_check_passes() {
-    let primary = FakeServer::start("primary", &[]);
-    let secondary = FakeServer::start("secondary", &[]);
-    let endpoints = format!(
-        "{}{}",
-        endpoint("primary", "ollama", &primary.url, ""),
-        endpoint("secondary", "ollama", &secondary.url, "")
-    );
-    let host = host(&endpoints, LLAMA);
-    assert_eq!(answered_by(&host, "llama", "one"), "primary");
+    let (primary, _secondary, host) = primary_and_secondary();
 
     primary.fault(json!({"mode": "unavailable"}));
     assert_eq!(answered_by(&host, "llama", "two"), "secondary");

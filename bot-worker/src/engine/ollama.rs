@@ -15,7 +15,7 @@
 use bot_worker::{ChatMessage, FailCode, RemoteSpec, Usage};
 use serde_json::{json, Value};
 
-use super::remote::{error_text, Piece};
+use super::remote::{count, error_text, Piece};
 use super::EngineError;
 
 pub fn body(model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
@@ -61,35 +61,6 @@ pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
         engine_ms: v["total_duration"].as_u64().map(|ns| ns / 1_000_000),
     });
     Ok(Piece { text, usage, done })
-}
-
-fn count(v: &Value) -> u32 {
-    v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
-}
-
-pub fn http_error(status: u16, body: &str, model: &str) -> EngineError {
-    let detail = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").map(error_text))
-        .unwrap_or_else(|| body.chars().take(200).collect());
-    match status {
-        400 => EngineError::new(
-            FailCode::BadRequest,
-            format!("the model server refused the request: {detail}"),
-        ),
-        404 => EngineError::new(
-            FailCode::ModelNotFound,
-            format!("the model '{model}' is not available: {detail}"),
-        ),
-        429 | 503 => EngineError::new(
-            FailCode::Overloaded,
-            format!("the model server is busy: {detail}"),
-        ),
-        _ => EngineError::new(
-            FailCode::EngineFailed,
-            format!("the model server failed (HTTP {status}): {detail}"),
-        ),
-    }
 }
 
 #[cfg(test)]
@@ -158,31 +129,5 @@ mod tests {
             parse_line("not json").unwrap_err().code,
             FailCode::EngineFailed
         );
-    }
-
-    #[test]
-    fn http_statuses_map_to_specific_errors() {
-        let e = http_error(
-            404,
-            r#"{"error":"model \"nope\" not found, try pulling it first"}"#,
-            "nope",
-        );
-        assert_eq!(e.code, FailCode::ModelNotFound);
-        assert!(
-            e.message.contains("nope") && e.message.contains("try pulling"),
-            "{}",
-            e.message
-        );
-        assert_eq!(
-            http_error(400, r#"{"error":"bad"}"#, "m").code,
-            FailCode::BadRequest
-        );
-        assert_eq!(
-            http_error(503, r#"{"error":"server busy"}"#, "m").code,
-            FailCode::Overloaded
-        );
-        let e = http_error(500, "plain text", "m");
-        assert_eq!(e.code, FailCode::EngineFailed);
-        assert!(e.message.contains("HTTP 500") && e.message.contains("plain text"));
     }
 }

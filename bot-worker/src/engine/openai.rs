@@ -17,7 +17,7 @@
 use bot_worker::{ChatMessage, FailCode, RemoteSpec, Usage};
 use serde_json::{json, Value};
 
-use super::remote::{error_text, Piece};
+use super::remote::{count, error_text, Piece};
 use super::EngineError;
 
 /// The completions URL under a base that may or may not end in `/v1`.
@@ -82,39 +82,6 @@ pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
     })
 }
 
-fn count(v: &Value) -> u32 {
-    v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
-}
-
-pub fn http_error(status: u16, body: &str, model: &str) -> EngineError {
-    let detail = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").map(error_text))
-        .unwrap_or_else(|| body.chars().take(200).collect());
-    match status {
-        400 | 422 => EngineError::new(
-            FailCode::BadRequest,
-            format!("the model server refused the request: {detail}"),
-        ),
-        401 | 403 => EngineError::new(
-            FailCode::EngineFailed,
-            format!("the model server refused the API key (HTTP {status}): {detail}"),
-        ),
-        404 => EngineError::new(
-            FailCode::ModelNotFound,
-            format!("the model '{model}' is not available: {detail}"),
-        ),
-        429 | 503 => EngineError::new(
-            FailCode::Overloaded,
-            format!("the model server is busy: {detail}"),
-        ),
-        _ => EngineError::new(
-            FailCode::EngineFailed,
-            format!("the model server failed (HTTP {status}): {detail}"),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,16 +124,5 @@ mod tests {
             "{}",
             e.message
         );
-    }
-
-    #[test]
-    fn http_statuses_map_to_specific_errors() {
-        let body = r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error"}}"#;
-        let e = http_error(404, body, "x");
-        assert_eq!(e.code, FailCode::ModelNotFound);
-        assert!(e.message.contains("does not exist"), "{}", e.message);
-        assert_eq!(http_error(429, "{}", "x").code, FailCode::Overloaded);
-        assert_eq!(http_error(400, "{}", "x").code, FailCode::BadRequest);
-        assert!(http_error(401, "{}", "x").message.contains("API key"));
     }
 }

@@ -58,6 +58,44 @@ pub fn error_text(error: &Value) -> String {
     }
 }
 
+/// A JSON count (tokens), 0 when absent.
+pub fn count(v: &Value) -> u32 {
+    v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
+}
+
+/// The error for an HTTP failure status, from either kind of server: both
+/// put their reason under `error` (a string for Ollama, an object with
+/// `message` for OpenAI-compatible servers).
+pub fn http_error(status: u16, body: &str, model: &str) -> EngineError {
+    let detail = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").map(error_text))
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    let (code, message) = match status {
+        400 | 422 => (
+            FailCode::BadRequest,
+            format!("the model server refused the request: {detail}"),
+        ),
+        401 | 403 => (
+            FailCode::EngineFailed,
+            format!("the model server refused the API key (HTTP {status}): {detail}"),
+        ),
+        404 => (
+            FailCode::ModelNotFound,
+            format!("the model '{model}' is not available: {detail}"),
+        ),
+        429 | 503 => (
+            FailCode::Overloaded,
+            format!("the model server is busy: {detail}"),
+        ),
+        _ => (
+            FailCode::EngineFailed,
+            format!("the model server failed (HTTP {status}): {detail}"),
+        ),
+    };
+    EngineError::new(code, message)
+}
+
 struct Endpoint {
     spec: EndpointSpec,
     client: reqwest::Client,
@@ -218,7 +256,7 @@ impl Remote {
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or_default();
-            return Err(before(self.http_error(status.as_u16(), &body)));
+            return Err(before(http_error(status.as_u16(), &body, &self.model)));
         }
 
         let mut stream = response.bytes_stream();
@@ -313,13 +351,6 @@ impl Remote {
         match self.wire {
             Wire::Ollama => ollama::parse_line(line),
             Wire::Openai => openai::parse_line(line),
-        }
-    }
-
-    fn http_error(&self, status: u16, body: &str) -> EngineError {
-        match self.wire {
-            Wire::Ollama => ollama::http_error(status, body, &self.model),
-            Wire::Openai => openai::http_error(status, body, &self.model),
         }
     }
 }
@@ -466,6 +497,37 @@ mod tests {
         let none = all_failed(&[], &eps);
         assert_eq!(none.code, FailCode::InferenceUnavailable);
         assert!(none.message.contains("a, b"), "{}", none.message);
+    }
+
+    #[test]
+    fn http_statuses_of_either_server_map_to_specific_errors() {
+        let e = http_error(
+            404,
+            r#"{"error":"model \"nope\" not found, try pulling it first"}"#,
+            "nope",
+        );
+        assert_eq!(e.code, FailCode::ModelNotFound);
+        assert!(
+            e.message.contains("'nope'") && e.message.contains("try pulling"),
+            "{}",
+            e.message
+        );
+        let openai = r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error"}}"#;
+        let e = http_error(404, openai, "x");
+        assert!(e.message.contains("does not exist"), "{}", e.message);
+        assert_eq!(
+            http_error(400, r#"{"error":"bad"}"#, "m").code,
+            FailCode::BadRequest
+        );
+        assert_eq!(
+            http_error(503, r#"{"error":"server busy"}"#, "m").code,
+            FailCode::Overloaded
+        );
+        assert_eq!(http_error(429, "{}", "m").code, FailCode::Overloaded);
+        assert!(http_error(401, "{}", "m").message.contains("API key"));
+        let e = http_error(500, "plain text", "m");
+        assert_eq!(e.code, FailCode::EngineFailed);
+        assert!(e.message.contains("HTTP 500") && e.message.contains("plain text"));
     }
 
     #[test]
