@@ -335,6 +335,13 @@ fn with_every_server_down_the_bot_is_degraded_and_recovers_without_a_restart() {
         !message.contains("http://"),
         "no server addresses for users: {message}"
     );
+    // Nor in the log: a URL may carry a password.
+    host.wait_for("the failure logged", Duration::from_secs(3), || {
+        host.log()
+            .contains("cannot connect to primary")
+            .then_some(())
+    });
+    assert!(!host.log().contains(&primary.url), "{}", host.log());
     assert_eq!(
         alice.history(conv)[1]["content"],
         "are you there?",

@@ -248,7 +248,7 @@ impl Remote {
         )
         .await
         .map_err(|_| before(timed_out("answer", spec.first_token_timeout_ms)))?
-        .map_err(|e| before(request_error(spec, &e)))?;
+        .map_err(|e| before(request_error(spec, e)))?;
         let status = response.status();
         if !status.is_success() {
             let body = timeout_at((Instant::now() + gap).into(), response.text())
@@ -299,7 +299,10 @@ impl Remote {
                     return Err(fail(
                         EngineError::new(
                             FailCode::EngineFailed,
-                            format!("the connection to the model server broke: {e}"),
+                            format!(
+                                "the connection to the model server broke: {}",
+                                e.without_url()
+                            ),
                         ),
                         sent,
                     ))
@@ -406,11 +409,13 @@ fn timed_out(what: &str, ms: u64) -> EngineError {
     )
 }
 
-fn request_error(spec: &EndpointSpec, e: &reqwest::Error) -> EngineError {
+/// The URL stays out of the message: it may carry a password.
+fn request_error(spec: &EndpointSpec, e: reqwest::Error) -> EngineError {
+    let e = e.without_url();
     if e.is_connect() {
         EngineError::new(
             FailCode::InferenceUnavailable,
-            format!("cannot connect to {} ({}): {e}", spec.name, spec.url),
+            format!("cannot connect to {}: {e}", spec.name),
         )
     } else if e.is_timeout() {
         EngineError::new(
