@@ -251,11 +251,16 @@ async fn a_busy_pool_grows_toward_its_max_by_itself() {
                 let (s, stop) = (s.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut i = 0;
+                    // Writes and reads: SQLite queues its writers in the
+                    // store, so on it the readers are what fill the pool.
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         i += 1;
                         s.append_user_message(conv, &format!("{w}-{i}"), "x")
                             .await
                             .unwrap();
+                        for _ in 0..8 {
+                            s.history(conv, None, 100).await.unwrap();
+                        }
                     }
                 })
             })

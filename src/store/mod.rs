@@ -112,6 +112,8 @@ enum Pools {
 pub struct Store {
     pools: Arc<Pools>,
     metrics: Metrics,
+    /// SQLite's one writer at a time, queued in the process (see `with_conn!`).
+    sqlite_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
@@ -126,8 +128,20 @@ macro_rules! touch {
     };
 }
 
+/// `with_conn!(store, "op", |conn| body)` for reads; `with_conn!(store,
+/// write "op", |conn| body)` for writes, which on SQLite take the store's
+/// one write slot first: SQLite admits one writer at a time, and writers
+/// that meet in the database wait in its busy handler, which sleeps in
+/// steps of up to 100 ms (a 45 ms P95 at ten chatting users). Queued here,
+/// they wait only for each other.
 macro_rules! with_conn {
-    ($store:expr, $op:literal, |$conn:ident| $body:expr) => {{
+    ($store:expr, write $op:literal, |$conn:ident| $body:expr) => {
+        with_conn!(@run $store, true, $op, |$conn| $body)
+    };
+    ($store:expr, $op:literal, |$conn:ident| $body:expr) => {
+        with_conn!(@run $store, false, $op, |$conn| $body)
+    };
+    (@run $store:expr, $write:expr, $op:literal, |$conn:ident| $body:expr) => {{
         let started = Instant::now();
         let result: Result<_, StoreError> = async {
             match &*$store.pools {
@@ -137,6 +151,11 @@ macro_rules! with_conn {
                     Ok($body?)
                 }
                 Pools::Sqlite(pool) => {
+                    let _writing = if $write {
+                        Some($store.sqlite_writes.lock().await)
+                    } else {
+                        None
+                    };
                     let mut pooled = pool.get().await?;
                     let $conn = &mut *pooled;
                     Ok($body?)
@@ -165,6 +184,7 @@ impl Store {
         let store = Self {
             pools: Arc::new(pools),
             metrics,
+            sqlite_writes: Arc::default(),
         };
         pool::spawn_growth(&store, config);
         Ok(store)
@@ -197,7 +217,7 @@ impl Store {
             role,
             created_at: now_ms(),
         };
-        with_conn!(self, "create_user", |conn| diesel::insert_into(
+        with_conn!(self, write "create_user", |conn| diesel::insert_into(
             users::table
         )
         .values(&new)
@@ -244,7 +264,7 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
-        with_conn!(self, "create_conversation", |conn| {
+        with_conn!(self, write "create_conversation", |conn| {
             diesel::insert_into(conversations::table)
                 .values(&new)
                 .returning(Conversation::as_returning())
@@ -306,7 +326,7 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
-        with_conn!(self, "append_user_message", |conn| {
+        with_conn!(self, write "append_user_message", |conn| {
             conn.transaction::<_, DieselError, _>(async move |tx| {
                 let inserted = diesel::insert_into(messages::table)
                     .values(&new)
@@ -350,7 +370,7 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
-        with_conn!(self, "append_reply", |conn| {
+        with_conn!(self, write "append_reply", |conn| {
             conn.transaction::<_, DieselError, _>(async move |tx| {
                 let inserted = diesel::insert_into(messages::table)
                     .values(&new)
