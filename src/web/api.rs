@@ -393,6 +393,19 @@ mod tests {
         assert_eq!(documented, served);
     }
 
+    /// Every state a bot can show is in the document, and nothing else.
+    #[test]
+    fn the_openapi_document_lists_every_bot_state() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../web/openapi.json")).unwrap();
+        let documented = &doc["components"]["schemas"]["Bot"]["properties"]["status"]["enum"];
+        let states: Vec<&str> = crate::supervisor::BotState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(documented, &serde_json::json!(states));
+    }
+
     #[test]
     fn usernames_and_passwords_are_checked() {
         assert!(check_credentials("alice", "long enough").is_ok());
