@@ -61,7 +61,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
     {
         warn!("not every bot is ready after {settle_limit:?}; serving anyway");
     }
-    let status = supervisor.send(GetStatus).await?;
+    // The first health checks, so the start-up log can say which models
+    // are present; a server that does not answer in time is logged down.
+    let checks_limit = config
+        .inference
+        .iter()
+        .map(|e| e.health_timeout)
+        .max()
+        .unwrap_or_default()
+        + std::time::Duration::from_millis(500);
+    let checks_deadline = tokio::time::Instant::now() + checks_limit;
+    let mut status = supervisor.send(GetStatus).await?;
+    while status.inference.iter().any(|e| !e.checked)
+        && tokio::time::Instant::now() < checks_deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = supervisor.send(GetStatus).await?;
+    }
     for bot in &status.bots {
         info!(
             bot = %bot.name, state = bot.state.as_str(), pid = bot.pid,

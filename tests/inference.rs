@@ -148,6 +148,25 @@ fn http_errors_from_the_model_server_each_get_a_specific_error() {
         format!("{LLAMA}[[bots]]\nname = \"missing\"\nengine = \"ollama\"\nmodel = \"nope\"\n");
     let host = host(&endpoint("primary", "ollama", &fake.url, ""), &bots);
 
+    // The start-up log already says which models are missing.
+    let settled = |bot: &str| {
+        host.log()
+            .lines()
+            .find(|l| l.contains("bot settled") && l.contains(&format!("\"bot\":\"{bot}\"")))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(
+        settled("missing").contains("\"model_present\":false"),
+        "{}",
+        host.log()
+    );
+    assert!(
+        settled("llama").contains("\"model_present\":true"),
+        "{}",
+        host.log()
+    );
+
     let err = chat_error(&host, "missing", "hi");
     assert!(
         err.contains("model_not_found")
@@ -311,6 +330,8 @@ fn with_every_server_down_the_bot_is_degraded_and_recovers_without_a_restart() {
     let pid = host.bot("llama").pid;
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("llama");
+    let rt = runtime();
+    let mut page = rt.block_on(alice.ws()); // what the web page listens on
 
     primary.kill();
     let started = Instant::now();
@@ -351,6 +372,7 @@ fn with_every_server_down_the_bot_is_degraded_and_recovers_without_a_restart() {
     host.wait_for("llama degraded", Duration::from_secs(3), || {
         (host.bot("llama").state == BotState::Degraded).then_some(())
     });
+    rt.block_on(page.bot_status("llama", "degraded"));
     assert_eq!(
         host.metric("bothost_worker_state{bot=\"llama\",state=\"degraded\"}"),
         Some(1.0)
@@ -370,6 +392,7 @@ fn with_every_server_down_the_bot_is_degraded_and_recovers_without_a_restart() {
     host.wait_for("llama ready again", Duration::from_secs(3), || {
         (host.bot("llama").state == BotState::Ready).then_some(())
     });
+    rt.block_on(page.bot_status("llama", "ready"));
     assert_eq!(answered_by(&host, "llama", "back"), "primary");
     assert_eq!(host.bot("llama").pid, pid, "the worker was never restarted");
     assert_eq!(host.http_get("/readyz").0, 200);

@@ -122,6 +122,25 @@ impl Ws {
         }
     }
 
+    /// Waits (10 s at most) for the `bot_status` push saying `bot` is
+    /// `status`, skipping other frames.
+    pub async fn bot_status(&mut self, bot: &str, status: &str) {
+        let wanted = json!({"type": "bot_status", "bot": bot, "status": status});
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {wanted} within 10 s"))
+                .expect("open")
+                .expect("frame");
+            if let Message::Text(text) = msg {
+                if serde_json::from_str::<Value>(&text).expect("JSON frame") == wanted {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Reads one turn to its end: (ack, streamed text, last frame).
     pub async fn turn(&mut self) -> (Value, String, Value) {
         let ack = self.next().await;
