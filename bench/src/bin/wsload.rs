@@ -283,7 +283,21 @@ async fn chat_load(
         let (stop, figures) = (stop.clone(), figures.clone());
         tasks.push(tokio::spawn(chatter(ws, conversation, stop, figures)));
     }
-    tokio::time::sleep(duration).await;
+    // A line every 5 s: a slowdown or a growing host shows as a trend.
+    let started = tokio::time::Instant::now();
+    let mut last = 0;
+    while started.elapsed() < duration {
+        let step = (duration - started.elapsed()).min(Duration::from_secs(5));
+        tokio::time::sleep(step).await;
+        let turns = figures.lock().expect("figures").turns;
+        eprintln!(
+            "  t={:>3.0}s  turns/s {:>6.0}  host RSS {}",
+            started.elapsed().as_secs_f64(),
+            (turns - last) as f64 / step.as_secs_f64(),
+            host_rss(host.pid()).map_or_else(|_| "-".into(), mib)
+        );
+        last = turns;
+    }
     stop.store(true, Ordering::Relaxed);
     let mut counted = std::collections::HashMap::new();
     for (task, (_, conversation)) in tasks.into_iter().zip(&conversations) {
