@@ -29,9 +29,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::SqliteConnection;
-use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::pooled_connection::deadpool::PoolError;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use pool::Pool;
 
 pub use migrate::migrate;
 pub use models::{Conversation, Message, User};
@@ -119,12 +120,20 @@ pub struct Store {
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
 /// backend the store uses, times it as `$op`, and classifies its errors.
 /// Marks a conversation active now, so it sorts first in its owner's list.
+/// Only a sort hint: a failure is logged, and the write it follows stands.
 macro_rules! touch {
-    ($tx:expr, $conversation_id:expr, $now:expr) => {
-        diesel::update(conversations::table.filter(conversations::id.eq($conversation_id)))
-            .set(conversations::updated_at.eq($now))
-            .execute($tx)
-            .await
+    ($conn:expr, $conversation_id:expr, $now:expr) => {
+        if let Err(e) =
+            diesel::update(conversations::table.filter(conversations::id.eq($conversation_id)))
+                .set(conversations::updated_at.eq($now))
+                .execute($conn)
+                .await
+        {
+            tracing::warn!(
+                conversation = $conversation_id,
+                "cannot mark the conversation active: {e}"
+            );
+        }
     };
 }
 
@@ -326,28 +335,30 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
+        // No transaction: the unique index makes the insert idempotent, and
+        // the touch is only a sort hint (two round trips instead of four).
         with_conn!(self, write "append_user_message", |conn| {
-            conn.transaction::<_, DieselError, _>(async move |tx| {
+            async {
                 let inserted = diesel::insert_into(messages::table)
                     .values(&new)
                     .on_conflict((messages::conversation_id, messages::client_msg_id))
                     .do_nothing()
                     .returning(Message::as_returning())
-                    .get_result(tx)
+                    .get_result(conn)
                     .await
                     .optional()?;
                 if let Some(message) = inserted {
-                    touch!(tx, conversation_id, now)?;
-                    return Ok((message, true));
+                    touch!(conn, conversation_id, now);
+                    return Ok::<_, DieselError>((message, true));
                 }
                 let existing = messages::table
                     .filter(messages::conversation_id.eq(conversation_id))
                     .filter(messages::client_msg_id.eq(client_msg_id))
                     .select(Message::as_select())
-                    .first(tx)
+                    .first(conn)
                     .await?;
                 Ok((existing, false))
-            })
+            }
             .await
         })
     }
@@ -371,25 +382,25 @@ impl Store {
             updated_at: now,
         };
         with_conn!(self, write "append_reply", |conn| {
-            conn.transaction::<_, DieselError, _>(async move |tx| {
+            async {
                 let inserted = diesel::insert_into(messages::table)
                     .values(&new)
                     .on_conflict(messages::reply_to)
                     .do_nothing()
                     .returning(Message::as_returning())
-                    .get_result(tx)
+                    .get_result(conn)
                     .await
                     .optional()?;
                 if let Some(message) = inserted {
-                    touch!(tx, conversation_id, now)?;
+                    touch!(conn, conversation_id, now);
                     return Ok(message);
                 }
                 messages::table
                     .filter(messages::reply_to.eq(reply_to))
                     .select(Message::as_select())
-                    .first(tx)
+                    .first(conn)
                     .await
-            })
+            }
             .await
         })
     }
