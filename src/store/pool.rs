@@ -65,8 +65,6 @@ where
 }
 
 pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<Pools, StoreError> {
-    let setup_err =
-        |e: diesel_async::pooled_connection::deadpool::BuildError| StoreError::Setup(e.to_string());
     match target {
         DatabaseTarget::Postgres(url) => {
             let connect_timeout = config.connect_timeout;
@@ -94,14 +92,7 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
                 url.expose(),
                 manager_config,
             );
-            Pool::builder(Checked(manager))
-                .max_size(config.pool_size)
-                .wait_timeout(Some(config.acquire_timeout))
-                .create_timeout(Some(config.connect_timeout))
-                .runtime(deadpool::Runtime::Tokio1)
-                .build()
-                .map(Pools::Postgres)
-                .map_err(setup_err)
+            pool_of(manager, config).map(Pools::Postgres)
         }
         DatabaseTarget::Sqlite(path) => {
             if let Some(dir) = path.parent() {
@@ -133,16 +124,27 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
                 path.display().to_string(),
                 manager_config,
             );
-            Pool::builder(Checked(manager))
-                .max_size(config.pool_size)
-                .wait_timeout(Some(config.acquire_timeout))
-                .create_timeout(Some(config.connect_timeout))
-                .runtime(deadpool::Runtime::Tokio1)
-                .build()
-                .map(Pools::Sqlite)
-                .map_err(setup_err)
+            pool_of(manager, config).map(Pools::Sqlite)
         }
     }
+}
+
+/// The pool around `manager`: its size and timeouts from `config`.
+fn pool_of<C>(
+    manager: AsyncDieselConnectionManager<C>,
+    config: &DatabaseConfig,
+) -> Result<Pool<C>, StoreError>
+where
+    C: PoolableConnection + Send + 'static,
+    AsyncDieselConnectionManager<C>: Manager<Type = C, Error = PoolError>,
+{
+    Pool::builder(Checked(manager))
+        .max_size(config.pool_size)
+        .wait_timeout(Some(config.acquire_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Setup(e.to_string()))
 }
 
 /// The pool's numbers at one moment.
