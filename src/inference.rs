@@ -4,7 +4,8 @@
 //! One task per `[[inference]]` endpoint checks it with a cheap call
 //! (`GET /api/tags` for Ollama, `GET /v1/models` for OpenAI-compatible
 //! servers) every `health_interval` while it is up and every
-//! `health_interval_down` while it is down, and reports each result to the
+//! `health_interval_down` while it is down (every 200 ms while a server it
+//! started comes up), and reports each result to the
 //! Supervisor, which tells the workers and marks bots `degraded`. Workers
 //! make the per-turn decisions (failover, cooldown); this module only
 //! observes.
@@ -187,6 +188,10 @@ async fn monitor(
         }
         let wait = if status.up {
             config.health_interval
+        } else if server.starting(&config) {
+            // A server we just started is polled closely, so it serves as
+            // soon as it answers, not up to `health_interval_down` later.
+            MIN_CHECK_GAP
         } else {
             config.health_interval_down
         };
@@ -321,6 +326,13 @@ impl Server {
                 error!(endpoint = %self.name, "cannot start the model server `{program}`: {e}");
             }
         }
+    }
+
+    /// Started by us and not yet answering, within its start timeout.
+    fn starting(&self, config: &InferenceConfig) -> bool {
+        self.child.is_some()
+            && !self.passed_since_start
+            && self.started.elapsed() < config.start_timeout
     }
 
     /// Why the supervised server must be replaced, if it must.

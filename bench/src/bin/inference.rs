@@ -209,7 +209,9 @@ async fn supervised_restart() -> anyhow::Result<()> {
         fake.display()
     );
     let url = format!("http://127.0.0.1:{port}");
-    let host = RunningHost::start("", &format!("{}{BOT}", endpoint("local", &url, &command)))?;
+    // Default health intervals here: what an operator gets.
+    let local = format!("[[inference]]\nname = \"local\"\nurl = \"{url}\"\n{command}\n");
+    let host = RunningHost::start("", &format!("{local}{BOT}"))?;
     let pid = loop {
         let status = host.status().await?;
         if let Some(pid) = status.inference[0].pid.filter(|_| status.inference[0].up) {
