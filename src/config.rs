@@ -928,7 +928,8 @@ impl BotConfig {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+/// A duration as the whole milliseconds the IPC protocol carries.
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

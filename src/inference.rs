@@ -174,17 +174,13 @@ async fn monitor(
         if was != (true, status.up) {
             log_change(&config, &status);
         }
-        metrics
-            .inference_up
-            .with_label_values(&[&config.name])
-            .set(i64::from(status.up));
-        supervisor.do_send(EndpointChecked(status.clone()));
+        report(&metrics, &supervisor, &status);
 
         if let Some(why) = server.needs_restart(&config, failed_in_a_row) {
             warn!(endpoint = %config.name, "restarting the supervised model server: {why}");
             server.restart(&mut status).await;
             failed_in_a_row = 0;
-            supervisor.do_send(EndpointChecked(status.clone()));
+            report(&metrics, &supervisor, &status);
         }
         let wait = if status.up {
             config.health_interval
@@ -200,15 +196,20 @@ async fn monitor(
         if server.wait_exit(wait, &recheck).await {
             status.up = false;
             status.error = Some("the supervised server exited".into());
-            metrics
-                .inference_up
-                .with_label_values(&[&config.name])
-                .set(0);
-            supervisor.do_send(EndpointChecked(status.clone()));
+            report(&metrics, &supervisor, &status);
             server.restart(&mut status).await;
-            supervisor.do_send(EndpointChecked(status.clone()));
+            report(&metrics, &supervisor, &status);
         }
     }
+}
+
+/// The endpoint's state to `bothost_inference_up` and to the Supervisor.
+fn report(metrics: &Metrics, supervisor: &Addr<Supervisor>, status: &EndpointStatus) {
+    metrics
+        .inference_up
+        .with_label_values(&[&status.name])
+        .set(i64::from(status.up));
+    supervisor.do_send(EndpointChecked(status.clone()));
 }
 
 fn log_change(config: &InferenceConfig, status: &EndpointStatus) {

@@ -274,8 +274,8 @@ impl WorkerHandle {
         self.phase = Phase::Handshaking;
         self.last_heard = Instant::now();
         let heartbeat = Heartbeat {
-            interval_ms: millis(self.settings.heartbeat_interval),
-            timeout_ms: millis(self.settings.heartbeat_timeout),
+            interval_ms: crate::config::millis(self.settings.heartbeat_interval),
+            timeout_ms: crate::config::millis(self.settings.heartbeat_timeout),
         };
         self.send(&HostMessage::Hello {
             version: PROTOCOL_VERSION,
@@ -649,10 +649,6 @@ fn turn_error(bot: &str, code: FailCode, message: String) -> TurnError {
         FailCode::Draining => ErrorCode::BotUnavailable,
     };
     TurnError::new(code, message)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn describe_exit(status: ExitStatus) -> String {

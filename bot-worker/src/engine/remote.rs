@@ -189,15 +189,14 @@ impl Remote {
                 Ok(usage) => return Ok(usage),
                 Err(f) => f,
             };
-            self.cool_down(&endpoint.spec);
-            if failure.after_tokens || failure.error.code == FailCode::Cancelled {
+            // The caller going away says nothing about the server.
+            if failure.error.code == FailCode::Cancelled {
                 return Err(failure.error);
             }
-            tracing::warn!(
-                endpoint = %endpoint.spec.name,
-                "turn {id} failed before its first token: {}",
-                failure.error.message
-            );
+            self.cool_down(&endpoint.spec);
+            if failure.after_tokens {
+                return Err(failure.error);
+            }
             // A request the server found malformed would be refused anywhere.
             let next = order
                 .get(n + 1)
