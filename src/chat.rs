@@ -29,8 +29,8 @@ use tracing::warn;
 
 use crate::metrics::Metrics;
 use crate::store::{Conversation, Message, NewReply, ReplyStatus, Store, StoreError};
-use crate::supervisor::Supervisor;
-use crate::turn::{self, ErrorCode, TurnError, TurnEvent};
+use crate::supervisor::{start_turn, Supervisor};
+use crate::turn::{ErrorCode, TurnError, TurnEvent};
 
 /// What the caller is told, in this order: `Accepted`, then `Delta`s, then
 /// `Done` or `Failed`.
@@ -158,7 +158,7 @@ impl Chats {
                 return;
             }
         };
-        let mut turn = match turn::start(supervisor, &conversation.bot, to_prompt(&context)).await {
+        let mut turn = match start_turn(supervisor, &conversation.bot, to_prompt(&context)).await {
             Ok(turn) => turn,
             Err(error) => {
                 let _ = events.send(fail(error));

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::control::{Client, ControlRequest, ControlResponse};
-use crate::supervisor::StatusReport;
+use crate::status::StatusReport;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -21,11 +21,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::Framed;
 use tracing::{debug, warn};
 
+use crate::status::{BotRestart, RestartError, RestartReason, StatusReport};
 use crate::supervisor::{
-    restart_all, rolling_restart, BotRestart, GetStatus, RestartBot, RestartReason, StatusReport,
-    Supervisor,
+    restart_all, rolling_restart, start_turn, GetStatus, RestartBot, Supervisor,
 };
-use crate::turn::{self, ErrorCode, TurnEvent};
+use crate::turn::{ErrorCode, TurnError, TurnEvent};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -104,7 +104,7 @@ async fn handle(stream: UnixStream, supervisor: &Addr<Supervisor>) -> Result<(),
                     role: Role::User,
                     content: text,
                 }];
-                let mut turn = match turn::start(supervisor, &bot, messages).await {
+                let mut turn = match start_turn(supervisor, &bot, messages).await {
                     Ok(turn) => turn,
                     Err(e) => {
                         framed.send(error_response(e)).await?;
@@ -150,7 +150,7 @@ async fn restart(
                     .await
                 {
                     Ok(result) => result,
-                    Err(e) => Err(format!("the supervisor is not running: {e}")),
+                    Err(_) => Err(RestartError::supervisor_gone()),
                 };
                 let _ = tx.send(BotRestart { bot, result });
                 Ok(())
@@ -170,7 +170,7 @@ async fn restart(
         framed.send(ControlResponse::Restarted(outcome)).await?;
     }
     let response = match task.await {
-        Ok(Err(message)) => ControlResponse::Refused { message },
+        Ok(Err(e)) => ControlResponse::Refused { message: e.message },
         Ok(Ok(())) => ControlResponse::RestartsDone { failed },
         Err(e) => ControlResponse::Refused {
             message: format!("the restart task failed: {e}"),
@@ -179,7 +179,7 @@ async fn restart(
     framed.send(response).await
 }
 
-fn error_response(e: turn::TurnError) -> ControlResponse {
+fn error_response(e: TurnError) -> ControlResponse {
     ControlResponse::Error {
         code: e.code,
         message: e.message,
@@ -241,7 +241,7 @@ impl Client {
         &mut self,
         bot: &str,
         text: &str,
-    ) -> Result<Result<String, turn::TurnError>, ClientError> {
+    ) -> Result<Result<String, TurnError>, ClientError> {
         self.send(ControlRequest::Chat {
             bot: bot.to_owned(),
             text: text.to_owned(),
@@ -253,7 +253,7 @@ impl Client {
                 ControlResponse::Delta { text } => reply.push_str(&text),
                 ControlResponse::Done { .. } => return Ok(Ok(reply)),
                 ControlResponse::Error { code, message } => {
-                    return Ok(Err(turn::TurnError { code, message }))
+                    return Ok(Err(TurnError { code, message }))
                 }
                 other => return Err(ClientError::Unexpected(format!("{other:?}"))),
             }

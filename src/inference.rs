@@ -22,53 +22,24 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
+use actix::{Message, Recipient};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::{InferenceConfig, InferenceKind};
 use crate::metrics::Metrics;
-use crate::supervisor::{EndpointChecked, Supervisor};
+use crate::process::{bind_to_host, signal_group};
+use crate::status::EndpointStatus;
 
-/// One endpoint's last health check, as status and `/readyz` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EndpointStatus {
-    pub name: String,
-    pub kind: InferenceKind,
-    /// Passed its last health check. Before the first check: `true`, so
-    /// turns are tried rather than refused.
-    pub up: bool,
-    /// At least one check has run.
-    pub checked: bool,
-    /// Models the server has (from the last passing check).
-    pub models: Vec<String>,
-    /// Why the last check failed.
-    pub error: Option<String>,
-    /// The supervised server's pid, when bothost runs it.
-    pub pid: Option<u32>,
-    /// Restarts of the supervised server.
-    pub restarts: u64,
-}
-
-impl EndpointStatus {
-    pub fn unchecked(config: &InferenceConfig) -> Self {
-        Self {
-            name: config.name.clone(),
-            kind: config.kind,
-            up: true,
-            checked: false,
-            models: Vec::new(),
-            error: None,
-            pid: None,
-            restarts: 0,
-        }
-    }
-}
+/// The result of one health check of an inference endpoint, for whoever
+/// decides about bots (the Supervisor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EndpointChecked(pub EndpointStatus);
 
 /// One wake-up per endpoint: a turn that failed there asks for its health
 /// check now rather than at the next interval (up to a minute away).
@@ -96,21 +67,13 @@ impl Rechecks {
     }
 }
 
-/// Whether a server listing `models` can run `model`. Ollama names carry a
-/// tag and `llama3.2` means `llama3.2:latest`.
-pub fn has_model(models: &[String], model: &str) -> bool {
-    models
-        .iter()
-        .any(|m| m == model || (!model.contains(':') && *m == format!("{model}:latest")))
-}
-
 /// Starts one monitoring task per endpoint (on the current thread: a
 /// supervised server's parent-death signal follows the thread that forked
 /// it, and this is the host's main thread).
 pub fn start(
     endpoints: &[InferenceConfig],
     metrics: &Metrics,
-    supervisor: Addr<Supervisor>,
+    supervisor: Recipient<EndpointChecked>,
     rechecks: &Rechecks,
 ) {
     for config in endpoints {
@@ -131,7 +94,7 @@ pub fn start(
 async fn monitor(
     config: InferenceConfig,
     metrics: Metrics,
-    supervisor: Addr<Supervisor>,
+    supervisor: Recipient<EndpointChecked>,
     recheck: Arc<Notify>,
 ) {
     let client = match reqwest::Client::builder()
@@ -144,7 +107,7 @@ async fn monitor(
             return;
         }
     };
-    let mut status = EndpointStatus::unchecked(&config);
+    let mut status = EndpointStatus::unchecked(&config.name, config.kind);
     let mut server = Server::new(&config);
     server.start(&mut status).await;
     let mut failed_in_a_row = 0u32;
@@ -204,7 +167,7 @@ async fn monitor(
 }
 
 /// The endpoint's state to `bothost_inference_up` and to the Supervisor.
-fn report(metrics: &Metrics, supervisor: &Addr<Supervisor>, status: &EndpointStatus) {
+fn report(metrics: &Metrics, supervisor: &Recipient<EndpointChecked>, status: &EndpointStatus) {
     metrics
         .inference_up
         .with_label_values(&[&status.name])
@@ -277,7 +240,7 @@ struct Server {
     child: Option<tokio::process::Child>,
     started: Instant,
     passed_since_start: bool,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 const MIN_CHECK_GAP: Duration = Duration::from_millis(200);
@@ -292,13 +255,13 @@ impl Server {
             child: None,
             started: Instant::now(),
             passed_since_start: false,
-            backoff: BACKOFF_INITIAL,
+            backoff: Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX),
         }
     }
 
     fn passed(&mut self) {
         self.passed_since_start = true;
-        self.backoff = BACKOFF_INITIAL;
+        self.backoff.reset();
     }
 
     async fn start(&mut self, status: &mut EndpointStatus) {
@@ -310,7 +273,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        crate::worker::bind_to_host(&mut cmd);
+        bind_to_host(&mut cmd);
         self.started = Instant::now();
         self.passed_since_start = false;
         match cmd.spawn() {
@@ -356,13 +319,12 @@ impl Server {
     /// again.
     async fn restart(&mut self, status: &mut EndpointStatus) {
         if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            if let Some(pid) = child.id() {
+                signal_group(pid, Signal::SIGKILL);
             }
             let _ = child.wait().await;
         }
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(self.backoff.next_delay()).await;
         status.restarts += 1;
         self.start(status).await;
     }
@@ -398,20 +360,5 @@ async fn relay(stderr: tokio::process::ChildStderr, endpoint: String) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         debug!(%endpoint, "{line}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_untagged_model_means_latest() {
-        let models = vec!["llama3.2:latest".to_owned(), "qwen2.5:7b".to_owned()];
-        assert!(has_model(&models, "llama3.2"));
-        assert!(has_model(&models, "llama3.2:latest"));
-        assert!(has_model(&models, "qwen2.5:7b"));
-        assert!(!has_model(&models, "qwen2.5"));
-        assert!(!has_model(&models, "mistral"));
     }
 }

@@ -4,6 +4,7 @@
 //! line, [`startup::serve`] runs the host, [`control`] is how the other
 //! commands reach a running host.
 
+pub mod backoff;
 pub mod chat;
 pub mod cli;
 pub mod config;
@@ -11,7 +12,9 @@ pub mod control;
 pub mod inference;
 pub mod memory;
 pub mod metrics;
+pub mod process;
 pub mod startup;
+pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

@@ -10,7 +10,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::supervisor::{BotState, RestartReason};
+use crate::status::{BotState, RestartReason};
 
 #[derive(Clone)]
 pub struct Metrics {

@@ -1,59 +1,170 @@
-//! `bothost serve`: brings the host up in order and takes it down in reverse.
+//! The one startup: [`Host::build`] brings the host up in order,
+//! [`Host::run_until_stopped`] serves until a signal and takes it down in
+//! reverse. `serve`, the in-process tests and the benches all use it.
 //!
 //! Order: runtime directory (0700, refusing a second host on it), then
-//! database migrations and the store's pool, then the Supervisor and its workers (waiting until each is ready or has failed, at
-//! most `start_timeout` plus the crash backoff), then the control socket, then
-//! HTTP, and only then the `listening on` line that scripts and tests wait
-//! for. Shutdown (SIGINT/SIGTERM): stop HTTP, drain and stop every worker,
-//! remove the control socket.
+//! database migrations and the store's pool, then the Supervisor and its
+//! workers, the inference health checks and the restart schedule (waiting
+//! until each bot is ready or has failed, at most `start_timeout` plus the
+//! crash backoff), then the control socket, then HTTP, and only then the
+//! `listening on` line that scripts and tests wait for. Shutdown
+//! (SIGINT/SIGTERM): stop HTTP, drain and stop every worker, remove the
+//! control socket.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context as _};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
-use crate::config::Config;
-use crate::config::TlsConfig;
+use crate::chat::Chats;
+use crate::config::{Config, TlsConfig};
 use crate::control;
+use crate::inference;
 use crate::memory::Sampler;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
-use crate::supervisor::{AwaitSettled, GetStatus, Shutdown, Supervisor};
+use crate::supervisor::{spawn_schedule, AwaitSettled, GetStatus, Shutdown, Supervisor};
 use crate::web::{configure, AppState, Auth};
 
+/// `bothost serve`: builds the host, prints the line scripts wait for, runs
+/// until SIGINT or SIGTERM.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     return_large_frees_to_the_os();
-    actix_rt::System::new().block_on(run(config))
+    actix_rt::System::new().block_on(async {
+        let host = Host::build(config).await?;
+        // Scripts and tests wait for this exact line on stdout.
+        println!("bothost listening on {}", host.url());
+        host.run_until_stopped().await
+    })
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    raise_open_files_limit();
-    prepare_runtime_dir(config.runtime_dir())?;
-    let control_path = config.control_socket();
-    if control::Client::is_listening(&control_path).await {
-        bail!(
-            "another bothost is already running with runtime_dir {}",
-            config.runtime_dir().display()
-        );
+/// A running host: workers, control socket and HTTP, all up. Built by
+/// `serve`, and by tests and benches that want the real host in-process.
+pub struct Host {
+    supervisor: Addr<Supervisor>,
+    state: web::Data<AppState>,
+    http: actix_web::dev::ServerHandle,
+    url: String,
+    control_path: PathBuf,
+    control_task: actix_rt::task::JoinHandle<()>,
+}
+
+impl Host {
+    /// Brings everything up in order (see the module's documentation) and
+    /// returns once HTTP listens. Must run inside an actix System, on the
+    /// thread that lives as long as the host (workers die with it).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        raise_open_files_limit();
+        prepare_runtime_dir(config.runtime_dir())?;
+        let control_path = config.control_socket();
+        if control::Client::is_listening(&control_path).await {
+            bail!(
+                "another bothost is already running with runtime_dir {}",
+                config.runtime_dir().display()
+            );
+        }
+
+        let metrics = Metrics::new().context("cannot create the metrics registry")?;
+        let store = open_store(&config, metrics.clone()).await?;
+        let supervisor = start_supervisor(&config, &metrics)?;
+        settle(&config, &supervisor).await?;
+
+        let _ = std::fs::remove_file(&control_path);
+        let control_listener = UnixListener::bind(&control_path)
+            .with_context(|| format!("cannot listen on {}", control_path.display()))?;
+        std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
+        let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
+
+        let auth = Auth::new(&jwt_secret(&config), config.auth.token_ttl);
+        let state = web::Data::new(AppState::new(
+            &config,
+            supervisor.clone(),
+            store,
+            metrics,
+            auth,
+        ));
+        spawn_limits_sweeper(state.clone());
+        let (http, url) = start_http(&config, state.clone())?;
+        info!(%url, control = %control_path.display(), "serving");
+        Ok(Self {
+            supervisor,
+            state,
+            http,
+            url,
+            control_path,
+            control_task,
+        })
     }
 
-    let metrics = Metrics::new().context("cannot create the metrics registry")?;
-    let store = open_store(&config, metrics.clone()).await?;
-    // Started on the System arbiter: WorkerHandles live on its thread, which
-    // the parent-death signal of every worker is tied to (see `worker`).
+    /// `http://127.0.0.1:PORT` (or `https://`), with the port really bound.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn supervisor(&self) -> &Addr<Supervisor> {
+        &self.supervisor
+    }
+
+    /// The chat service the web front end uses.
+    pub fn chats(&self) -> &Chats {
+        &self.state.chats
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        wait_for_stop_signal().await?;
+        self.stop().await
+    }
+
+    /// Stops HTTP, then drains and stops every worker, then removes the
+    /// control socket.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        info!("shutting down: stopping HTTP, then draining workers");
+        self.http.stop(true).await;
+        self.control_task.abort();
+        self.supervisor.send(Shutdown).await?;
+        let _ = std::fs::remove_file(&self.control_path);
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// The Supervisor and what feeds it: the inference health checks and the
+/// restart schedule. Started on the current thread, the System arbiter's:
+/// WorkerHandles live on it, and every worker's parent-death signal is tied
+/// to it (see `worker`).
+fn start_supervisor(config: &Config, metrics: &Metrics) -> anyhow::Result<Addr<Supervisor>> {
     let sampler = Sampler::new().context("cannot read process memory (sysinfo)")?;
-    let rechecks = crate::inference::Rechecks::new(&config.inference);
-    let supervisor = Supervisor::new(&config, metrics.clone(), sampler)
+    let rechecks = inference::Rechecks::new(&config.inference);
+    let supervisor = Supervisor::new(config, metrics.clone(), sampler)
         .with_rechecks(rechecks.clone())
         .start();
-    crate::inference::start(&config.inference, &metrics, supervisor.clone(), &rechecks);
+    inference::start(
+        &config.inference,
+        metrics,
+        supervisor.clone().recipient(),
+        &rechecks,
+    );
+    // Validated at load: an invalid expression cannot reach here.
+    if let Ok(Some(cron)) = config.restart_schedule() {
+        spawn_schedule(supervisor.clone(), cron);
+    }
+    Ok(supervisor)
+}
+
+/// Waits until every bot is ready or failed (at most `start_timeout` plus
+/// the crash backoff), and for the first health checks, so the start-up log
+/// can say which models are present; a server that does not answer in time
+/// is logged down.
+async fn settle(config: &Config, supervisor: &Addr<Supervisor>) -> anyhow::Result<()> {
     let settle_limit = config.supervisor.start_timeout + config.supervisor.backoff_max;
     if tokio::time::timeout(settle_limit, supervisor.send(AwaitSettled))
         .await
@@ -61,21 +172,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     {
         warn!("not every bot is ready after {settle_limit:?}; serving anyway");
     }
-    // The first health checks, so the start-up log can say which models
-    // are present; a server that does not answer in time is logged down.
     let checks_limit = config
         .inference
         .iter()
         .map(|e| e.health_timeout)
         .max()
         .unwrap_or_default()
-        + std::time::Duration::from_millis(500);
+        + Duration::from_millis(500);
     let checks_deadline = tokio::time::Instant::now() + checks_limit;
     let mut status = supervisor.send(GetStatus).await?;
     while status.inference.iter().any(|e| !e.checked)
         && tokio::time::Instant::now() < checks_deadline
     {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         status = supervisor.send(GetStatus).await?;
     }
     for bot in &status.bots {
@@ -84,29 +193,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
             model_present = bot.model_present, "bot settled"
         );
     }
+    Ok(())
+}
 
-    let _ = std::fs::remove_file(&control_path);
-    let control_listener = UnixListener::bind(&control_path)
-        .with_context(|| format!("cannot listen on {}", control_path.display()))?;
-    std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
-    let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
-
-    let auth = Auth::new(&jwt_secret(&config), config.auth.token_ttl);
-    let state = web::Data::new(AppState::new(
-        &config,
-        supervisor.clone(),
-        store,
-        metrics,
-        auth,
-    ));
-    let limits_state = state.clone();
+/// Forgets the rate-limit state of clients idle for a while, every minute.
+fn spawn_limits_sweeper(state: web::Data<AppState>) {
     actix_rt::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            limits_state.limits.forget_idle();
+            state.limits.forget_idle();
         }
     });
+}
+
+/// Binds `server.bind` (port 0 picks a free one) and starts serving.
+fn start_http(
+    config: &Config,
+    state: web::Data<AppState>,
+) -> anyhow::Result<(actix_web::dev::ServerHandle, String)> {
     let server = HttpServer::new(move || {
         App::new()
             .wrap_fn(crate::web::record)
@@ -133,20 +238,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .copied()
         .context("the HTTP server bound no address")?;
     let server = server.run();
-    let http = server.handle();
+    let handle = server.handle();
     actix_rt::spawn(server);
-    // Scripts and tests wait for this exact line on stdout.
-    println!("bothost listening on {scheme}://{addr}");
-    info!(%addr, control = %control_path.display(), "serving");
-
-    wait_for_stop_signal().await?;
-    info!("shutting down: stopping HTTP, then draining workers");
-    http.stop(true).await;
-    control_task.abort();
-    supervisor.send(Shutdown).await?;
-    let _ = std::fs::remove_file(&control_path);
-    info!("stopped");
-    Ok(())
+    Ok((handle, format!("{scheme}://{addr}")))
 }
 
 /// Runs pending migrations, then builds the pool.

@@ -3,17 +3,17 @@
 //! Owns the vocabulary shared by everything that starts a turn (the control
 //! socket and the web front end): the events a turn streams and the
 //! errors it can end with, each with a stable `code` and a message fit to
-//! show a user. [`start`] routes a turn to its bot's current worker.
-//! A [`Turn`] dropped before it ends cancels itself in the worker, so a
+//! show a user. The Supervisor starts turns (`supervisor::start_turn`);
+//! a [`Turn`] dropped before it ends cancels itself in the worker, so a
 //! caller that goes away never leaves work running.
+//!
+//! A leaf module: it knows the worker that runs a turn only as a
+//! [`Recipient`] of [`CancelTurn`].
 
-use actix::Addr;
-use bot_worker::{ChatMessage, Usage};
-use serde::Serialize;
+use actix::{Message, Recipient};
+use bot_worker::Usage;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
-
-use crate::supervisor::{StartChat, Supervisor};
-use crate::worker::{CancelTurn, WorkerHandle};
 
 #[derive(Debug)]
 pub enum TurnEvent {
@@ -30,8 +30,8 @@ pub struct TurnError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Stable error codes: on the wire as [`ErrorCode::as_str`] gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     UnknownBot,
     /// Starting, restarting or failed: no worker can take the turn now.
@@ -56,6 +56,59 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::UnknownBot,
+        ErrorCode::BotUnavailable,
+        ErrorCode::WorkerDied,
+        ErrorCode::EngineFailed,
+        ErrorCode::InferenceUnavailable,
+        ErrorCode::ModelNotFound,
+        ErrorCode::Overloaded,
+        ErrorCode::EngineTimeout,
+        ErrorCode::Cancelled,
+        ErrorCode::TooLarge,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::InProgress,
+        ErrorCode::Internal,
+    ];
+
+    /// The one place a code gets its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownBot => "unknown_bot",
+            ErrorCode::BotUnavailable => "bot_unavailable",
+            ErrorCode::WorkerDied => "worker_died",
+            ErrorCode::EngineFailed => "engine_failed",
+            ErrorCode::InferenceUnavailable => "inference_unavailable",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::EngineTimeout => "engine_timeout",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::InProgress => "in_progress",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&name, &[]))
+    }
+}
+
 impl TurnError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
@@ -65,15 +118,36 @@ impl TurnError {
     }
 }
 
+/// Stop a turn: the worker is told, and the caller hears nothing more.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelTurn {
+    pub id: u64,
+}
+
 /// A running turn. Read its events until `Done` or `Failed`.
 pub struct Turn {
     pub events: mpsc::UnboundedReceiver<TurnEvent>,
     id: u64,
-    worker: Addr<WorkerHandle>,
+    worker: Recipient<CancelTurn>,
     finished: bool,
 }
 
 impl Turn {
+    /// A turn the worker behind `worker` accepted as request `id`.
+    pub fn new(
+        id: u64,
+        worker: Recipient<CancelTurn>,
+        events: mpsc::UnboundedReceiver<TurnEvent>,
+    ) -> Self {
+        Self {
+            events,
+            id,
+            worker,
+            finished: false,
+        }
+    }
+
     /// The next event; `None` never comes before `Done` or `Failed` unless
     /// the worker's handle vanished, which is reported as `WorkerDied`.
     pub async fn next(&mut self) -> Option<TurnEvent> {
@@ -101,25 +175,17 @@ impl Drop for Turn {
     }
 }
 
-/// Starts one turn on the current worker of `bot`.
-pub async fn start(
-    supervisor: &Addr<Supervisor>,
-    bot: &str,
-    messages: Vec<ChatMessage>,
-) -> Result<Turn, TurnError> {
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let (id, worker) = supervisor
-        .send(StartChat {
-            bot: bot.to_owned(),
-            messages,
-            events: events_tx,
-        })
-        .await
-        .map_err(|_| TurnError::new(ErrorCode::Internal, "the supervisor is not running"))??;
-    Ok(Turn {
-        events,
-        id,
-        worker,
-        finished: false,
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_travel_by_their_one_name() {
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire, code.as_str());
+            assert_eq!(serde_json::from_value::<ErrorCode>(wire).unwrap(), code);
+        }
+        assert!(serde_json::from_str::<ErrorCode>("\"nope\"").is_err());
+    }
 }

@@ -8,41 +8,31 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
 use bothost::chat::{ChatEvent, Chats};
 use bothost::config::{Config, DatabaseConfig};
-use bothost::memory::Sampler;
-use bothost::metrics::Metrics;
+use bothost::startup::Host;
 use bothost::store::{Conversation, Store};
-use bothost::supervisor::{AwaitSettled, GetStatus, Shutdown, Supervisor};
+use bothost::supervisor::GetStatus;
 use bothost::turn::ErrorCode;
 use common::db::{backends, TestDb};
 use tokio::sync::mpsc;
 
-struct Host {
-    _dir: tempfile::TempDir,
-    supervisor: Addr<Supervisor>,
-}
-
-async fn host() -> Host {
+/// The real host, in-process, on `db`'s database.
+async fn host(db: &TestDb) -> (tempfile::TempDir, Host) {
     let dir = tempfile::tempdir().unwrap();
     let worker = Path::new(common::BOTHOST).with_file_name("bot-worker");
     let text = format!(
-        "[supervisor]\nruntime_dir = \"run\"\nworker_binary = \"{}\"\nrestart_schedule = \"off\"\n\
+        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\n\
+         [supervisor]\nruntime_dir = \"run\"\nworker_binary = \"{}\"\nrestart_schedule = \"off\"\n\
          backoff_initial = \"50ms\"\nbackoff_max = \"100ms\"\n\
          [[bots]]\nname = \"fast\"\n[bots.builtin]\ntoken_delay = \"0s\"\n\
          [[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"100ms\"\n",
+        db.url(),
         worker.display()
     );
     let config = Config::parse(&text, &dir.path().join("supervisor.toml"), Vec::new()).unwrap();
-    bothost::startup::prepare_runtime_dir(config.runtime_dir()).unwrap();
-    let supervisor =
-        Supervisor::new(&config, Metrics::new().unwrap(), Sampler::new().unwrap()).start();
-    supervisor.send(AwaitSettled).await.unwrap();
-    Host {
-        _dir: dir,
-        supervisor,
-    }
+    let host = Host::build(config).await.unwrap();
+    (dir, host)
 }
 
 async fn conversation(store: &Store, user: &str, bot: &str) -> Conversation {
@@ -86,17 +76,12 @@ async fn drain(rx: &mut mpsc::UnboundedReceiver<ChatEvent>) -> (Option<bool>, St
 }
 
 async fn for_each_backend(test: impl AsyncFn(&TestDb, &Chats, &Host)) {
-    let host = host().await;
     for db in backends(&DatabaseConfig::default()).await {
-        let chats = Chats::new(
-            db.store.clone(),
-            host.supervisor.clone(),
-            db.metrics.clone(),
-        );
-        test(&db, &chats, &host).await;
+        let (_dir, host) = host(&db).await;
+        test(&db, host.chats(), &host).await;
+        host.stop().await.unwrap();
         db.cleanup().await;
     }
-    host.supervisor.send(Shutdown).await.unwrap();
 }
 
 #[actix_rt::test]
@@ -141,7 +126,7 @@ async fn a_worker_killed_mid_reply_leaves_the_partial_reply_stored() {
                 other => panic!("{other:?}"),
             }
         }
-        let status = host.supervisor.send(GetStatus).await.unwrap();
+        let status = host.supervisor().send(GetStatus).await.unwrap();
         let pid = status
             .bots
             .iter()
@@ -173,7 +158,7 @@ async fn a_worker_killed_mid_reply_leaves_the_partial_reply_stored() {
         // The bot comes back for the next turn.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let st = host.supervisor.send(GetStatus).await.unwrap();
+            let st = host.supervisor().send(GetStatus).await.unwrap();
             if st
                 .bots
                 .iter()
@@ -224,7 +209,7 @@ async fn a_caller_that_goes_away_cancels_the_turn_and_keeps_what_it_saw() {
             "cancelled, not finished: {:?}",
             reply.content
         );
-        let st = host.supervisor.send(GetStatus).await.unwrap();
+        let st = host.supervisor().send(GetStatus).await.unwrap();
         assert_eq!(
             st.bots.iter().find(|b| b.name == "slow").unwrap().in_flight,
             0

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bothost::control::ControlResponse;
-use bothost::supervisor::BotState;
+use bothost::status::BotState;
 use bothost::turn::ErrorCode;
 use common::*;
 use nix::sys::signal::{kill, Signal};

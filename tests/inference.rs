@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bothost::control::ControlResponse;
-use bothost::supervisor::BotState;
+use bothost::status::BotState;
 use common::fake::{fake_binary, free_port, FakeServer};
 use common::web::register;
 use common::*;

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use bothost::supervisor::BotState;
+use bothost::status::BotState;
 use common::*;
 
 /// Fast sampling and a short leak window, so a test sees a trend in seconds.

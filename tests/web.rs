@@ -343,7 +343,7 @@ fn when_no_bot_can_answer_the_user_is_told_at_once_and_the_message_is_kept() {
     toml.push_str(&bots(&["fast"]));
     let host = TestHost::start_with_config(&format!("{FAST_SUPERVISOR}\n{toml}"));
     host.wait_for("broken failed", Duration::from_secs(10), || {
-        (host.bot("broken").state == bothost::supervisor::BotState::Failed).then_some(())
+        (host.bot("broken").state == bothost::status::BotState::Failed).then_some(())
     });
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("broken");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bothost::control::{Client, ControlRequest, ControlResponse};
-use bothost::supervisor::StatusReport;
+use bothost::status::StatusReport;
 
 /// The directory holding the release `bothost` and `bot-worker` next to
 /// this benchmark's own executable, or a plain error telling how to build.

@@ -1,92 +1,15 @@
-//! The Supervisor's vocabulary and its restart rules, as plain types and
-//! functions that unit tests call directly.
+//! The crash rule: how long to wait before restarting a crashed worker, and
+//! when to give up on a bot. A plain function unit tests call directly.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BotState {
-    Starting,
-    Ready,
-    /// The worker is ready but every model server it uses is down.
-    Degraded,
-    Draining,
-    Restarting,
-    Failed,
-}
-
-impl BotState {
-    pub const ALL: [BotState; 6] = [
-        BotState::Starting,
-        BotState::Ready,
-        BotState::Degraded,
-        BotState::Draining,
-        BotState::Restarting,
-        BotState::Failed,
-    ];
-
-    /// Start-up is over for this bot: it serves (perhaps degraded) or has
-    /// been given up on.
-    pub fn settled(self) -> bool {
-        matches!(
-            self,
-            BotState::Ready | BotState::Degraded | BotState::Failed
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BotState::Starting => "starting",
-            BotState::Ready => "ready",
-            BotState::Degraded => "degraded",
-            BotState::Draining => "draining",
-            BotState::Restarting => "restarting",
-            BotState::Failed => "failed",
-        }
-    }
-}
-
-/// Label values of `bothost_worker_restarts_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartReason {
-    Crash,
-    Memory,
-    Leak,
-    Schedule,
-    Operator,
-    Hung,
-}
-
-impl RestartReason {
-    pub const ALL: [RestartReason; 6] = [
-        RestartReason::Crash,
-        RestartReason::Memory,
-        RestartReason::Leak,
-        RestartReason::Schedule,
-        RestartReason::Operator,
-        RestartReason::Hung,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestartReason::Crash => "crash",
-            RestartReason::Memory => "memory",
-            RestartReason::Leak => "leak",
-            RestartReason::Schedule => "schedule",
-            RestartReason::Operator => "operator",
-            RestartReason::Hung => "hung",
-        }
-    }
-}
+use crate::backoff::Backoff;
 
 /// Backoff and give-up rule for crashing workers.
 #[derive(Debug, Clone)]
 pub struct CrashPolicy {
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
+    pub backoff: Backoff,
     /// This many crashes inside `window` and the bot is marked failed.
     pub limit: u32,
     pub window: Duration,
@@ -114,14 +37,8 @@ impl CrashPolicy {
         if crashes >= self.limit as usize {
             return CrashDecision::GiveUp { crashes };
         }
-        let doublings = u32::try_from(crashes.saturating_sub(1))
-            .unwrap_or(u32::MAX)
-            .min(20);
-        CrashDecision::RestartAfter(
-            self.backoff_initial
-                .saturating_mul(1 << doublings)
-                .min(self.backoff_max),
-        )
+        let attempt = u32::try_from(crashes).unwrap_or(u32::MAX);
+        CrashDecision::RestartAfter(self.backoff.delay(attempt))
     }
 }
 
@@ -131,8 +48,7 @@ mod tests {
 
     fn policy() -> CrashPolicy {
         CrashPolicy {
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(3),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(3)),
             limit: 5,
             window: Duration::from_secs(60),
         }

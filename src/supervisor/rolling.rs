@@ -5,52 +5,18 @@
 //! generations. Only one rolling restart runs at a time, whoever starts it
 //! (the schedule, `bothost restart --all --rolling`, the admin API). It runs
 //! as its own task: a caller that goes away does not stop it half-way.
+//!
+//! The restart schedule (`supervisor.restart_schedule`) is a task of its
+//! own too ([`spawn_schedule`]): it sleeps until the next time the cron
+//! expression names, then runs a rolling restart like an operator would.
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::{GetStatus, RestartBot, RestartReason, Restarted, Supervisor};
-
-/// The outcome for one bot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BotRestart {
-    pub bot: String,
-    pub result: Result<Restarted, String>,
-}
-
-/// Claims the rolling-restart slot; answers the bots to go through, in order.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<String>, String>")]
-struct BeginRolling;
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct EndRolling;
-
-impl Handler<BeginRolling> for Supervisor {
-    type Result = Result<Vec<String>, String>;
-
-    fn handle(&mut self, _: BeginRolling, _: &mut Context<Self>) -> Self::Result {
-        if self.rolling {
-            return Err("a rolling restart is already running".into());
-        }
-        if self.shutting_down {
-            return Err("the host is shutting down".into());
-        }
-        self.rolling = true;
-        Ok(self.bots.iter().map(|b| b.name().to_owned()).collect())
-    }
-}
-
-impl Handler<EndRolling> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, _: EndRolling, _: &mut Context<Self>) {
-        self.rolling = false;
-    }
-}
+use super::actor::Supervisor;
+use super::messages::{BeginRolling, EndRolling, GetStatus, RestartBot};
+use crate::status::{BotRestart, RestartError, RestartReason, Restarted};
 
 /// Releases the slot however the rolling restart ends.
 struct Slot(Addr<Supervisor>);
@@ -67,11 +33,11 @@ pub async fn rolling_restart(
     supervisor: &Addr<Supervisor>,
     reason: RestartReason,
     progress: Option<mpsc::UnboundedSender<BotRestart>>,
-) -> Result<Vec<BotRestart>, String> {
+) -> Result<Vec<BotRestart>, RestartError> {
     let bots = supervisor
         .send(BeginRolling)
         .await
-        .map_err(|e| format!("the supervisor is not running: {e}"))??;
+        .map_err(|_| RestartError::supervisor_gone())??;
     let _slot = Slot(supervisor.clone());
     info!(
         reason = reason.as_str(),
@@ -114,12 +80,36 @@ async fn restart_one(
     supervisor: &Addr<Supervisor>,
     bot: &str,
     reason: RestartReason,
-) -> Result<Restarted, String> {
+) -> Result<Restarted, RestartError> {
     supervisor
         .send(RestartBot {
             bot: bot.to_owned(),
             reason,
         })
         .await
-        .map_err(|e| format!("the supervisor is not running: {e}"))?
+        .map_err(|_| RestartError::supervisor_gone())?
+}
+
+/// Runs a rolling restart at every time `cron` names (local time), for as
+/// long as the Supervisor runs. One already running makes it skip a turn.
+pub fn spawn_schedule(supervisor: Addr<Supervisor>, cron: croner::Cron) {
+    actix_rt::spawn(async move {
+        loop {
+            let now = chrono::Local::now();
+            let next = match cron.find_next_occurrence(&now, false) {
+                Ok(next) => next,
+                Err(e) => {
+                    error!("restart_schedule '{}' has no next time: {e}", cron.pattern);
+                    return;
+                }
+            };
+            tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
+            if !supervisor.connected() {
+                return;
+            }
+            if let Err(e) = rolling_restart(&supervisor, RestartReason::Schedule, None).await {
+                warn!("scheduled rolling restart skipped: {e}");
+            }
+        }
+    });
 }

@@ -12,8 +12,9 @@ use super::auth::{hash_password, hashing, verify_password, AuthUser};
 use super::error::{turn_status, ApiError};
 use super::AppState;
 use crate::chat::ChatEvent;
+use crate::status::{RestartErrorCode, RestartReason};
 use crate::store::{Conversation, StoreError, User, MAX_PAGE};
-use crate::supervisor::{restart_all, rolling_restart, GetStatus, RestartBot, RestartReason};
+use crate::supervisor::{restart_all, rolling_restart, GetStatus, RestartBot};
 
 /// One table registers every API route and lists it for the OpenAPI test,
 /// so a route cannot exist undocumented.
@@ -324,13 +325,15 @@ async fn admin_restart_bot(
         .map_err(|_| supervisor_gone())?;
     match result {
         Ok(restarted) => Ok(HttpResponse::Ok().json(json!({"bot": bot, "restarted": restarted}))),
-        Err(message) if message.starts_with("there is no bot") => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_bot", message))
-        }
-        Err(message) => Err(ApiError::new(
+        Err(e) if e.code == RestartErrorCode::UnknownBot => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_bot",
+            e.message,
+        )),
+        Err(e) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "restart_failed",
-            message,
+            e.message,
         )),
     }
 }
@@ -350,7 +353,7 @@ async fn admin_restart_all(
     let results = if query.rolling {
         rolling_restart(&state.supervisor, RestartReason::Operator, None)
             .await
-            .map_err(|message| ApiError::new(StatusCode::CONFLICT, "busy", message))?
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "busy", e.message))?
     } else {
         restart_all(&state.supervisor, RestartReason::Operator).await
     };
@@ -399,7 +402,7 @@ mod tests {
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../../web/openapi.json")).unwrap();
         let documented = &doc["components"]["schemas"]["Bot"]["properties"]["status"]["enum"];
-        let states: Vec<&str> = crate::supervisor::BotState::ALL
+        let states: Vec<&str> = crate::status::BotState::ALL
             .iter()
             .map(|s| s.as_str())
             .collect();

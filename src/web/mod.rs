@@ -24,8 +24,9 @@ use serde_json::json;
 use crate::chat::Chats;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::status::{BotState, StatusReport};
 use crate::store::Store;
-use crate::supervisor::{BotState, GetStatus, StatusReport, Supervisor};
+use crate::supervisor::{GetStatus, Supervisor};
 pub use api::{check_credentials, API_ROUTES};
 pub use auth::Auth;
 use error::ApiError;
@@ -227,7 +228,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::BotStatus;
+    use crate::status::BotStatus;
 
     fn report(states: &[BotState]) -> StatusReport {
         StatusReport {

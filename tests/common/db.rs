@@ -79,6 +79,14 @@ async fn open(
 }
 
 impl TestDb {
+    /// `database.url` for a host on this database.
+    pub fn url(&self) -> String {
+        match &self.target {
+            DatabaseTarget::Postgres(url) => url.expose().to_owned(),
+            DatabaseTarget::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+
     /// Drops the PostgreSQL schema (SQLite's directory goes with the value).
     pub async fn cleanup(self) {
         if let Some((base, schema)) = &self.pg_schema {

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bothost::control::{Client, ControlRequest};
-use bothost::supervisor::{BotStatus, StatusReport};
+use bothost::status::{BotStatus, StatusReport};
 
 pub const BOTHOST: &str = env!("CARGO_BIN_EXE_bothost");
 

@@ -14,14 +14,12 @@
 
 use std::time::{Duration, Instant};
 
-use actix::Actor;
 use anyhow::bail;
 use bot_worker::{ChatMessage, Role};
 use bothost::config::Config;
-use bothost::memory::Sampler;
-use bothost::metrics::Metrics;
-use bothost::supervisor::{AwaitSettled, Shutdown, Supervisor};
-use bothost::turn::{self, TurnEvent};
+use bothost::startup::Host;
+use bothost::supervisor::{start_turn, Supervisor};
+use bothost::turn::TurnEvent;
 use bothost_bench::{mib, ms, release_binaries, write_config, Percentiles, RunningHost};
 
 fn main() -> anyhow::Result<()> {
@@ -77,10 +75,8 @@ async fn ipc() -> anyhow::Result<()> {
         "[[bots]]\nname = \"one\"\n[bots.builtin]\ntoken_delay = \"0s\"\nmax_tokens = 1\n\
          [[bots]]\nname = \"full\"\n[bots.builtin]\ntoken_delay = \"0s\"\n",
     )?;
-    let config = Config::load(&config)?;
-    bothost::startup::prepare_runtime_dir(config.runtime_dir())?;
-    let supervisor = Supervisor::new(&config, Metrics::new()?, Sampler::new()?).start();
-    supervisor.send(AwaitSettled).await?;
+    let host = Host::build(Config::load(&config)?).await?;
+    let supervisor = host.supervisor().clone();
 
     println!("\n## IPC round trip, one-token reply, one worker (in-process host path)");
     println!("| concurrent | turns | P50 | P95 | P99 | max | turns/s |");
@@ -111,7 +107,7 @@ async fn ipc() -> anyhow::Result<()> {
         ms(p.p50),
         ms(p.p99)
     );
-    supervisor.send(Shutdown).await?;
+    host.stop().await?;
     Ok(())
 }
 
@@ -136,7 +132,7 @@ async fn run_load(
                         role: Role::User,
                         content: format!("ping {i}"),
                     }];
-                    let mut turn = turn::start(&supervisor, &bot, messages).await?;
+                    let mut turn = start_turn(&supervisor, &bot, messages).await?;
                     loop {
                         match turn.next().await {
                             Some(TurnEvent::Delta(_)) => continue,

@@ -3,8 +3,6 @@
 //!
 //! It spawns `bot-worker`, performs the handshake, multiplexes chat turns
 //! over the one connection, answers and sends heartbeats, and notices death.
-//! It reports to the Supervisor and never decides about restarts: that is the
-//! Supervisor's job.
 //!
 //! # Lifecycle
 //!
@@ -27,102 +25,29 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use bot_worker::frame::encode_frame;
 use bot_worker::{
-    BotSpec, ChatMessage, FailCode, FrameCodec, FrameError, Heartbeat, HostMessage, WorkerMessage,
+    ChatMessage, FailCode, FrameCodec, FrameError, Heartbeat, HostMessage, WorkerMessage,
     PROTOCOL_VERSION,
 };
 use bytes::Bytes;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use prometheus::{IntCounterVec, IntGauge};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use crate::turn::{ErrorCode, TurnError, TurnEvent};
-
-/// What a WorkerHandle needs to start and watch one generation.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    pub spec: BotSpec,
-    pub binary: PathBuf,
-    pub runtime_dir: PathBuf,
-    pub start_timeout: Duration,
-    pub heartbeat_interval: Duration,
-    pub heartbeat_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub stop_grace: Duration,
-}
-
-/// Why a generation ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cause {
-    /// Stopped on request after a drain: not a failure.
-    Stopped,
-    /// The process exited, or closed its socket, on its own.
-    Crashed(String),
-    /// Alive but silent past the heartbeat timeout.
-    Hung,
-    /// Never became Ready (spawn error, start timeout, refused handshake).
-    StartFailed(String),
-    /// Sent something that is not the protocol.
-    ProtocolError(String),
-}
-
-/// Sent to the Supervisor.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub enum WorkerEvent {
-    Ready {
-        bot: String,
-        generation: u64,
-        pid: u32,
-    },
-    Gone {
-        bot: String,
-        generation: u64,
-        cause: Cause,
-    },
-    /// A turn failed on this inference endpoint: worth a health check now.
-    EndpointFailed { endpoint: String },
-}
-
-/// Start a turn; `reply` gets its request id. Sent by the Supervisor with
-/// `do_send`, which keeps it in order with the `Drain` that may follow.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StartTurn {
-    pub messages: Vec<ChatMessage>,
-    pub events: mpsc::UnboundedSender<TurnEvent>,
-    pub reply: oneshot::Sender<Result<u64, TurnError>>,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CancelTurn {
-    pub id: u64,
-}
-
-/// The host's health checks changed their verdict: these endpoints are
-/// down now.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetEndpointsDown(pub Vec<String>);
-
-/// Finish in-flight turns, then stop. Resolves once the process is gone.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Drain;
+use super::child::{bind_private, relay_logs, spawn_child, write_loop};
+use super::messages::{Cause, Drain, SetEndpointsDown, StartTurn, WorkerEvent, WorkerSettings};
+use crate::process::{describe_exit, signal_group};
+use crate::turn::{CancelTurn, ErrorCode, TurnError, TurnEvent};
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -431,9 +356,7 @@ impl WorkerHandle {
     /// pid may then belong to someone else).
     fn signal(&self, signal: Signal) {
         if let (Some(pid), false) = (self.pid, self.reaped) {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = killpg(Pid::from_raw(pid), signal);
-            }
+            signal_group(pid, signal);
         }
     }
 
@@ -649,144 +572,4 @@ fn turn_error(bot: &str, code: FailCode, message: String) -> TurnError {
         FailCode::Draining => ErrorCode::BotUnavailable,
     };
     TurnError::new(code, message)
-}
-
-fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => match Signal::try_from(sig) {
-            Ok(s) => format!("was killed by {s}"),
-            Err(_) => format!("was killed by signal {sig}"),
-        },
-        _ => format!("exited ({status})"),
-    }
-}
-
-/// A listening socket only its owner can connect to. The runtime directory
-/// is already 0700; 0600 on the socket says the same thing twice.
-fn bind_private(path: &Path) -> io::Result<UnixListener> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-fn spawn_child(binary: &Path, socket: &Path) -> io::Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg("--socket")
-        .arg(socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    bind_to_host(&mut cmd);
-    cmd.spawn()
-}
-
-/// Makes a child the host starts (a worker, a supervised model server) run
-/// in its own process group, so it can be signalled as a whole, and die
-/// with the host (parent-death signal SIGKILL).
-pub(crate) fn bind_to_host(cmd: &mut tokio::process::Command) {
-    cmd.process_group(0);
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and only makes two
-    // async-signal-safe system calls; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-            // The host may have died between fork and prctl: then nobody
-            // would ever send the signal.
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::from(nix::errno::Errno::ESRCH));
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Writes queued frames, batching whatever is waiting into one flush.
-async fn write_loop(
-    write: tokio::net::unix::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-) {
-    let mut writer = tokio::io::BufWriter::new(write);
-    while let Some(frame) = rx.recv().await {
-        if writer.write_all(&frame).await.is_err() {
-            return;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if writer.write_all(&more).await.is_err() {
-                return;
-            }
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Re-logs the worker's stderr (`LEVEL message` lines) under its bot's name.
-async fn relay_logs(stderr: tokio::process::ChildStderr, bot: String, generation: u64, pid: u32) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let (level, text) = line.trim_start().split_once(' ').unwrap_or(("", &line));
-        let text = text.trim_start();
-        match level {
-            "ERROR" => error!(target: "bot_worker", bot = %bot, generation, pid, "{text}"),
-            "WARN" => warn!(target: "bot_worker", bot = %bot, generation, pid, "{text}"),
-            "INFO" => info!(target: "bot_worker", bot = %bot, generation, pid, "{text}"),
-            "DEBUG" | "TRACE" => {
-                debug!(target: "bot_worker", bot = %bot, generation, pid, "{text}")
-            }
-            _ => info!(target: "bot_worker", bot = %bot, generation, pid, "{line}"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The parent-death signal is tied to the thread that forked: when it
-    /// exits, the kernel SIGKILLs the child, whatever the child is doing.
-    #[test]
-    fn a_worker_dies_with_the_thread_that_spawned_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("fake-worker");
-        std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("unused.sock");
-        let pid = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async { spawn_child(&fake, &socket).unwrap().id().unwrap() })
-        })
-        .join()
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let gone = loop {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Gone, or a zombie: killed and waiting to be reaped.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
-            if stat.is_empty() || state == Some("Z") {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if !gone {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        assert!(gone, "the worker outlived the thread that spawned it");
-    }
 }

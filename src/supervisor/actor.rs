@@ -1,0 +1,544 @@
+//! The Supervisor actor: the one place that knows every bot and carries out
+//! what each bot's [`Lifecycle`] decides.
+//!
+//! It turns messages (worker events, restart requests, health checks, the
+//! memory sampling tick) into lifecycle events, and the lifecycle's
+//! [`Action`]s into effects: starting and draining WorkerHandles, metrics,
+//! status broadcasts, answers to whoever waits. The decisions themselves are
+//! plain functions elsewhere (`lifecycle`, `policy`, `crate::memory`).
+//! It never touches a process or a socket itself (WorkerHandles do).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::{broadcast, oneshot};
+use tracing::{info, warn};
+
+use super::bot::Bot;
+use super::endpoints::Endpoints;
+use super::lifecycle::{Action, Lifecycle};
+use super::messages::{
+    AwaitSettled, BeginRolling, EndRolling, GetStatus, RestartBot, Shutdown, StartChat,
+    SubscribeStatus,
+};
+use super::policy::CrashPolicy;
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::inference::{EndpointChecked, Rechecks};
+use crate::memory::{self, MemoryWatch, Sampler};
+use crate::metrics::Metrics;
+use crate::status::{
+    EndpointStatus, RestartError, RestartErrorCode, RestartReason, Restarted, StatusChange,
+    StatusReport,
+};
+use crate::turn::{CancelTurn, ErrorCode, TurnError};
+use crate::worker::{
+    Drain, SetEndpointsDown, StartTurn, WorkerEvent, WorkerHandle, WorkerSettings,
+};
+
+pub struct Supervisor {
+    bots: Vec<Bot>,
+    metrics: Metrics,
+    sample_interval: Duration,
+    sampler: Sampler,
+    host_rss: Option<u64>,
+    rolling: bool,
+    shutting_down: bool,
+    settle_waiters: Vec<oneshot::Sender<()>>,
+    changes: broadcast::Sender<StatusChange>,
+    endpoints: Endpoints,
+    /// Where a turn that failed on an endpoint asks for its health check.
+    rechecks: Rechecks,
+}
+
+impl Supervisor {
+    /// `config` must have been validated (as `Config::load` does).
+    pub fn new(config: &Config, metrics: Metrics, sampler: Sampler) -> Self {
+        let s = &config.supervisor;
+        let policy = CrashPolicy {
+            backoff: Backoff::new(s.backoff_initial, s.backoff_max),
+            limit: s.crash_limit,
+            window: s.crash_window,
+        };
+        let bots = config
+            .bots
+            .iter()
+            .map(|bot| {
+                let memory = config.memory_policy(bot);
+                metrics.register_bot(&bot.name, memory.budget);
+                Bot {
+                    settings: Arc::new(WorkerSettings {
+                        spec: config.spec_of(bot),
+                        binary: config.worker_binary_of(bot),
+                        runtime_dir: config.runtime_dir().to_owned(),
+                        start_timeout: s.start_timeout,
+                        heartbeat_interval: s.heartbeat_interval,
+                        heartbeat_timeout: s.heartbeat_timeout,
+                        drain_timeout: s.drain_timeout,
+                        stop_grace: s.stop_grace,
+                    }),
+                    memory,
+                    life: Lifecycle::new(&bot.name, policy.clone()),
+                    workers: HashMap::new(),
+                    waiters: Vec::new(),
+                    rss: None,
+                    watch: MemoryWatch::default(),
+                    endpoints: config
+                        .endpoints_of(bot)
+                        .iter()
+                        .map(|e| e.name.clone())
+                        .collect(),
+                }
+            })
+            .collect();
+        Self {
+            bots,
+            metrics,
+            sample_interval: s.sample_interval,
+            sampler,
+            host_rss: None,
+            rolling: false,
+            shutting_down: false,
+            settle_waiters: Vec::new(),
+            changes: broadcast::channel(256).0,
+            endpoints: Endpoints::new(config),
+            rechecks: Rechecks::default(),
+        }
+    }
+
+    /// Where a failed turn asks for an endpoint's health check at once.
+    pub fn with_rechecks(mut self, rechecks: Rechecks) -> Self {
+        self.rechecks = rechecks;
+        self
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.bots.iter().position(|b| b.name() == name)
+    }
+
+    /// Carries out what bot `idx`'s lifecycle decided.
+    fn apply(&mut self, idx: usize, actions: Vec<Action>, ctx: &mut Context<Self>) {
+        for action in actions {
+            let bot = &mut self.bots[idx];
+            let name = bot.settings.spec.name.clone();
+            match action {
+                Action::Spawn(generation) => {
+                    let down = if bot.endpoints.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.endpoints.down()
+                    };
+                    let addr = WorkerHandle::new(
+                        Arc::clone(&bot.settings),
+                        generation,
+                        ctx.address().recipient(),
+                        self.metrics.worker_in_flight.with_label_values(&[&name]),
+                        self.metrics.inference_failovers.clone(),
+                        down,
+                    )
+                    .start();
+                    bot.workers.insert(generation, addr);
+                }
+                Action::Drain(generation) => {
+                    if let Some(w) = bot.worker(generation) {
+                        w.do_send(Drain);
+                    }
+                }
+                Action::TookOver(generation) => {
+                    bot.watch = MemoryWatch::default();
+                    bot.rss = None;
+                    self.metrics
+                        .worker_generation
+                        .with_label_values(&[&name])
+                        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+                }
+                Action::Count(reason) => {
+                    self.metrics
+                        .worker_restarts
+                        .with_label_values(&[&name, reason.as_str()])
+                        .inc();
+                }
+                Action::Resolve(result) => {
+                    for waiter in bot.waiters.drain(..) {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+                Action::RetryAfter(delay) => {
+                    ctx.run_later(delay, move |act, ctx| {
+                        let actions = act.bots[idx].life.backoff_elapsed(Instant::now());
+                        act.apply(idx, actions, ctx);
+                    });
+                }
+                Action::State(state) => {
+                    // No subscribers is fine: nobody is watching.
+                    let _ = self.changes.send(StatusChange {
+                        bot: name.clone(),
+                        state,
+                    });
+                    self.metrics.set_state(&name, state);
+                    if self.bots.iter().all(|b| b.life.state().settled()) {
+                        self.settle_waiters.clear(); // dropping a sender wakes its waiter
+                    }
+                }
+                Action::HandoverFailed => {
+                    self.metrics
+                        .worker_handover_failures
+                        .with_label_values(&[&name])
+                        .inc();
+                }
+                Action::Lost => {
+                    bot.rss = None;
+                    self.metrics
+                        .worker_rss_bytes
+                        .with_label_values(&[&name])
+                        .set(0);
+                }
+            }
+        }
+    }
+
+    fn on_endpoint_checked(&mut self, status: EndpointStatus, ctx: &mut Context<Self>) {
+        if !self.endpoints.update(status) {
+            return;
+        }
+        let down = self.endpoints.down();
+        for idx in 0..self.bots.len() {
+            let bot = &self.bots[idx];
+            if bot.endpoints.is_empty() {
+                continue;
+            }
+            for w in bot.workers.values() {
+                w.do_send(SetEndpointsDown(down.clone()));
+            }
+            let model = &bot.settings.spec.model;
+            if self.endpoints.model_present(&bot.endpoints, model) == Some(false) {
+                warn!(
+                    bot = %bot.name(), %model,
+                    "the bot's model is on none of its model servers that are up"
+                );
+            }
+            let degraded = self.endpoints.all_down(&bot.endpoints);
+            let actions = self.bots[idx].life.set_degraded(degraded);
+            self.apply(idx, actions, ctx);
+        }
+    }
+
+    fn sample_memory(&mut self, ctx: &mut Context<Self>) {
+        let pids: Vec<u32> = self
+            .bots
+            .iter()
+            .filter_map(|b| b.life.current().map(|g| g.pid))
+            .collect();
+        let sample = self.sampler.sample(&pids);
+        self.host_rss = sample.host;
+        if let Some(rss) = sample.host {
+            self.metrics.host_rss_bytes.set(clamp_i64(rss));
+        }
+        for idx in 0..self.bots.len() {
+            let bot = &mut self.bots[idx];
+            let Some(serving) = bot.life.current().copied() else {
+                continue;
+            };
+            let Some(&rss) = sample.workers.get(&serving.pid) else {
+                continue;
+            };
+            bot.rss = Some(rss);
+            let reading = bot
+                .watch
+                .observe(&bot.memory, serving.ready_at.elapsed(), rss);
+            let name = &bot.settings.spec.name;
+            self.metrics
+                .worker_rss_bytes
+                .with_label_values(&[name])
+                .set(clamp_i64(rss));
+            self.metrics
+                .worker_leak_slope
+                .with_label_values(&[name])
+                .set(bot.watch.slope());
+            self.metrics
+                .worker_memory_warning
+                .with_label_values(&[name])
+                .set(i64::from(bot.watch.above_warning()));
+            let budget = bot.memory.budget;
+            if reading.warning_crossed {
+                warn!(
+                    bot = %name, rss, budget,
+                    "memory above {:.0}% of budget: {} of {}",
+                    bot.memory.warn_ratio * 100.0, mb(rss), mb(budget)
+                );
+            }
+            let Some(action) = reading.action else {
+                continue;
+            };
+            let reason = match action {
+                memory::Action::OverBudget { .. } => RestartReason::Memory,
+                memory::Action::Leak { .. } => RestartReason::Leak,
+            };
+            let actions = bot.life.auto_restart(reason, Instant::now());
+            if actions.is_empty() {
+                continue; // a handover is under way, or cooling after a failed one
+            }
+            match action {
+                memory::Action::OverBudget { rss } => warn!(
+                    bot = %name, rss, budget,
+                    "over budget: {} > {} for {} readings; replacing the worker",
+                    mb(rss), mb(budget), bot.memory.over_budget_samples
+                ),
+                memory::Action::Leak {
+                    rss,
+                    slope,
+                    time_to_budget,
+                } => warn!(
+                    bot = %name, rss, budget, slope_bytes_per_second = slope,
+                    time_to_budget_seconds = time_to_budget.as_secs(),
+                    "leaking: memory floor rising {:.0} kB/s, {} of {}, budget reached in {}; replacing the worker",
+                    slope / 1000.0, mb(rss), mb(budget),
+                    humantime::format_duration(Duration::from_secs(time_to_budget.as_secs()))
+                ),
+            }
+            self.apply(idx, actions, ctx);
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let bots = self
+            .bots
+            .iter()
+            .map(|bot| {
+                let in_flight = self
+                    .metrics
+                    .worker_in_flight
+                    .with_label_values(&[bot.name()])
+                    .get();
+                bot.status(&self.endpoints, in_flight)
+            })
+            .collect();
+        StatusReport {
+            bots,
+            host_rss_bytes: self.host_rss,
+            inference: self.endpoints.all().to_vec(),
+        }
+    }
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn mb(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().si().to_string()
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        info!(bots = self.bots.len(), "supervisor starting workers");
+        for idx in 0..self.bots.len() {
+            let actions = self.bots[idx].life.start(Instant::now());
+            self.apply(idx, actions, ctx);
+        }
+        ctx.run_interval(self.sample_interval, |act, ctx| act.sample_memory(ctx));
+    }
+}
+
+impl Handler<WorkerEvent> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, event: WorkerEvent, ctx: &mut Context<Self>) {
+        match event {
+            WorkerEvent::Ready {
+                bot,
+                generation,
+                pid,
+            } => {
+                if let Some(idx) = self.index_of(&bot) {
+                    let actions = self.bots[idx].life.ready(generation, pid, Instant::now());
+                    self.apply(idx, actions, ctx);
+                    // A fresh worker's first reading should not wait a whole
+                    // interval.
+                    self.sample_memory(ctx);
+                }
+            }
+            WorkerEvent::Gone {
+                bot,
+                generation,
+                cause,
+            } => {
+                if let Some(idx) = self.index_of(&bot) {
+                    let actions = self.bots[idx].life.gone(generation, &cause, Instant::now());
+                    self.bots[idx].workers.remove(&generation);
+                    self.apply(idx, actions, ctx);
+                }
+            }
+            WorkerEvent::EndpointFailed { endpoint } => self.rechecks.poke(&endpoint),
+        }
+    }
+}
+
+impl Handler<StartChat> for Supervisor {
+    type Result = ResponseFuture<Result<(u64, Recipient<CancelTurn>), TurnError>>;
+
+    /// The turn goes to the worker from here, by `do_send`: the `Drain` that
+    /// a handover sends the same worker later is queued behind it, so a turn
+    /// can never reach a worker that has stopped taking turns.
+    fn handle(&mut self, msg: StartChat, _: &mut Context<Self>) -> Self::Result {
+        let routed = match self.index_of(&msg.bot) {
+            None => Err(TurnError::new(
+                ErrorCode::UnknownBot,
+                format!("there is no bot named '{}'", msg.bot),
+            )),
+            Some(idx) => {
+                let bot = &self.bots[idx];
+                bot.life.route().and_then(|generation| {
+                    bot.worker(generation).cloned().ok_or_else(|| {
+                        TurnError::new(ErrorCode::Internal, "the serving worker has no handle")
+                    })
+                })
+            }
+        };
+        let routed = routed.map(|worker| {
+            let (reply, started) = oneshot::channel();
+            worker.do_send(StartTurn {
+                messages: msg.messages,
+                events: msg.events,
+                reply,
+            });
+            (worker, started)
+        });
+        let bot = msg.bot;
+        Box::pin(async move {
+            let (worker, started) = routed?;
+            match started.await {
+                Ok(Ok(id)) => Ok((id, worker.recipient())),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(TurnError::new(
+                    ErrorCode::WorkerDied,
+                    format!("the bot '{bot}' stopped before it could take the message; please try again"),
+                )),
+            }
+        })
+    }
+}
+
+impl Handler<GetStatus> for Supervisor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status())
+    }
+}
+
+impl Handler<AwaitSettled> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: AwaitSettled, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if self.bots.iter().any(|b| !b.life.state().settled()) {
+            self.settle_waiters.push(tx);
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<RestartBot> for Supervisor {
+    type Result = ResponseFuture<Result<Restarted, RestartError>>;
+
+    fn handle(&mut self, msg: RestartBot, ctx: &mut Context<Self>) -> Self::Result {
+        let started = match self.index_of(&msg.bot) {
+            None => Err(RestartError::unknown_bot(&msg.bot)),
+            Some(_) if self.shutting_down => Err(RestartError::shutting_down()),
+            Some(idx) => self.bots[idx]
+                .life
+                .restart(msg.reason, Instant::now())
+                .map(|actions| {
+                    // Dropped (the restart abandoned) if nothing is pending.
+                    let (tx, rx) = oneshot::channel();
+                    let bot = &mut self.bots[idx];
+                    if bot.life.pending_generation().is_some() {
+                        bot.waiters.push(tx);
+                    }
+                    self.apply(idx, actions, ctx);
+                    rx
+                }),
+        };
+        Box::pin(async move {
+            started?.await.unwrap_or_else(|_| {
+                Err(RestartError::new(
+                    RestartErrorCode::ShuttingDown,
+                    "the restart was abandoned (shutting down)",
+                ))
+            })
+        })
+    }
+}
+
+impl Handler<BeginRolling> for Supervisor {
+    type Result = Result<Vec<String>, RestartError>;
+
+    fn handle(&mut self, _: BeginRolling, _: &mut Context<Self>) -> Self::Result {
+        if self.rolling {
+            return Err(RestartError::new(
+                RestartErrorCode::Busy,
+                "a rolling restart is already running",
+            ));
+        }
+        if self.shutting_down {
+            return Err(RestartError::shutting_down());
+        }
+        self.rolling = true;
+        Ok(self.bots.iter().map(|b| b.name().to_owned()).collect())
+    }
+}
+
+impl Handler<EndRolling> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: EndRolling, _: &mut Context<Self>) {
+        self.rolling = false;
+    }
+}
+
+impl Handler<EndpointChecked> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EndpointChecked, ctx: &mut Context<Self>) {
+        self.on_endpoint_checked(msg.0, ctx);
+    }
+}
+
+impl Handler<SubscribeStatus> for Supervisor {
+    type Result = MessageResult<SubscribeStatus>;
+
+    fn handle(&mut self, _: SubscribeStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.changes.subscribe())
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
+        let mut drains = Vec::new();
+        for idx in 0..self.bots.len() {
+            let bot = &self.bots[idx];
+            drains.extend(
+                bot.life
+                    .generations()
+                    .filter_map(|g| bot.worker(g))
+                    .map(|w| w.send(Drain)),
+            );
+            let actions = self.bots[idx].life.shutdown();
+            self.apply(idx, actions, ctx);
+        }
+        info!(workers = drains.len(), "draining all workers");
+        Box::pin(async move {
+            futures_util::future::join_all(drains).await;
+        })
+    }
+}
