@@ -9,7 +9,7 @@ use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::config::DatabaseTarget;
 
 const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");

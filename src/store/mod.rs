@@ -18,6 +18,7 @@
 //! the other. Errors are classified into what a caller can act on
 //! ([`StoreError`]): unavailable (503), conflict, not found.
 
+mod error;
 mod migrate;
 mod models;
 mod pool;
@@ -27,13 +28,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::SqliteConnection;
-use diesel_async::pooled_connection::deadpool::PoolError;
-use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use pool::Pool;
+use diesel::result::Error as DieselError;
+use diesel_async::RunQueryDsl;
+use pool::Pools;
 
+pub use error::StoreError;
 pub use migrate::migrate;
 pub use models::{Conversation, Message, User};
 pub use pool::{PoolGrowth, PoolSnapshot};
@@ -45,68 +44,6 @@ use schema::{conversations, messages, users};
 
 /// Most messages one history page returns.
 pub const MAX_PAGE: u32 = 100;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database cannot be reached or has no free connection: retry later.
-    #[error("the database is unavailable: {0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("not found")]
-    NotFound,
-    #[error("database error: {0}")]
-    Query(DieselError),
-    #[error("cannot prepare the database: {0}")]
-    Setup(String),
-}
-
-impl From<DieselError> for StoreError {
-    fn from(e: DieselError) -> Self {
-        match &e {
-            DieselError::NotFound => StoreError::NotFound,
-            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-                StoreError::Conflict(info.message().to_owned())
-            }
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
-            | DieselError::BrokenTransactionManager => StoreError::Unavailable(e.to_string()),
-            DieselError::DatabaseError(_, info) if is_connection_loss(info.message()) => {
-                StoreError::Unavailable(e.to_string())
-            }
-            _ => StoreError::Query(e),
-        }
-    }
-}
-
-/// tokio-postgres reports a dead server as an unclassified error; these are
-/// its words for it (and PostgreSQL's for a cancelled statement).
-fn is_connection_loss(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "connection closed",
-        "connection reset",
-        "connection refused",
-        "broken pipe",
-        "canceling statement due to statement timeout",
-        "terminating connection",
-    ]
-    .iter()
-    .any(|needle| m.contains(needle))
-}
-
-impl From<PoolError> for StoreError {
-    fn from(e: PoolError) -> Self {
-        StoreError::Unavailable(match e {
-            PoolError::Timeout(_) => "no database connection became free in time".to_owned(),
-            other => other.to_string(),
-        })
-    }
-}
-
-enum Pools {
-    Postgres(Pool<AsyncPgConnection>),
-    Sqlite(Pool<SyncConnectionWrapper<SqliteConnection>>),
-}
 
 /// Cheap to clone; all clones share one pool.
 #[derive(Clone)]
@@ -189,14 +126,13 @@ impl Store {
         target: &DatabaseTarget,
         metrics: Metrics,
     ) -> Result<Self, StoreError> {
-        let pools = pool::build(config, target)?;
-        let store = Self {
-            pools: Arc::new(pools),
+        let pools = Arc::new(pool::build(config, target)?);
+        pool::spawn_growth(&pools, metrics.clone(), config);
+        Ok(Self {
+            pools,
             metrics,
             sqlite_writes: Arc::default(),
-        };
-        pool::spawn_growth(&store, config);
-        Ok(store)
+        })
     }
 
     pub fn backend(&self) -> &'static str {
@@ -492,44 +428,4 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use deadpool::managed::TimeoutType;
-
-    #[test]
-    fn a_pool_that_stays_busy_is_unavailable_not_a_query_error() {
-        let e = StoreError::from(PoolError::Timeout(TimeoutType::Wait));
-        assert_eq!(
-            e.to_string(),
-            "the database is unavailable: no database connection became free in time"
-        );
-    }
-
-    #[test]
-    fn lost_connections_and_cancelled_statements_are_unavailable() {
-        for message in [
-            "connection closed",
-            "ERROR: canceling statement due to statement timeout",
-            "FATAL: terminating connection due to administrator command",
-        ] {
-            let info: Box<dyn diesel::result::DatabaseErrorInformation + Send + Sync> =
-                Box::new(message.to_owned());
-            let e = StoreError::from(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info));
-            assert!(matches!(e, StoreError::Unavailable(_)), "{message}: {e:?}");
-        }
-    }
-
-    #[test]
-    fn a_unique_violation_is_a_conflict() {
-        let info: Box<dyn diesel::result::DatabaseErrorInformation + Send + Sync> =
-            Box::new("duplicate key".to_owned());
-        let e = StoreError::from(DieselError::DatabaseError(
-            DatabaseErrorKind::UniqueViolation,
-            info,
-        ));
-        assert!(matches!(e, StoreError::Conflict(_)));
-    }
 }

@@ -14,7 +14,7 @@
 //! 80% for `pool_grow_window`, the limit grows by a quarter toward
 //! `pool_max`, and the log says so. It never shrinks by itself.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{Manager, Metrics, RecycleResult};
@@ -27,8 +27,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
 use tracing::{info, warn};
 
-use super::{Pools, Store, StoreError};
+use super::error::StoreError;
 use crate::config::{DatabaseConfig, DatabaseTarget};
+use crate::metrics::Metrics as HostMetrics;
 
 const HIGH_WATER: f64 = 0.8;
 
@@ -36,6 +37,12 @@ const HIGH_WATER: f64 = 0.8;
 pub const VERIFY_AFTER: Duration = Duration::from_secs(1);
 
 /// The pool of connections `C`.
+/// One pool of whichever backend the store uses.
+pub(super) enum Pools {
+    Postgres(Pool<AsyncPgConnection>),
+    Sqlite(Pool<SyncConnectionWrapper<SqliteConnection>>),
+}
+
 pub(super) type Pool<C> = deadpool::managed::Pool<Checked<C>>;
 
 /// diesel-async's manager, verifying only connections idle past
@@ -212,9 +219,8 @@ impl PoolGrowth {
 
 /// Watches the pool once a second: metrics, and growth. Stops when the
 /// store is dropped.
-pub(super) fn spawn_growth(store: &Store, config: &DatabaseConfig) {
-    let pools: Weak<Pools> = std::sync::Arc::downgrade(&store.pools);
-    let metrics = store.metrics.clone();
+pub(super) fn spawn_growth(pools: &Arc<Pools>, metrics: HostMetrics, config: &DatabaseConfig) {
+    let pools: Weak<Pools> = Arc::downgrade(pools);
     let mut growth = PoolGrowth::new(config.pool_grow_window, config.pool_max);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

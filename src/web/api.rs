@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::auth::{hash_password, hashing, verify_password, AuthUser};
 use super::error::{turn_status, ApiError};
-use super::AppState;
+use super::state::AppState;
 use crate::chat::ChatEvent;
 use crate::status::{RestartErrorCode, RestartReason};
 use crate::store::{Conversation, StoreError, User, MAX_PAGE};
@@ -226,31 +226,6 @@ pub struct Send {
     pub content: String,
 }
 
-/// Checks a message before anything is stored.
-pub fn check_message(state: &AppState, client_msg_id: &str, content: &str) -> Result<(), ApiError> {
-    if client_msg_id.is_empty() || client_msg_id.len() > 64 {
-        return Err(ApiError::bad_request(
-            "invalid_client_msg_id",
-            "client_msg_id must be 1 to 64 characters",
-        ));
-    }
-    if content.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_message",
-            "the message is empty",
-        ));
-    }
-    let max = state.limits.config.max_message_chars;
-    if content.chars().count() > max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_long",
-            format!("a message is at most {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
 /// The REST fallback: stores the message and answers with it and the whole
 /// reply. On failure the error still carries the stored message.
 async fn post_message(
@@ -261,7 +236,9 @@ async fn post_message(
     body: web::Json<Send>,
 ) -> Result<HttpResponse, ApiError> {
     let conv = owned(&state, &user, *id).await?;
-    check_message(&state, &body.client_msg_id, &body.content)?;
+    state
+        .limits
+        .check_message(&body.client_msg_id, &body.content)?;
     state
         .limits
         .message(user.id, req.peer_addr().map(|a| a.ip()))?;

@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
-use super::AppState;
 use crate::store::User;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,13 +189,13 @@ impl FromRequest for AuthUser {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
+    let auth = req
+        .app_data::<Auth>()
         .ok_or_else(|| unauthorized("authentication is not configured"))?;
     let token = bearer(req).or_else(|| query_token(req)).ok_or_else(|| {
         unauthorized("log in first: no token in the Authorization header or ?token=")
     })?;
-    let claims = state.auth.verify(&token)?;
+    let claims = auth.verify(&token)?;
     Ok(AuthUser {
         id: claims.sub,
         name: claims.name,

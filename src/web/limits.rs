@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
+use actix_web::http::StatusCode;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -49,6 +50,32 @@ impl Drop for InFlight {
 }
 
 impl Limits {
+    /// Checks a message before anything is stored: a usable client id, some
+    /// text, and no more than `max_message_chars`.
+    pub fn check_message(&self, client_msg_id: &str, content: &str) -> Result<(), ApiError> {
+        if client_msg_id.is_empty() || client_msg_id.len() > 64 {
+            return Err(ApiError::bad_request(
+                "invalid_client_msg_id",
+                "client_msg_id must be 1 to 64 characters",
+            ));
+        }
+        if content.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_message",
+                "the message is empty",
+            ));
+        }
+        let max = self.config.max_message_chars;
+        if content.chars().count() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_long",
+                format!("a message is at most {max} characters"),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(config: LimitsConfig) -> Self {
         Self {
             per_user: RateLimiter::keyed(per_minute(config.messages_per_minute_per_user)),

@@ -11,68 +11,22 @@ pub mod auth;
 pub mod error;
 mod limits;
 mod page;
+mod state;
 mod ws;
 
-use std::collections::HashMap;
 use std::time::Instant;
 
-use actix::Addr;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
-use crate::chat::Chats;
-use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::status::{BotState, StatusReport};
-use crate::store::Store;
-use crate::supervisor::{GetStatus, Supervisor};
+use crate::supervisor::GetStatus;
 pub use api::{check_credentials, API_ROUTES};
 pub use auth::Auth;
 use error::ApiError;
 pub use limits::Limits;
-
-/// Everything a handler may use; one per host, shared by all workers.
-pub struct AppState {
-    pub supervisor: Addr<Supervisor>,
-    pub store: Store,
-    pub metrics: Metrics,
-    pub chats: Chats,
-    pub auth: Auth,
-    pub limits: Limits,
-    pub open_registration: bool,
-    /// Each bot's context window.
-    pub history_windows: HashMap<String, u32>,
-    pub ws_heartbeat: std::time::Duration,
-    pub ws_timeout: std::time::Duration,
-}
-
-impl AppState {
-    pub fn new(
-        config: &Config,
-        supervisor: Addr<Supervisor>,
-        store: Store,
-        metrics: Metrics,
-        auth: Auth,
-    ) -> Self {
-        Self {
-            chats: Chats::new(store.clone(), supervisor.clone(), metrics.clone()),
-            supervisor,
-            store,
-            metrics,
-            auth,
-            limits: Limits::new(config.limits.clone()),
-            open_registration: config.auth.open_registration,
-            history_windows: config
-                .bots
-                .iter()
-                .map(|b| (b.name.clone(), b.history_window))
-                .collect(),
-            ws_heartbeat: config.server.ws_heartbeat,
-            ws_timeout: config.server.ws_timeout,
-        }
-    }
-}
+pub use state::AppState;
 
 /// Registers every route. Bodies over `limits.max_body` and malformed JSON
 /// get JSON errors like everything else.
@@ -82,7 +36,9 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         let json = web::JsonConfig::default()
             .limit(max_body)
             .error_handler(|err, _req| json_error(&err).into());
-        cfg.app_data(state)
+        // The `AuthUser` extractor needs only this.
+        cfg.app_data(state.auth.clone())
+            .app_data(state)
             .app_data(json)
             .app_data(
                 web::PathConfig::default().error_handler(|_, _| ApiError::not_found("that").into()),

@@ -31,10 +31,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::api::check_message;
 use super::auth::AuthUser;
 use super::error::{turn_status, ApiError};
-use super::AppState;
+use super::state::AppState;
 use crate::chat::ChatEvent;
 use crate::supervisor::SubscribeStatus;
 
@@ -297,7 +296,7 @@ impl WsSession {
         content: String,
         ctx: &mut ws::WebsocketContext<Self>,
     ) -> Result<(), ApiError> {
-        check_message(&self.state, client_msg_id, &content)?;
+        self.state.limits.check_message(client_msg_id, &content)?;
         if self.turns.contains_key(client_msg_id) {
             return Err(ApiError::new(
                 actix_web::http::StatusCode::CONFLICT,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bot_worker::{BuiltinSpec, ChatMessage, FailCode, Role, Usage, WorkerMessage};
 use tokio::sync::mpsc;
 
-use super::EngineError;
+use super::output::{emit, EngineError};
 
 pub struct Builtin {
     bot: String,
@@ -52,7 +52,7 @@ impl Builtin {
                 id,
                 text: (*token).to_owned(),
             };
-            super::emit(out, delta).await?;
+            emit(out, delta).await?;
         }
         if fail_after == Some(tokens.len()) {
             return Err(self.injected_failure());

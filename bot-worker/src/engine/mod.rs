@@ -3,7 +3,8 @@
 //! Owns the engines the worker can run: `builtin` (deterministic, no
 //! server), and the remote engines that call model servers, `ollama` and
 //! `openai`, which share one failover loop (`remote`) and differ only in
-//! their wire format (`ollama`, `openai`).
+//! their wire format (`ollama`, `openai`, each a [`wire::WireFormat`]).
+//! `output` is what every engine shares: its error and how it sends.
 //!
 //! An engine never talks to the socket: it pushes `Delta` (and `EndpointFailed`)
 //! messages into the channel it is given and returns the turn's outcome; the
@@ -12,29 +13,16 @@
 mod builtin;
 mod ollama;
 mod openai;
+mod output;
 mod remote;
+mod wire;
 
-use bot_worker::{BotSpec, ChatMessage, EngineSpec, FailCode, Usage, WorkerMessage};
+use bot_worker::{BotSpec, ChatMessage, EngineSpec, Usage, WorkerMessage};
 use tokio::sync::mpsc;
 
 pub use builtin::Builtin;
+pub use output::EngineError;
 pub use remote::Remote;
-
-/// Why a turn ended without `Done`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineError {
-    pub code: FailCode,
-    pub message: String,
-}
-
-impl EngineError {
-    pub fn new(code: FailCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 /// The engine a bot's spec asks for.
 pub enum Engine {
@@ -46,8 +34,8 @@ impl Engine {
     pub fn new(spec: &BotSpec) -> Result<Self, String> {
         Ok(match &spec.engine {
             EngineSpec::Builtin(b) => Engine::Builtin(Builtin::new(spec.name.clone(), b.clone())),
-            EngineSpec::Ollama(r) => Engine::Remote(Remote::new(remote::Wire::Ollama, spec, r)?),
-            EngineSpec::Openai(r) => Engine::Remote(Remote::new(remote::Wire::Openai, spec, r)?),
+            EngineSpec::Ollama(r) => Engine::Remote(Remote::new(&ollama::Ollama, spec, r)?),
+            EngineSpec::Openai(r) => Engine::Remote(Remote::new(&openai::Openai, spec, r)?),
         })
     }
 
@@ -70,12 +58,4 @@ impl Engine {
             r.endpoints_down(names);
         }
     }
-}
-
-/// Sends one message to the host, or reports that the turn's caller (the
-/// connection) is gone.
-async fn emit(out: &mpsc::Sender<WorkerMessage>, msg: WorkerMessage) -> Result<(), EngineError> {
-    out.send(msg)
-        .await
-        .map_err(|_| EngineError::new(FailCode::Cancelled, "the connection to the host is gone"))
 }

@@ -15,8 +15,8 @@
 use bot_worker::{ChatMessage, FailCode, RemoteSpec, Usage};
 use serde_json::{json, Value};
 
-use super::remote::{count, error_text, Piece};
-use super::EngineError;
+use super::output::EngineError;
+use super::wire::{count, error_text, Piece, WireFormat};
 
 pub fn body(model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
     let mut options = serde_json::Map::new();
@@ -61,6 +61,23 @@ pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
         engine_ms: v["total_duration"].as_u64().map(|ns| ns / 1_000_000),
     });
     Ok(Piece { text, usage, done })
+}
+
+/// Ollama's `/api/chat` with NDJSON.
+pub struct Ollama;
+
+impl WireFormat for Ollama {
+    fn chat_url(&self, base: &str) -> String {
+        format!("{base}/api/chat")
+    }
+
+    fn body(&self, model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
+        body(model, messages, spec)
+    }
+
+    fn parse_line(&self, line: &str) -> Result<Piece, EngineError> {
+        parse_line(line)
+    }
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@
 use bot_worker::{ChatMessage, FailCode, RemoteSpec, Usage};
 use serde_json::{json, Value};
 
-use super::remote::{count, error_text, Piece};
-use super::EngineError;
+use super::output::EngineError;
+use super::wire::{count, error_text, Piece, WireFormat};
 
 /// The completions URL under a base that may or may not end in `/v1`.
 pub fn url(base: &str) -> String {
@@ -80,6 +80,23 @@ pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
         usage,
         done: false,
     })
+}
+
+/// Any `/v1/chat/completions` server with SSE.
+pub struct Openai;
+
+impl WireFormat for Openai {
+    fn chat_url(&self, base: &str) -> String {
+        url(base)
+    }
+
+    fn body(&self, model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
+        body(model, messages, spec)
+    }
+
+    fn parse_line(&self, line: &str) -> Result<Piece, EngineError> {
+        parse_line(line)
+    }
 }
 
 #[cfg(test)]

@@ -25,76 +25,11 @@ use bot_worker::{
     BotSpec, ChatMessage, EndpointSpec, FailCode, RemoteSpec, Role, Usage, WorkerMessage,
 };
 use futures_util::StreamExt;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;
 
-use super::{emit, ollama, openai, EngineError};
-
-/// Which wire format the endpoints speak.
-#[derive(Debug, Clone, Copy)]
-pub enum Wire {
-    Ollama,
-    Openai,
-}
-
-/// What one line of a stream carried.
-#[derive(Debug, Default, PartialEq)]
-pub struct Piece {
-    pub text: Option<String>,
-    pub usage: Option<Usage>,
-    /// The server says the reply is complete.
-    pub done: bool,
-}
-
-/// The message inside an `error` value: a string (Ollama) or an object
-/// with `message` (OpenAI).
-pub fn error_text(error: &Value) -> String {
-    match error {
-        Value::String(s) => s.clone(),
-        other => other["message"]
-            .as_str()
-            .map_or_else(|| other.to_string(), str::to_owned),
-    }
-}
-
-/// A JSON count (tokens), 0 when absent.
-pub fn count(v: &Value) -> u32 {
-    v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
-}
-
-/// The error for an HTTP failure status, from either kind of server: both
-/// put their reason under `error` (a string for Ollama, an object with
-/// `message` for OpenAI-compatible servers).
-pub fn http_error(status: u16, body: &str, model: &str) -> EngineError {
-    let detail = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").map(error_text))
-        .unwrap_or_else(|| body.chars().take(200).collect());
-    let (code, message) = match status {
-        400 | 422 => (
-            FailCode::BadRequest,
-            format!("the model server refused the request: {detail}"),
-        ),
-        401 | 403 => (
-            FailCode::EngineFailed,
-            format!("the model server refused the API key (HTTP {status}): {detail}"),
-        ),
-        404 => (
-            FailCode::ModelNotFound,
-            format!("the model '{model}' is not available: {detail}"),
-        ),
-        429 | 503 => (
-            FailCode::Overloaded,
-            format!("the model server is busy: {detail}"),
-        ),
-        _ => (
-            FailCode::EngineFailed,
-            format!("the model server failed (HTTP {status}): {detail}"),
-        ),
-    };
-    EngineError::new(code, message)
-}
+use super::output::{emit, EngineError};
+use super::wire::{http_error, WireFormat};
 
 struct Endpoint {
     spec: EndpointSpec,
@@ -110,7 +45,7 @@ struct Health {
 }
 
 pub struct Remote {
-    wire: Wire,
+    wire: &'static dyn WireFormat,
     model: String,
     system_prompt: String,
     spec: RemoteSpec,
@@ -125,7 +60,11 @@ struct Failure {
 }
 
 impl Remote {
-    pub fn new(wire: Wire, bot: &BotSpec, spec: &RemoteSpec) -> Result<Self, String> {
+    pub fn new(
+        wire: &'static dyn WireFormat,
+        bot: &BotSpec,
+        spec: &RemoteSpec,
+    ) -> Result<Self, String> {
         if spec.endpoints.is_empty() {
             return Err(format!("bot {}: no inference endpoints", bot.name));
         }
@@ -312,7 +251,10 @@ impl Remote {
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 let line = String::from_utf8_lossy(&line);
-                let piece = self.parse_line(line.trim()).map_err(|e| fail(e, sent))?;
+                let piece = self
+                    .wire
+                    .parse_line(line.trim())
+                    .map_err(|e| fail(e, sent))?;
                 if let Some(text) = piece.text.filter(|t| !t.is_empty()) {
                     emit(out, WorkerMessage::Delta { id, text })
                         .await
@@ -332,27 +274,13 @@ impl Remote {
 
     fn request(&self, endpoint: &Endpoint, messages: &[ChatMessage]) -> reqwest::RequestBuilder {
         let base = endpoint.spec.url.trim_end_matches('/');
-        let request = match self.wire {
-            Wire::Ollama => endpoint
-                .client
-                .post(format!("{base}/api/chat"))
-                .json(&ollama::body(&self.model, messages, &self.spec)),
-            Wire::Openai => endpoint.client.post(openai::url(base)).json(&openai::body(
-                &self.model,
-                messages,
-                &self.spec,
-            )),
-        };
+        let request = endpoint
+            .client
+            .post(self.wire.chat_url(base))
+            .json(&self.wire.body(&self.model, messages, &self.spec));
         match api_key(&endpoint.spec) {
             Some(key) => request.bearer_auth(key),
             None => request,
-        }
-    }
-
-    fn parse_line(&self, line: &str) -> Result<Piece, EngineError> {
-        match self.wire {
-            Wire::Ollama => ollama::parse_line(line),
-            Wire::Openai => openai::parse_line(line),
         }
     }
 }
@@ -501,45 +429,5 @@ mod tests {
         let none = all_failed(&[], &eps);
         assert_eq!(none.code, FailCode::InferenceUnavailable);
         assert!(none.message.contains("a, b"), "{}", none.message);
-    }
-
-    #[test]
-    fn http_statuses_of_either_server_map_to_specific_errors() {
-        let e = http_error(
-            404,
-            r#"{"error":"model \"nope\" not found, try pulling it first"}"#,
-            "nope",
-        );
-        assert_eq!(e.code, FailCode::ModelNotFound);
-        assert!(
-            e.message.contains("'nope'") && e.message.contains("try pulling"),
-            "{}",
-            e.message
-        );
-        let openai = r#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error"}}"#;
-        let e = http_error(404, openai, "x");
-        assert!(e.message.contains("does not exist"), "{}", e.message);
-        assert_eq!(
-            http_error(400, r#"{"error":"bad"}"#, "m").code,
-            FailCode::BadRequest
-        );
-        assert_eq!(
-            http_error(503, r#"{"error":"server busy"}"#, "m").code,
-            FailCode::Overloaded
-        );
-        assert_eq!(http_error(429, "{}", "m").code, FailCode::Overloaded);
-        assert!(http_error(401, "{}", "m").message.contains("API key"));
-        let e = http_error(500, "plain text", "m");
-        assert_eq!(e.code, FailCode::EngineFailed);
-        assert!(e.message.contains("HTTP 500") && e.message.contains("plain text"));
-    }
-
-    #[test]
-    fn error_values_of_either_server_read_as_text() {
-        assert_eq!(error_text(&Value::String("x".into())), "x");
-        assert_eq!(
-            error_text(&serde_json::json!({"message": "y", "type": "t"})),
-            "y"
-        );
     }
 }

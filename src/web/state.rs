@@ -1,0 +1,56 @@
+//! What every handler may use: one [`AppState`] per host, shared by all
+//! HTTP workers.
+
+use std::collections::HashMap;
+
+use actix::Addr;
+
+use super::auth::Auth;
+use super::limits::Limits;
+use crate::chat::Chats;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::supervisor::Supervisor;
+
+/// Everything a handler may use; one per host, shared by all workers.
+pub struct AppState {
+    pub supervisor: Addr<Supervisor>,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub chats: Chats,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub open_registration: bool,
+    /// Each bot's context window.
+    pub history_windows: HashMap<String, u32>,
+    pub ws_heartbeat: std::time::Duration,
+    pub ws_timeout: std::time::Duration,
+}
+
+impl AppState {
+    pub fn new(
+        config: &Config,
+        supervisor: Addr<Supervisor>,
+        store: Store,
+        metrics: Metrics,
+        auth: Auth,
+    ) -> Self {
+        Self {
+            chats: Chats::new(store.clone(), supervisor.clone(), metrics.clone()),
+            supervisor,
+            store,
+            metrics,
+            auth,
+            limits: Limits::new(config.limits.clone()),
+            open_registration: config.auth.open_registration,
+            history_windows: config
+                .bots
+                .iter()
+                .map(|b| (b.name.clone(), b.history_window))
+                .collect(),
+            ws_heartbeat: config.server.ws_heartbeat,
+            ws_timeout: config.server.ws_timeout,
+        }
+    }
+}
