@@ -11,6 +11,7 @@
 //! (SIGINT/SIGTERM): stop HTTP, drain and stop every worker, remove the
 //! control socket.
 
+use secrecy::ExposeSecret;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -265,7 +266,7 @@ pub async fn open_store(config: &Config, metrics: Metrics) -> anyhow::Result<Sto
 
 /// The configured signing secret, or a random one for this run only.
 fn jwt_secret(config: &Config) -> Vec<u8> {
-    let configured = config.auth.jwt_secret.expose();
+    let configured = config.auth.jwt_secret.expose_secret();
     if !configured.is_empty() {
         return configured.as_bytes().to_vec();
     }

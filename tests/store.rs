@@ -3,6 +3,7 @@
 
 mod common;
 
+use secrecy::ExposeSecret;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -317,9 +318,16 @@ async fn both_backends_have_the_same_schema() {
     else {
         unreachable!()
     };
-    let schema = pg_url.expose().rsplit("%3D").next().unwrap().to_owned();
+    let schema = pg_url
+        .expose_secret()
+        .rsplit("%3D")
+        .next()
+        .unwrap()
+        .to_owned();
 
-    let mut conn = AsyncPgConnection::establish(pg_url.expose()).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(pg_url.expose_secret())
+        .await
+        .unwrap();
     let pg_columns: BTreeSet<(String, String, bool)> = diesel::sql_query(
         "SELECT table_name::text, column_name::text, (CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END)::int8 AS not_null \
          FROM information_schema.columns WHERE table_schema = $1 AND table_name <> '__diesel_schema_migrations'",

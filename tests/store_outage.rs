@@ -163,7 +163,7 @@ async fn requests_fail_fast_while_postgres_is_down_and_recover_with_nothing_lost
     let Some(pg) = ThrowawayPg::start() else {
         return;
     };
-    let target = DatabaseTarget::Postgres(Secret::new(pg.url()));
+    let target = DatabaseTarget::Postgres(Secret::from(pg.url()));
     store::migrate(&target).await.unwrap();
     let config = DatabaseConfig {
         pool_size: 4,

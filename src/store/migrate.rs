@@ -8,6 +8,7 @@ use diesel::{Connection, SqliteConnection};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use secrecy::ExposeSecret;
 
 use super::error::StoreError;
 use crate::config::DatabaseTarget;
@@ -21,8 +22,9 @@ pub async fn migrate(target: &DatabaseTarget) -> Result<Vec<String>, StoreError>
     let target = target.clone();
     tokio::task::spawn_blocking(move || match target {
         DatabaseTarget::Postgres(url) => {
-            let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose())
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let mut conn =
+                AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             run(&mut conn, POSTGRES)
         }
         DatabaseTarget::Sqlite(path) => {

@@ -14,6 +14,7 @@
 //! 80% for `pool_grow_window`, the limit grows by a quarter toward
 //! `pool_max`, and the log says so. It never shrinks by itself.
 
+use secrecy::ExposeSecret;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -96,7 +97,7 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
                 .boxed()
             });
             let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-                url.expose(),
+                url.expose_secret(),
                 manager_config,
             );
             pool_of(manager, config).map(Pools::Postgres)

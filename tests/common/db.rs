@@ -7,6 +7,7 @@ use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
 use bothost::metrics::Metrics;
 use bothost::store::{self, Store};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use secrecy::ExposeSecret;
 
 pub struct TestDb {
     pub store: Store,
@@ -55,7 +56,7 @@ pub async fn postgres(base: &str, config: &DatabaseConfig) -> TestDb {
         .expect("create schema");
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let target = DatabaseTarget::Postgres(Secret::new(url));
+    let target = DatabaseTarget::Postgres(Secret::from(url));
     open(target, config, None, Some((base.to_owned(), schema))).await
 }
 
@@ -82,7 +83,7 @@ impl TestDb {
     /// `database.url` for a host on this database.
     pub fn url(&self) -> String {
         match &self.target {
-            DatabaseTarget::Postgres(url) => url.expose().to_owned(),
+            DatabaseTarget::Postgres(url) => url.expose_secret().to_owned(),
             DatabaseTarget::Sqlite(path) => format!("sqlite://{}", path.display()),
         }
     }

@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
             let schema = PgSchema::create(&base).await?;
             let result = bench(
                 "PostgreSQL",
-                DatabaseTarget::Postgres(Secret::new(schema.url.clone())),
+                DatabaseTarget::Postgres(Secret::from(schema.url.clone())),
                 run,
             )
             .await;

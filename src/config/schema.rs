@@ -1,0 +1,419 @@
+//! The file format: every section and key of `supervisor.toml`, with its
+//! default. Types only; rules the types cannot express are in `validate`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The directory relative paths are anchored at (the file's).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub database: DatabaseConfig,
+    pub supervisor: SupervisorConfig,
+    pub logging: LoggingConfig,
+    /// Model servers, primary first.
+    pub inference: Vec<InferenceConfig>,
+    pub bots: Vec<BotConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP front end; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub tls: Option<TlsConfig>,
+    /// How often the server pings each WebSocket client.
+    #[serde(with = "humantime_serde")]
+    pub ws_heartbeat: Duration,
+    /// A WebSocket client silent for this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub ws_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
+            ws_heartbeat: Duration::from_secs(10),
+            ws_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 signing secret (also `BOTHOST_JWT_SECRET`). Empty: a random one
+    /// per start, so tokens do not survive a restart (a warning says so).
+    pub jwt_secret: Secret,
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Anyone may register; when false, `bothost user add` creates users.
+    pub open_registration: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::default(),
+            token_ttl: Duration::from_secs(24 * 3600),
+            open_registration: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest JSON request body.
+    pub max_body: ByteSize,
+    /// Longest chat message, in characters.
+    pub max_message_chars: usize,
+    /// Largest WebSocket message.
+    pub max_ws_frame: ByteSize,
+    pub messages_per_minute_per_user: u32,
+    pub messages_per_minute_per_ip: u32,
+    /// Login and registration attempts.
+    pub logins_per_minute_per_ip: u32,
+    /// Turns one user may have running at once.
+    pub max_in_flight_per_user: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body: ByteSize::kib(64),
+            max_message_chars: 8000,
+            max_ws_frame: ByteSize::kib(64),
+            messages_per_minute_per_user: 60,
+            messages_per_minute_per_ip: 600,
+            logins_per_minute_per_ip: 10,
+            max_in_flight_per_user: 4,
+        }
+    }
+}
+
+/// A value that must never reach a log: zeroized on drop, `Debug` prints
+/// `[REDACTED]`, and it has no `Display`. Read it with
+/// [`secrecy::ExposeSecret::expose_secret`].
+pub type Secret = secrecy::SecretString;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host/db` or `sqlite://path` (relative to
+    /// this file). Also `BOTHOST_DATABASE_URL`.
+    pub url: Secret,
+    /// Connections the pool starts with as its limit.
+    pub pool_size: usize,
+    /// The limit the pool may grow to by itself under sustained load.
+    pub pool_max: usize,
+    /// Utilisation at or above 80% for this long grows the pool.
+    #[serde(with = "humantime_serde")]
+    pub pool_grow_window: Duration,
+    /// Waiting longer than this for a connection is an error (503).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL statements running longer are cancelled.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::from("sqlite://data/bothost.db"),
+            pool_size: 20,
+            pool_max: 40,
+            pool_grow_window: Duration::from_secs(30),
+            acquire_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the store lives, read from `database.url`.
+#[derive(Debug, Clone)]
+pub enum DatabaseTarget {
+    Postgres(Secret),
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// How often every worker's RSS is read.
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// Default per-bot memory budget; a bot may set its own.
+    pub memory_budget: ByteSize,
+    /// Sockets live here (created 0700). Relative to the config file.
+    pub runtime_dir: PathBuf,
+    /// The worker executable; by default `bot-worker` next to `bothost`.
+    pub worker_binary: Option<PathBuf>,
+    /// Spawn to `Ready`: longer than this and the start counts as a crash.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Silence longer than this marks a worker hung; it is then replaced.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// How long a draining worker may take to finish its turns.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// SIGTERM to SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// This many crashes within `crash_window` mark the bot failed.
+    pub crash_limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub crash_window: Duration,
+    /// Fraction of the budget at which a warning is logged and shown.
+    pub memory_warn_ratio: f64,
+    /// Readings in a row over budget before a `memory` restart.
+    pub over_budget_samples: u32,
+    /// The span of readings the leak trend is fitted over.
+    #[serde(with = "humantime_serde")]
+    pub leak_window: Duration,
+    /// Readings this soon after a worker is ready are left out of the trend.
+    #[serde(with = "humantime_serde")]
+    pub leak_warmup: Duration,
+    /// A leak projected to reach the budget sooner than this is restarted.
+    #[serde(with = "humantime_serde")]
+    pub leak_horizon: Duration,
+    /// A rise of the memory floor smaller than this is not called a leak.
+    pub leak_min_growth: ByteSize,
+    /// Cron expression (local time; 5 fields, or 6 with seconds first) for
+    /// the rolling restart of every bot, or "off".
+    pub restart_schedule: String,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            sample_interval: Duration::from_secs(5),
+            memory_budget: ByteSize::mb(125),
+            runtime_dir: PathBuf::from("data/run"),
+            worker_binary: None,
+            start_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            crash_limit: 5,
+            crash_window: Duration::from_secs(60),
+            memory_warn_ratio: 0.8,
+            over_budget_samples: 3,
+            leak_window: Duration::from_secs(600),
+            leak_warmup: Duration::from_secs(60),
+            leak_horizon: Duration::from_secs(3600),
+            leak_min_growth: ByteSize::mb(4),
+            restart_schedule: "0 3 * * *".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    pub name: String,
+    #[serde(default)]
+    pub engine: EngineKind,
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default = "default_system_prompt")]
+    pub system_prompt: String,
+    /// Overrides `supervisor.memory_budget`.
+    pub memory_budget: Option<ByteSize>,
+    /// Overrides `supervisor.worker_binary` for this bot (a canary build).
+    pub worker_binary: Option<PathBuf>,
+    /// Messages of the conversation the bot sees with each turn.
+    #[serde(default = "default_history_window")]
+    pub history_window: u32,
+    #[serde(default)]
+    pub builtin: BuiltinConfig,
+    /// `[[inference]]` endpoints this bot uses, in order of preference; by
+    /// default every endpoint of its engine's kind, in file order.
+    #[serde(default)]
+    pub inference: Vec<String>,
+    /// Sampling temperature for remote engines; the server's default if unset.
+    pub temperature: Option<f64>,
+    /// Context size in tokens (Ollama's `num_ctx`).
+    pub num_ctx: Option<u32>,
+    /// How long Ollama keeps the model loaded, e.g. `"10m"`.
+    pub keep_alive: Option<String>,
+}
+
+pub(super) fn default_model() -> String {
+    "builtin".into()
+}
+
+fn default_history_window() -> u32 {
+    20
+}
+
+fn default_system_prompt() -> String {
+    "You are a helpful assistant.".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    #[default]
+    Builtin,
+    Ollama,
+    Openai,
+}
+
+/// The wire format a model server speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceKind {
+    #[default]
+    Ollama,
+    Openai,
+}
+
+impl InferenceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InferenceKind::Ollama => "ollama",
+            InferenceKind::Openai => "openai",
+        }
+    }
+}
+
+/// One `[[inference]]` endpoint: a model server bots call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    pub name: String,
+    pub kind: InferenceKind,
+    /// Base URL, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    /// Environment variable holding the API key (OpenAI-compatible servers).
+    pub api_key_env: Option<String>,
+    /// Start this server and keep it running, e.g. `["ollama", "serve"]`.
+    pub command: Vec<String>,
+    /// Health check period while the endpoint is up (the seed's 60 s) ...
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// ... and while it is down, so it is back in use soon after it returns.
+    #[serde(with = "humantime_serde")]
+    pub health_interval_down: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Request to first token; generous, as a model may have to load.
+    #[serde(with = "humantime_serde")]
+    pub first_token_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub token_gap_timeout: Duration,
+    /// A turn that failed here prefers other endpoints this long.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// A supervised server with no passing check this long after its start
+    /// is restarted ...
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    /// ... and so is one failing this many checks in a row.
+    pub restart_after_failed_checks: u32,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            kind: InferenceKind::Ollama,
+            url: String::new(),
+            api_key_env: None,
+            command: Vec::new(),
+            health_interval: Duration::from_secs(60),
+            health_interval_down: Duration::from_secs(5),
+            health_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            first_token_timeout: Duration::from_secs(60),
+            token_gap_timeout: Duration::from_secs(30),
+            cooldown: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(60),
+            restart_after_failed_checks: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinConfig {
+    #[serde(with = "humantime_serde")]
+    pub token_delay: Duration,
+    pub fail_rate: f64,
+    pub leak_per_message: ByteSize,
+    /// 0: no cap.
+    pub max_tokens: u32,
+}
+
+impl Default for BuiltinConfig {
+    fn default() -> Self {
+        Self {
+            token_delay: Duration::from_millis(20),
+            fail_rate: 0.0,
+            leak_per_message: ByteSize::b(0),
+            max_tokens: 0,
+        }
+    }
+}

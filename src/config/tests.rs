@@ -1,0 +1,356 @@
+//! The configuration as an operator meets it: defaults, errors that name
+//! the key, environment overrides, the shipped files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bot_worker::EngineSpec;
+use bytesize::ByteSize;
+use secrecy::ExposeSecret;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/bothost/supervisor.toml"), Vec::new())
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+const ONE_BOT: &str = "[[bots]]\nname = \"helper\"\n";
+
+const TWO_ENDPOINTS: &str = "[[inference]]\nname = \"primary\"\nurl = \"http://127.0.0.1:11434\"\n\
+     [[inference]]\nname = \"vllm\"\nkind = \"openai\"\nurl = \"http://10.0.0.2:8000/v1\"\n\
+     api_key_env = \"VLLM_KEY\"\n";
+
+#[test]
+fn remote_bots_get_their_endpoints_in_order_with_their_timeouts() {
+    let c = parse(&format!(
+        "{TWO_ENDPOINTS}[[bots]]\nname = \"llama\"\nengine = \"ollama\"\nmodel = \"llama3.2\"\n\
+         temperature = 0.2\nkeep_alive = \"5m\"\n\
+         [[bots]]\nname = \"qwen\"\nengine = \"openai\"\nmodel = \"qwen\"\ninference = [\"vllm\"]\n"
+    ))
+    .unwrap();
+    let EngineSpec::Ollama(llama) = c.spec_of(&c.bots[0]).engine else {
+        panic!("an ollama spec")
+    };
+    assert_eq!(llama.endpoints.len(), 1, "only endpoints of its kind");
+    assert_eq!(llama.endpoints[0].name, "primary");
+    assert_eq!(llama.endpoints[0].first_token_timeout_ms, 60_000);
+    assert_eq!(
+        (llama.temperature, llama.keep_alive.as_deref()),
+        (Some(0.2), Some("5m"))
+    );
+    let EngineSpec::Openai(qwen) = c.spec_of(&c.bots[1]).engine else {
+        panic!("an openai spec")
+    };
+    assert_eq!(qwen.endpoints[0].api_key_env.as_deref(), Some("VLLM_KEY"));
+    assert_eq!(c.inference[0].health_interval, Duration::from_secs(60));
+}
+
+#[test]
+fn bad_inference_settings_are_named() {
+    for (text, expected) in [
+        (
+            "[[bots]]\nname = \"a\"\nengine = \"ollama\"\nmodel = \"m\"\n".to_owned(),
+            "bots[0].engine: no [[inference]] endpoint of kind \"ollama\" is configured",
+        ),
+        (
+            format!("{TWO_ENDPOINTS}[[bots]]\nname = \"a\"\nengine = \"ollama\"\n"),
+            "bots[0].model: an ollama bot needs the model",
+        ),
+        (
+            format!("{TWO_ENDPOINTS}[[bots]]\nname = \"a\"\nengine = \"ollama\"\nmodel = \"m\"\ninference = [\"vllm\"]\n"),
+            "bots[0].inference: endpoint 'vllm' speaks openai, the bot's engine is ollama",
+        ),
+        (
+            format!("{TWO_ENDPOINTS}[[bots]]\nname = \"a\"\nengine = \"ollama\"\nmodel = \"m\"\ninference = [\"nope\"]\n"),
+            "bots[0].inference: no [[inference]] endpoint is named 'nope'",
+        ),
+        (
+            format!("[[inference]]\nname = \"p\"\nurl = \"127.0.0.1:11434\"\n{ONE_BOT}"),
+            "inference[0].url: '127.0.0.1:11434' is not an http:// or https:// URL",
+        ),
+        (
+            format!("{TWO_ENDPOINTS}[[inference]]\nname = \"primary\"\nurl = \"http://h\"\n{ONE_BOT}"),
+            "inference[2].name: duplicate endpoint name 'primary'",
+        ),
+        (
+            format!("[[inference]]\nname = \"p\"\nurl = \"http://h\"\nkind = \"llamafile\"\n{ONE_BOT}"),
+            "inference[0].kind: unknown variant `llamafile`",
+        ),
+    ] {
+        let e = err(&text);
+        assert!(e.contains(expected), "{e}\n  expected: {expected}");
+    }
+}
+
+#[test]
+fn every_key_has_a_default_but_the_bot_name() {
+    let c = parse(ONE_BOT).unwrap();
+    assert_eq!(c.server.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.supervisor.memory_budget, ByteSize::mb(125));
+    assert_eq!(c.budget_of(&c.bots[0]), ByteSize::mb(125));
+    assert_eq!(c.bots[0].builtin.token_delay, Duration::from_millis(20));
+    assert_eq!(c.runtime_dir(), Path::new("/etc/bothost/data/run"));
+}
+
+#[test]
+fn durations_and_sizes_read_like_people_write_them() {
+    let c = parse(
+        "[supervisor]\nsample_interval = \"250ms\"\nmemory_budget = \"64MiB\"\n\
+         [[bots]]\nname = \"a\"\nmemory_budget = \"10MB\"\n[bots.builtin]\ntoken_delay = \"0s\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.supervisor.sample_interval, Duration::from_millis(250));
+    assert_eq!(c.supervisor.memory_budget, ByteSize::mib(64));
+    assert_eq!(c.budget_of(&c.bots[0]), ByteSize::mb(10));
+    assert_eq!(c.bots[0].builtin.token_delay, Duration::ZERO);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_section() {
+    let e = err("[supervisor]\nsample_intervall = \"5s\"\n[[bots]]\nname = \"a\"\n");
+    assert!(e.starts_with("/etc/bothost/supervisor.toml: supervisor.sample_intervall: unknown field `sample_intervall`, expected one of `sample_interval`"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn unknown_key_in_a_bot_names_the_bot_index() {
+    let e = err("[[bots]]\nname = \"a\"\n[[bots]]\nname = \"b\"\n[bots.builtin]\nspeed = 3\n");
+    assert!(
+        e.contains("bots[1].builtin.speed: unknown field `speed`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_duration_names_key_and_reason() {
+    let e = err("[supervisor]\nsample_interval = \"fast\"\n[[bots]]\nname = \"a\"\n");
+    assert!(e.contains("supervisor.sample_interval: "), "{e}");
+}
+
+#[test]
+fn bad_size_names_key_and_reason() {
+    let e = err("[[bots]]\nname = \"a\"\nmemory_budget = \"lots\"\n");
+    assert!(e.contains("bots[0].memory_budget: "), "{e}");
+}
+
+#[test]
+fn duplicate_bot_names_are_refused() {
+    let e = err("[[bots]]\nname = \"a\"\n[[bots]]\nname = \"a\"\n");
+    assert!(e.ends_with("bots[1].name: duplicate bot name 'a'"), "{e}");
+}
+
+#[test]
+fn impossible_values_are_refused() {
+    let cases = [
+        (
+            "[supervisor]\nheartbeat_timeout = \"1s\"\nheartbeat_interval = \"2s\"\n",
+            "supervisor.heartbeat_timeout",
+        ),
+        ("[supervisor]\ncrash_limit = 0\n", "supervisor.crash_limit"),
+        (
+            "[supervisor]\nmemory_budget = \"10KB\"\n",
+            "supervisor.memory_budget",
+        ),
+        (
+            "[supervisor]\nbackoff_initial = \"1m\"\nbackoff_max = \"1s\"\n",
+            "supervisor.backoff_initial",
+        ),
+        (
+            "[supervisor]\nmemory_warn_ratio = 1.5\n",
+            "supervisor.memory_warn_ratio",
+        ),
+        (
+            "[supervisor]\nover_budget_samples = 0\n",
+            "supervisor.over_budget_samples",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = err(&format!("{text}{ONE_BOT}"));
+        assert!(e.contains(&format!("{key}: ")), "{key}: {e}");
+    }
+    let e = err("[[bots]]\nname = \"a\"\n[bots.builtin]\nfail_rate = 1.5\n");
+    assert!(
+        e.contains("bots[0].builtin.fail_rate: 1.5 is outside 0.0 to 1.0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_database_url_picks_the_backend_and_anchors_sqlite_paths() {
+    let c = parse(ONE_BOT).unwrap();
+    assert!(matches!(
+        c.database_target().unwrap(),
+        DatabaseTarget::Sqlite(p) if p == Path::new("/etc/bothost/data/bothost.db")
+    ));
+    let c = parse(&format!(
+        "[database]\nurl = \"sqlite:///var/lib/b.db\"\n{ONE_BOT}"
+    ))
+    .unwrap();
+    assert!(matches!(
+        c.database_target().unwrap(),
+        DatabaseTarget::Sqlite(p) if p == Path::new("/var/lib/b.db")
+    ));
+    let e = err(&format!("[database]\nurl = \"mysql://x\"\n{ONE_BOT}"));
+    assert!(
+        e.contains("database.url: must start with postgres://"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "[database]\nurl = \"sqlite://:memory:\"\n{ONE_BOT}"
+    ));
+    assert!(
+        e.contains("database.url: an SQLite database needs a file path"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "[database]\npool_size = 20\npool_max = 10\n{ONE_BOT}"
+    ));
+    assert!(
+        e.contains("database.pool_max: 10 is below database.pool_size (20)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_database_url_comes_from_the_environment_and_never_prints() {
+    let env = vec![(
+        "BOTHOST_DATABASE_URL".to_owned(),
+        "postgres://app:hunter2@db/bothost".to_owned(),
+    )];
+    let c = Config::parse(ONE_BOT, Path::new("x.toml"), env).unwrap();
+    let DatabaseTarget::Postgres(url) = c.database_target().unwrap() else {
+        panic!("postgres expected");
+    };
+    assert_eq!(url.expose_secret(), "postgres://app:hunter2@db/bothost");
+    assert!(!format!("{c:?}").contains("hunter2"));
+}
+
+#[test]
+fn the_restart_schedule_is_checked_at_load() {
+    let e = err(&format!(
+        "[supervisor]\nrestart_schedule = \"at three\"\n{ONE_BOT}"
+    ));
+    assert!(
+        e.contains("supervisor.restart_schedule: 'at three' is not a cron expression"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "[supervisor]\nrestart_schedule = \"0 25 * * *\"\n{ONE_BOT}"
+    ));
+    assert!(e.contains("supervisor.restart_schedule: "), "{e}");
+    let c = parse(&format!(
+        "[supervisor]\nrestart_schedule = \"off\"\n{ONE_BOT}"
+    ))
+    .unwrap();
+    assert!(c.restart_schedule().unwrap().is_none());
+    let c = parse(&format!(
+        "[supervisor]\nrestart_schedule = \"*/5 * * * * *\"\n{ONE_BOT}"
+    ))
+    .unwrap();
+    assert!(c.restart_schedule().unwrap().is_some());
+    assert!(parse(ONE_BOT)
+        .unwrap()
+        .restart_schedule()
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn the_leak_window_must_hold_enough_readings() {
+    let e = err(&format!(
+        "[supervisor]\nsample_interval = \"5s\"\nleak_window = \"20s\"\n{ONE_BOT}"
+    ));
+    assert!(
+        e.contains("supervisor.leak_window: must hold at least 10 readings: 50s or more"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_bot_names_are_refused() {
+    for name in ["", "Has Caps", "../escape", "-lead", &"x".repeat(33)] {
+        let e = err(&format!("[[bots]]\nname = \"{name}\"\n"));
+        assert!(e.contains("bots[0].name: "), "{name}: {e}");
+    }
+}
+
+#[test]
+fn no_bots_is_refused() {
+    assert!(err("").ends_with("bots: at least one [[bots]] entry is required"));
+}
+
+#[test]
+fn unknown_engine_is_refused() {
+    let e = err("[[bots]]\nname = \"a\"\nengine = \"gpt\"\n");
+    assert!(e.contains("bots[0].engine: unknown variant `gpt`"), "{e}");
+}
+
+#[test]
+fn syntax_error_names_the_file_and_line() {
+    let e = err("[[bots]\nname = \"a\"\n");
+    assert!(e.starts_with("/etc/bothost/supervisor.toml: "), "{e}");
+    assert!(e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn long_runtime_dir_is_refused_before_a_socket_fails_to_bind() {
+    let e = err(&format!(
+        "[supervisor]\nruntime_dir = \"/{}\"\n{ONE_BOT}",
+        "d".repeat(90)
+    ));
+    assert!(e.contains("supervisor.runtime_dir: "), "{e}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let env = vec![
+        ("BOTHOST_SERVER__BIND".to_owned(), "0.0.0.0:9000".to_owned()),
+        ("BOTHOST_SUPERVISOR__CRASH_LIMIT".to_owned(), "9".to_owned()),
+        (
+            "BOTHOST_CONFIG".to_owned(),
+            "ignored: not an override".to_owned(),
+        ),
+        ("PATH".to_owned(), "/bin".to_owned()),
+    ];
+    let c = Config::parse(ONE_BOT, Path::new("x.toml"), env).unwrap();
+    assert_eq!(c.server.bind.to_string(), "0.0.0.0:9000");
+    assert_eq!(c.supervisor.crash_limit, 9);
+}
+
+#[test]
+fn environment_override_with_a_typo_is_an_unknown_key() {
+    let env = vec![("BOTHOST_SERVER__BINDD".to_owned(), "x".to_owned())];
+    let e = Config::parse(ONE_BOT, Path::new("x.toml"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.bindd: unknown field `bindd`"), "{e}");
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let text = include_str!("../../supervisor.toml");
+    let c = Config::parse(text, Path::new("supervisor.toml"), Vec::new()).unwrap();
+    assert_eq!(c.bots.len(), 5);
+    assert!(c.bots.iter().all(|b| b.engine == EngineKind::Builtin));
+}
+
+#[test]
+fn the_shipped_inference_example_is_valid_once_uncommented() {
+    let text = include_str!("../../supervisor.toml");
+    let start = text.find("# [[inference]]").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    let example: String = text[start..end]
+        .lines()
+        .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+        .collect();
+    let uncommented = format!("{}{example}{}", &text[..start], &text[end..]);
+    let c = Config::parse(&uncommented, Path::new("supervisor.toml"), Vec::new()).unwrap();
+    assert_eq!(c.inference.len(), 2);
+    assert_eq!(c.inference[0].command, ["ollama", "serve"]);
+    let llama = c.bots.iter().find(|b| b.name == "llama").unwrap();
+    assert_eq!(c.endpoints_of(llama).len(), 2);
+}

@@ -1,0 +1,298 @@
+//! The rules the types cannot express: unique bot names, ranges, path
+//! lengths, endpoints that exist. Each broken rule is reported as (key,
+//! reason).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+
+use super::derived::worker_socket_stem;
+use super::schema::{default_model, BotConfig, Config};
+
+/// Longest path a Unix socket address can hold, less the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+impl Config {
+    /// Rules the types cannot express. Returns the first broken one as
+    /// (key, reason).
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        let s = &self.supervisor;
+        let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
+        let db = &self.database;
+        if let Err(reason) = self.database_target() {
+            return bad("database.url", reason);
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            (
+                "limits.messages_per_minute_per_user",
+                l.messages_per_minute_per_user,
+            ),
+            (
+                "limits.messages_per_minute_per_ip",
+                l.messages_per_minute_per_ip,
+            ),
+            (
+                "limits.logins_per_minute_per_ip",
+                l.logins_per_minute_per_ip,
+            ),
+            ("limits.max_in_flight_per_user", l.max_in_flight_per_user),
+        ] {
+            if value == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if self.server.ws_timeout <= self.server.ws_heartbeat {
+            return bad(
+                "server.ws_timeout",
+                "must be longer than server.ws_heartbeat".into(),
+            );
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    return bad(key, format!("{} is not a readable file", path.display()));
+                }
+            }
+        }
+        if db.pool_size == 0 {
+            return bad("database.pool_size", "must be at least 1".into());
+        }
+        if db.pool_max < db.pool_size {
+            return bad(
+                "database.pool_max",
+                format!(
+                    "{} is below database.pool_size ({})",
+                    db.pool_max, db.pool_size
+                ),
+            );
+        }
+        if self.bots.is_empty() {
+            return bad("bots", "at least one [[bots]] entry is required".into());
+        }
+        if s.sample_interval < Duration::from_millis(100) {
+            return bad(
+                "supervisor.sample_interval",
+                "must be at least 100ms".into(),
+            );
+        }
+        if s.heartbeat_interval.is_zero() {
+            return bad(
+                "supervisor.heartbeat_interval",
+                "must be greater than 0".into(),
+            );
+        }
+        if s.heartbeat_timeout <= s.heartbeat_interval {
+            return bad(
+                "supervisor.heartbeat_timeout",
+                format!(
+                    "must be longer than supervisor.heartbeat_interval ({})",
+                    humantime::format_duration(s.heartbeat_interval)
+                ),
+            );
+        }
+        if s.backoff_initial.is_zero() || s.backoff_initial > s.backoff_max {
+            return bad(
+                "supervisor.backoff_initial",
+                "must be greater than 0 and at most supervisor.backoff_max".into(),
+            );
+        }
+        if s.crash_limit == 0 {
+            return bad("supervisor.crash_limit", "must be at least 1".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return bad(
+                "logging.level",
+                format!(
+                    "'{}' is not a log filter (try \"info\" or \"bothost=debug,info\")",
+                    self.logging.level
+                ),
+            );
+        }
+        if s.start_timeout.is_zero() {
+            return bad("supervisor.start_timeout", "must be greater than 0".into());
+        }
+        check_budget("supervisor.memory_budget", s.memory_budget)?;
+        if !(s.memory_warn_ratio > 0.0 && s.memory_warn_ratio < 1.0) {
+            return bad(
+                "supervisor.memory_warn_ratio",
+                format!("{} is not between 0 and 1", s.memory_warn_ratio),
+            );
+        }
+        if s.over_budget_samples == 0 {
+            return bad(
+                "supervisor.over_budget_samples",
+                "must be at least 1".into(),
+            );
+        }
+        let min_window = s.sample_interval * (2 * crate::memory::BUCKETS as u32);
+        if s.leak_window < min_window {
+            return bad(
+                "supervisor.leak_window",
+                format!(
+                    "must hold at least {} readings: {} or more with sample_interval {}",
+                    2 * crate::memory::BUCKETS,
+                    humantime::format_duration(min_window),
+                    humantime::format_duration(s.sample_interval)
+                ),
+            );
+        }
+        if let Err(e) = self.restart_schedule() {
+            return bad("supervisor.restart_schedule", e);
+        }
+        let longest_socket = self.runtime_dir().join(format!(
+            "{}.sock",
+            worker_socket_stem(&"x".repeat(MAX_BOT_NAME), u64::MAX)
+        ));
+        if longest_socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return bad(
+                "supervisor.runtime_dir",
+                format!(
+                    "{} is too long for Unix socket paths (at most {} bytes with the socket name); choose a shorter directory",
+                    self.runtime_dir().display(),
+                    MAX_SOCKET_PATH
+                ),
+            );
+        }
+        let mut endpoints = HashSet::new();
+        for (i, e) in self.inference.iter().enumerate() {
+            let key = |field: &str| format!("inference[{i}].{field}");
+            if let Err(reason) = check_bot_name(&e.name) {
+                return Err((key("name"), reason));
+            }
+            if !endpoints.insert(e.name.as_str()) {
+                return Err((key("name"), format!("duplicate endpoint name '{}'", e.name)));
+            }
+            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
+                return Err((
+                    key("url"),
+                    format!("'{}' is not an http:// or https:// URL", e.url),
+                ));
+            }
+            if e.command.first().is_some_and(|c| c.trim().is_empty()) {
+                return Err((key("command"), "the program name is empty".into()));
+            }
+            for (field, d) in [
+                ("health_interval", e.health_interval),
+                ("health_interval_down", e.health_interval_down),
+                ("health_timeout", e.health_timeout),
+                ("connect_timeout", e.connect_timeout),
+                ("first_token_timeout", e.first_token_timeout),
+                ("token_gap_timeout", e.token_gap_timeout),
+            ] {
+                if d.is_zero() {
+                    return Err((key(field), "must be greater than 0".into()));
+                }
+            }
+            if e.restart_after_failed_checks == 0 {
+                return Err((
+                    key("restart_after_failed_checks"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, bot) in self.bots.iter().enumerate() {
+            let key = |field: &str| format!("bots[{i}].{field}");
+            if let Err(reason) = check_bot_name(&bot.name) {
+                return Err((key("name"), reason));
+            }
+            if !seen.insert(bot.name.as_str()) {
+                return Err((key("name"), format!("duplicate bot name '{}'", bot.name)));
+            }
+            if let Some(budget) = bot.memory_budget {
+                check_budget(&key("memory_budget"), budget)?;
+            }
+            self.check_bot_inference(bot)
+                .map_err(|(field, reason)| (key(field), reason))?;
+            let rate = bot.builtin.fail_rate;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err((
+                    key("builtin.fail_rate"),
+                    format!("{rate} is outside 0.0 to 1.0"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A remote bot names a model and at least one endpoint of its kind.
+    fn check_bot_inference(&self, bot: &BotConfig) -> Result<(), (&'static str, String)> {
+        let Some(kind) = bot.inference_kind() else {
+            return Ok(());
+        };
+        if bot.model == default_model() {
+            return Err((
+                "model",
+                format!(
+                    "an {} bot needs the model its server should run (for example \"llama3.2\")",
+                    kind.as_str()
+                ),
+            ));
+        }
+        for name in &bot.inference {
+            match self.inference.iter().find(|e| &e.name == name) {
+                None => {
+                    return Err((
+                        "inference",
+                        format!("no [[inference]] endpoint is named '{name}'"),
+                    ))
+                }
+                Some(e) if e.kind != kind => {
+                    return Err((
+                        "inference",
+                        format!(
+                            "endpoint '{name}' speaks {}, the bot's engine is {}",
+                            e.kind.as_str(),
+                            kind.as_str()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.endpoints_of(bot).is_empty() {
+            return Err((
+                "engine",
+                format!(
+                    "no [[inference]] endpoint of kind \"{}\" is configured",
+                    kind.as_str()
+                ),
+            ));
+        }
+        if let Some(t) = bot.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+            return Err(("temperature", format!("{t} is outside 0.0 to 2.0")));
+        }
+        Ok(())
+    }
+}
+
+const MAX_BOT_NAME: usize = 32;
+
+/// Bot names appear in socket paths, metric labels and URLs.
+fn check_bot_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let starts_alnum = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() || name.len() > MAX_BOT_NAME || !ok_chars || !starts_alnum {
+        return Err(format!(
+            "'{name}' is not a valid bot name: use 1 to {MAX_BOT_NAME} of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn check_budget(key: &str, budget: ByteSize) -> Result<(), (String, String)> {
+    if budget < ByteSize::mb(1) {
+        return Err((
+            key.to_owned(),
+            format!("{budget} is too small for any worker (at least 1MB)"),
+        ));
+    }
+    Ok(())
+}
