@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::metrics::Metrics;
-use crate::store::{Conversation, Message, NewReply, ReplyStatus, Store, StoreError};
+use crate::store::{Conversation, Message, MessageRole, NewReply, ReplyStatus, Store, StoreError};
 use crate::supervisor::{start_turn, Supervisor};
 use crate::turn::{ErrorCode, TurnError, TurnEvent};
 
@@ -252,12 +252,11 @@ async fn store_reply(store: &Store, reply: NewReply<'_>) -> Result<Message, Stor
 fn to_prompt(context: &[Message]) -> Vec<ChatMessage> {
     context
         .iter()
-        .filter(|m| !(m.role == "assistant" && m.content.is_empty()))
+        .filter(|m| !(m.role == MessageRole::Assistant && m.content.is_empty()))
         .map(|m| ChatMessage {
-            role: match m.role.as_str() {
-                "assistant" => Role::Assistant,
-                "system" => Role::System,
-                _ => Role::User,
+            role: match m.role {
+                MessageRole::Assistant => Role::Assistant,
+                MessageRole::User => Role::User,
             },
             content: m.content.clone(),
         })
@@ -282,13 +281,13 @@ fn clamp_i32(v: u32) -> i32 {
 mod tests {
     use super::*;
 
-    fn msg(role: &str, content: &str) -> Message {
+    fn msg(role: MessageRole, content: &str) -> Message {
         Message {
             id: 1,
             conversation_id: 1,
-            role: role.into(),
+            role,
             content: content.into(),
-            status: "complete".into(),
+            status: ReplyStatus::Complete,
             client_msg_id: None,
             reply_to: None,
             prompt_tokens: None,
@@ -301,10 +300,10 @@ mod tests {
     #[test]
     fn the_prompt_keeps_order_and_drops_empty_failed_replies() {
         let prompt = to_prompt(&[
-            msg("user", "a"),
-            msg("assistant", ""),
-            msg("user", "b"),
-            msg("assistant", "c"),
+            msg(MessageRole::User, "a"),
+            msg(MessageRole::Assistant, ""),
+            msg(MessageRole::User, "b"),
+            msg(MessageRole::Assistant, "c"),
         ]);
         let got: Vec<(Role, &str)> = prompt
             .iter()

@@ -93,7 +93,11 @@ pub async fn user_add(config: &Config, name: &str, admin: bool) -> anyhow::Resul
     let metrics = crate::metrics::Metrics::new()?;
     let store = crate::startup::open_store(config, metrics).await?;
     let hash = crate::web::auth::hash_password(password).map_err(|e| anyhow::anyhow!(e.message))?;
-    let role = if admin { "admin" } else { "user" };
+    let role = if admin {
+        crate::store::UserRole::Admin
+    } else {
+        crate::store::UserRole::User
+    };
     let user = store.create_user(name, &hash, role).await?;
     println!("created {role} '{}' (id {})", user.username, user.id);
     Ok(())

@@ -12,6 +12,7 @@ pub mod control;
 pub mod inference;
 pub mod memory;
 pub mod metrics;
+mod names;
 pub mod process;
 pub mod startup;
 pub mod status;

@@ -223,7 +223,7 @@ impl Metrics {
         self.worker_memory_budget_bytes
             .with_label_values(&[bot])
             .set(i64::try_from(budget_bytes).unwrap_or(i64::MAX));
-        for reason in RestartReason::ALL {
+        for &reason in RestartReason::ALL {
             self.worker_restarts
                 .with_label_values(&[bot, reason.as_str()]);
         }
@@ -231,7 +231,7 @@ impl Metrics {
     }
 
     pub fn set_state(&self, bot: &str, state: BotState) {
-        for s in BotState::ALL {
+        for &s in BotState::ALL {
             self.worker_state
                 .with_label_values(&[bot, s.as_str()])
                 .set(i64::from(s == state));

@@ -9,34 +9,26 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::InferenceKind;
+use crate::names::named_enum;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BotState {
-    /// The first generation is not ready yet.
-    Starting,
-    Ready,
-    /// The worker is ready but every model server it uses is down.
-    Degraded,
-    /// The host is shutting down.
-    Draining,
-    /// Crashed or hung; waiting for the backoff or the next generation.
-    Restarting,
-    /// Crashed `crash_limit` times within `crash_window`; not restarted
-    /// until an operator asks.
-    Failed,
+named_enum! {
+    pub enum BotState {
+        /// The first generation is not ready yet.
+        Starting = "starting",
+        Ready = "ready",
+        /// The worker is ready but every model server it uses is down.
+        Degraded = "degraded",
+        /// The host is shutting down.
+        Draining = "draining",
+        /// Crashed or hung; waiting for the backoff or the next generation.
+        Restarting = "restarting",
+        /// Crashed `crash_limit` times within `crash_window`; not restarted
+        /// until an operator asks.
+        Failed = "failed",
+    }
 }
 
 impl BotState {
-    pub const ALL: [BotState; 6] = [
-        BotState::Starting,
-        BotState::Ready,
-        BotState::Degraded,
-        BotState::Draining,
-        BotState::Restarting,
-        BotState::Failed,
-    ];
-
     /// Start-up is over for this bot: it serves (perhaps degraded) or has
     /// been given up on.
     pub fn settled(self) -> bool {
@@ -50,49 +42,17 @@ impl BotState {
     pub fn serving(self) -> bool {
         matches!(self, BotState::Ready | BotState::Degraded)
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BotState::Starting => "starting",
-            BotState::Ready => "ready",
-            BotState::Degraded => "degraded",
-            BotState::Draining => "draining",
-            BotState::Restarting => "restarting",
-            BotState::Failed => "failed",
-        }
-    }
 }
 
-/// Label values of `bothost_worker_restarts_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartReason {
-    Crash,
-    Memory,
-    Leak,
-    Schedule,
-    Operator,
-    Hung,
-}
-
-impl RestartReason {
-    pub const ALL: [RestartReason; 6] = [
-        RestartReason::Crash,
-        RestartReason::Memory,
-        RestartReason::Leak,
-        RestartReason::Schedule,
-        RestartReason::Operator,
-        RestartReason::Hung,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RestartReason::Crash => "crash",
-            RestartReason::Memory => "memory",
-            RestartReason::Leak => "leak",
-            RestartReason::Schedule => "schedule",
-            RestartReason::Operator => "operator",
-            RestartReason::Hung => "hung",
-        }
+named_enum! {
+    /// Label values of `bothost_worker_restarts_total{reason}`.
+    pub enum RestartReason {
+        Crash = "crash",
+        Memory = "memory",
+        Leak = "leak",
+        Schedule = "schedule",
+        Operator = "operator",
+        Hung = "hung",
     }
 }
 
@@ -105,18 +65,18 @@ pub struct RestartError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestartErrorCode {
-    UnknownBot,
-    ShuttingDown,
-    /// A bot between crash restarts comes back on its own.
-    Recovering,
-    /// The new generation never became ready.
-    Failed,
-    /// A rolling restart is already running.
-    Busy,
-    SupervisorGone,
+named_enum! {
+    pub enum RestartErrorCode {
+        UnknownBot = "unknown_bot",
+        ShuttingDown = "shutting_down",
+        /// A bot between crash restarts comes back on its own.
+        Recovering = "recovering",
+        /// The new generation never became ready.
+        Failed = "failed",
+        /// A rolling restart is already running.
+        Busy = "busy",
+        SupervisorGone = "supervisor_gone",
+    }
 }
 
 impl RestartError {

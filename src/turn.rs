@@ -12,8 +12,10 @@
 
 use actix::{Message, Recipient};
 use bot_worker::Usage;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::Serialize;
 use tokio::sync::mpsc;
+
+use crate::names::named_enum;
 
 #[derive(Debug)]
 pub enum TurnEvent {
@@ -30,82 +32,31 @@ pub struct TurnError {
     pub message: String,
 }
 
-/// Stable error codes: on the wire as [`ErrorCode::as_str`] gives them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    UnknownBot,
-    /// Starting, restarting or failed: no worker can take the turn now.
-    BotUnavailable,
-    /// The worker died (crash, kill, hang) with the turn in flight.
-    WorkerDied,
-    EngineFailed,
-    /// No model server could answer; the message is kept for a retry.
-    InferenceUnavailable,
-    /// The model server does not have the bot's model.
-    ModelNotFound,
-    /// The model server is busy.
-    Overloaded,
-    /// The model server went silent past its timeouts.
-    EngineTimeout,
-    Cancelled,
-    TooLarge,
-    /// The database could not store or read the conversation.
-    StoreUnavailable,
-    /// The same message is being answered by another request right now.
-    InProgress,
-    Internal,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
-        ErrorCode::UnknownBot,
-        ErrorCode::BotUnavailable,
-        ErrorCode::WorkerDied,
-        ErrorCode::EngineFailed,
-        ErrorCode::InferenceUnavailable,
-        ErrorCode::ModelNotFound,
-        ErrorCode::Overloaded,
-        ErrorCode::EngineTimeout,
-        ErrorCode::Cancelled,
-        ErrorCode::TooLarge,
-        ErrorCode::StoreUnavailable,
-        ErrorCode::InProgress,
-        ErrorCode::Internal,
-    ];
-
-    /// The one place a code gets its name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::UnknownBot => "unknown_bot",
-            ErrorCode::BotUnavailable => "bot_unavailable",
-            ErrorCode::WorkerDied => "worker_died",
-            ErrorCode::EngineFailed => "engine_failed",
-            ErrorCode::InferenceUnavailable => "inference_unavailable",
-            ErrorCode::ModelNotFound => "model_not_found",
-            ErrorCode::Overloaded => "overloaded",
-            ErrorCode::EngineTimeout => "engine_timeout",
-            ErrorCode::Cancelled => "cancelled",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::StoreUnavailable => "store_unavailable",
-            ErrorCode::InProgress => "in_progress",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
-
-impl Serialize for ErrorCode {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for ErrorCode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = std::borrow::Cow::<str>::deserialize(d)?;
-        ErrorCode::ALL
-            .into_iter()
-            .find(|c| c.as_str() == name)
-            .ok_or_else(|| serde::de::Error::unknown_variant(&name, &[]))
+named_enum! {
+    /// Stable error codes, for programs; each turn error also carries a
+    /// message for people.
+    pub enum ErrorCode {
+        UnknownBot = "unknown_bot",
+        /// Starting, restarting or failed: no worker can take the turn now.
+        BotUnavailable = "bot_unavailable",
+        /// The worker died (crash, kill, hang) with the turn in flight.
+        WorkerDied = "worker_died",
+        EngineFailed = "engine_failed",
+        /// No model server could answer; the message is kept for a retry.
+        InferenceUnavailable = "inference_unavailable",
+        /// The model server does not have the bot's model.
+        ModelNotFound = "model_not_found",
+        /// The model server is busy.
+        Overloaded = "overloaded",
+        /// The model server went silent past its timeouts.
+        EngineTimeout = "engine_timeout",
+        Cancelled = "cancelled",
+        TooLarge = "too_large",
+        /// The database could not store or read the conversation.
+        StoreUnavailable = "store_unavailable",
+        /// The same message is being answered by another request right now.
+        InProgress = "in_progress",
+        Internal = "internal",
     }
 }
 
@@ -172,20 +123,5 @@ impl Drop for Turn {
         if !self.finished {
             self.worker.do_send(CancelTurn { id: self.id });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_codes_travel_by_their_one_name() {
-        for code in ErrorCode::ALL {
-            let wire = serde_json::to_value(code).unwrap();
-            assert_eq!(wire, code.as_str());
-            assert_eq!(serde_json::from_value::<ErrorCode>(wire).unwrap(), code);
-        }
-        assert!(serde_json::from_str::<ErrorCode>("\"nope\"").is_err());
     }
 }

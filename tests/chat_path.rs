@@ -11,7 +11,7 @@ use std::time::Duration;
 use bothost::chat::{ChatEvent, Chats};
 use bothost::config::{Config, DatabaseConfig};
 use bothost::startup::Host;
-use bothost::store::{Conversation, Store};
+use bothost::store::{Conversation, Store, UserRole};
 use bothost::supervisor::GetStatus;
 use bothost::turn::ErrorCode;
 use common::db::{backends, TestDb};
@@ -38,7 +38,7 @@ async fn host(db: &TestDb) -> (tempfile::TempDir, Host) {
 async fn conversation(store: &Store, user: &str, bot: &str) -> Conversation {
     let owner = match store.user_by_name(user).await.unwrap() {
         Some(u) => u,
-        None => store.create_user(user, "h", "user").await.unwrap(),
+        None => store.create_user(user, "h", UserRole::User).await.unwrap(),
     };
     store.create_conversation(owner.id, bot, "").await.unwrap()
 }
@@ -198,7 +198,7 @@ async fn a_caller_that_goes_away_cancels_the_turn_and_keeps_what_it_saw() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert_eq!(reply.status, "partial");
+        assert_eq!(reply.status.as_str(), "partial");
         assert!(
             reply.content.starts_with(&shown),
             "{:?} vs {shown:?}",

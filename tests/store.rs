@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bothost::config::{DatabaseConfig, DatabaseTarget};
-use bothost::store::{self, NewReply, ReplyStatus, Store, StoreError};
+use bothost::store::{self, NewReply, ReplyStatus, Store, StoreError, UserRole};
 use common::db::{backends, pg_base_url};
 use diesel::sql_types::{BigInt, Text};
 use diesel::{Connection, QueryableByName, SqliteConnection};
@@ -23,7 +23,10 @@ fn config() -> DatabaseConfig {
 }
 
 async fn user_and_conversation(store: &Store, name: &str) -> (i64, i64) {
-    let user = store.create_user(name, "hash", "user").await.unwrap();
+    let user = store
+        .create_user(name, "hash", UserRole::User)
+        .await
+        .unwrap();
     let conv = store
         .create_conversation(user.id, "helper", "")
         .await
@@ -47,10 +50,13 @@ async fn users_are_unique_and_the_hash_never_serializes() {
     for db in backends(&config()).await {
         let s = &db.store;
         let alice = s
-            .create_user("alice", "secret-hash", "admin")
+            .create_user("alice", "secret-hash", UserRole::Admin)
             .await
             .unwrap();
-        let err = s.create_user("alice", "x", "user").await.unwrap_err();
+        let err = s
+            .create_user("alice", "x", UserRole::User)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, StoreError::Conflict(m) if m == "the user 'alice' already exists"),
             "{}: {err:?}",
@@ -437,7 +443,7 @@ async fn new_sqlite_connections_wait_for_a_busy_writer() {
         let store = db.store.clone();
         tokio::spawn(async move {
             store
-                .create_user(&format!("waiter{i}"), "hash", "user")
+                .create_user(&format!("waiter{i}"), "hash", UserRole::User)
                 .await
         })
     });

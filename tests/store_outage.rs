@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
 use bothost::metrics::Metrics;
-use bothost::store::{self, Store, StoreError};
+use bothost::store::{self, Store, StoreError, UserRole};
 use common::*;
 
 /// A PostgreSQL server of the test's own, stopped for good on drop.
@@ -173,7 +173,10 @@ async fn requests_fail_fast_while_postgres_is_down_and_recover_with_nothing_lost
         ..DatabaseConfig::default()
     };
     let store = Store::connect(&config, &target, Metrics::new().unwrap()).unwrap();
-    let user = store.create_user("alice", "h", "user").await.unwrap();
+    let user = store
+        .create_user("alice", "h", UserRole::User)
+        .await
+        .unwrap();
     let conv = store
         .create_conversation(user.id, "helper", "")
         .await

@@ -34,7 +34,7 @@ use pool::Pools;
 
 pub use error::StoreError;
 pub use migrate::migrate;
-pub use models::{Conversation, Message, User};
+pub use models::{Conversation, Message, MessageRole, ReplyStatus, User, UserRole};
 pub use pool::{PoolGrowth, PoolSnapshot};
 
 use crate::config::{DatabaseConfig, DatabaseTarget};
@@ -154,12 +154,12 @@ impl Store {
         &self,
         username: &str,
         password_hash: &str,
-        role: &str,
+        role: UserRole,
     ) -> Result<User, StoreError> {
         let new = NewUser {
             username,
             password_hash,
-            role,
+            role: role.as_str(),
             created_at: now_ms(),
         };
         with_conn!(self, write "create_user", |conn| diesel::insert_into(
@@ -261,9 +261,9 @@ impl Store {
         let now = now_ms();
         let new = NewMessage {
             conversation_id,
-            role: "user",
+            role: MessageRole::User.as_str(),
             content,
-            status: "complete",
+            status: ReplyStatus::Complete.as_str(),
             client_msg_id: Some(client_msg_id),
             reply_to: None,
             prompt_tokens: None,
@@ -307,7 +307,7 @@ impl Store {
         let reply_to = reply.reply_to;
         let new = NewMessage {
             conversation_id,
-            role: "assistant",
+            role: MessageRole::Assistant.as_str(),
             content: reply.content,
             status: reply.status.as_str(),
             client_msg_id: None,
@@ -391,26 +391,6 @@ impl Store {
     /// The pool as it is now.
     pub fn pool_snapshot(&self) -> PoolSnapshot {
         pool::snapshot(&self.pools)
-    }
-}
-
-/// How a reply ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyStatus {
-    Complete,
-    /// Cut off (crash, cancel, restart) after some text was produced.
-    Partial,
-    /// Nothing usable was produced.
-    Failed,
-}
-
-impl ReplyStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplyStatus::Complete => "complete",
-            ReplyStatus::Partial => "partial",
-            ReplyStatus::Failed => "failed",
-        }
     }
 }
 

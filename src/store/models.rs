@@ -6,6 +6,35 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::schema::{conversations, messages, users};
+use crate::names::named_enum;
+
+named_enum! {
+    /// What a user may do.
+    pub enum UserRole {
+        User = "user",
+        /// Also the admin API: every bot's status, restarts.
+        Admin = "admin",
+    }
+}
+
+named_enum! {
+    /// Who wrote a message.
+    pub enum MessageRole {
+        User = "user",
+        Assistant = "assistant",
+    }
+}
+
+named_enum! {
+    /// How a message ended. A user's message is always `complete`.
+    pub enum ReplyStatus {
+        Complete = "complete",
+        /// Cut off (crash, cancel, restart) after some text was produced.
+        Partial = "partial",
+        /// Nothing usable was produced.
+        Failed = "failed",
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
 #[diesel(table_name = users)]
@@ -15,7 +44,8 @@ pub struct User {
     pub username: String,
     #[serde(skip)]
     pub password_hash: String,
-    pub role: String,
+    #[diesel(deserialize_as = String)]
+    pub role: UserRole,
     pub created_at: i64,
 }
 
@@ -37,10 +67,11 @@ pub struct Conversation {
 pub struct Message {
     pub id: i64,
     pub conversation_id: i64,
-    pub role: String,
+    #[diesel(deserialize_as = String)]
+    pub role: MessageRole,
     pub content: String,
-    /// `complete`, `partial` (cut off, with what was produced) or `failed`.
-    pub status: String,
+    #[diesel(deserialize_as = String)]
+    pub status: ReplyStatus,
     pub client_msg_id: Option<String>,
     pub reply_to: Option<i64>,
     pub prompt_tokens: Option<i32>,

@@ -9,11 +9,11 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::auth::{hash_password, hashing, verify_password, AuthUser};
-use super::error::{turn_status, ApiError};
+use super::error::ApiError;
 use super::state::AppState;
 use crate::chat::ChatEvent;
 use crate::status::{RestartErrorCode, RestartReason};
-use crate::store::{Conversation, StoreError, User, MAX_PAGE};
+use crate::store::{Conversation, StoreError, User, UserRole, MAX_PAGE};
 use crate::supervisor::{restart_all, rolling_restart, GetStatus, RestartBot};
 
 /// One table registers every API route and lists it for the OpenAPI test,
@@ -96,7 +96,7 @@ async fn register(
     let hash = hashing(move || hash_password(&password)).await??;
     let user = state
         .store
-        .create_user(&username, &hash, "user")
+        .create_user(&username, &hash, UserRole::User)
         .await
         .map_err(|e| match e {
             StoreError::Conflict(_) => ApiError::new(
@@ -262,9 +262,9 @@ async fn post_message(
                 return Ok(HttpResponse::Ok().json(json!({"message": message, "reply": reply})));
             }
             ChatEvent::Failed { error, reply } => {
-                let (status, code) = turn_status(error.code);
-                return Err(ApiError::new(status, code, error.message)
-                    .with_extra(json!({"message": message, "reply": reply})));
+                return Err(
+                    ApiError::from(error).with_extra(json!({"message": message, "reply": reply}))
+                );
             }
         }
     }

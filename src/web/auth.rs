@@ -23,14 +23,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
-use crate::store::User;
+use crate::store::{User, UserRole};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     /// The user's id.
     pub sub: i64,
     pub name: String,
-    pub role: String,
+    pub role: UserRole,
     pub iat: u64,
     pub exp: u64,
 }
@@ -58,7 +58,7 @@ impl Auth {
         let claims = Claims {
             sub: user.id,
             name: user.username.clone(),
-            role: user.role.clone(),
+            role: user.role,
             iat: now,
             exp: now + self.ttl.as_secs(),
         };
@@ -199,7 +199,7 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     Ok(AuthUser {
         id: claims.sub,
         name: claims.name,
-        admin: claims.role == "admin",
+        admin: claims.role == UserRole::Admin,
     })
 }
 
@@ -225,7 +225,7 @@ mod tests {
             id: 7,
             username: "alice".into(),
             password_hash: String::new(),
-            role: "admin".into(),
+            role: UserRole::Admin,
             created_at: 0,
         }
     }
@@ -250,7 +250,7 @@ mod tests {
         let old = Claims {
             sub: 1,
             name: "a".into(),
-            role: "user".into(),
+            role: UserRole::User,
             iat: 0,
             exp: unix_now() - 3600,
         };

@@ -105,28 +105,24 @@ impl From<StoreError> for ApiError {
 
 impl From<TurnError> for ApiError {
     fn from(e: TurnError) -> Self {
-        let (status, code) = turn_status(e.code);
-        Self::new(status, code, e.message)
+        Self::new(turn_status(e.code), e.code.as_str(), e.message)
     }
 }
 
-/// The HTTP status and wire code of a turn's error.
-pub fn turn_status(code: ErrorCode) -> (StatusCode, &'static str) {
+/// The HTTP status of a turn's error.
+fn turn_status(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::UnknownBot => (StatusCode::NOT_FOUND, "unknown_bot"),
-        ErrorCode::BotUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "bot_unavailable"),
-        ErrorCode::WorkerDied => (StatusCode::BAD_GATEWAY, "worker_died"),
-        ErrorCode::EngineFailed => (StatusCode::BAD_GATEWAY, "engine_failed"),
-        ErrorCode::InferenceUnavailable => {
-            (StatusCode::SERVICE_UNAVAILABLE, "inference_unavailable")
+        ErrorCode::UnknownBot => StatusCode::NOT_FOUND,
+        ErrorCode::BotUnavailable
+        | ErrorCode::InferenceUnavailable
+        | ErrorCode::Overloaded
+        | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::WorkerDied | ErrorCode::EngineFailed | ErrorCode::ModelNotFound => {
+            StatusCode::BAD_GATEWAY
         }
-        ErrorCode::ModelNotFound => (StatusCode::BAD_GATEWAY, "model_not_found"),
-        ErrorCode::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-        ErrorCode::EngineTimeout => (StatusCode::GATEWAY_TIMEOUT, "engine_timeout"),
-        ErrorCode::Cancelled => (StatusCode::CONFLICT, "cancelled"),
-        ErrorCode::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        ErrorCode::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-        ErrorCode::InProgress => (StatusCode::CONFLICT, "in_progress"),
-        ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ErrorCode::EngineTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Cancelled | ErrorCode::InProgress => StatusCode::CONFLICT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

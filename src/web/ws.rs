@@ -32,9 +32,11 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::auth::AuthUser;
-use super::error::{turn_status, ApiError};
+use super::error::ApiError;
 use super::state::AppState;
 use crate::chat::ChatEvent;
+use crate::status::BotState;
+use crate::store::ReplyStatus;
 use crate::supervisor::SubscribeStatus;
 
 /// The codec refuses (and closes on) frames above this; smaller frames over
@@ -69,7 +71,7 @@ enum ServerFrame {
     Done {
         client_msg_id: String,
         message_id: i64,
-        status: String,
+        status: ReplyStatus,
     },
     Error {
         client_msg_id: Option<String>,
@@ -83,7 +85,7 @@ enum ServerFrame {
     },
     BotStatus {
         bot: String,
-        status: &'static str,
+        status: BotState,
     },
 }
 
@@ -160,7 +162,7 @@ impl Actor for WsSession {
                     Ok(change) => {
                         let frame = ServerFrame::BotStatus {
                             bot: change.bot,
-                            status: change.state.as_str(),
+                            status: change.state,
                         };
                         if me.try_send(Push(frame)).is_err() {
                             return;
@@ -362,7 +364,7 @@ fn frame(cid: &str, event: ChatEvent) -> ServerFrame {
         },
         ChatEvent::Failed { error, reply } => ServerFrame::Error {
             client_msg_id: Some(client_msg_id),
-            code: turn_status(error.code).1,
+            code: error.code.as_str(),
             message: error.message,
             retry_after: None,
             reply_id: reply.map(|r| r.id),

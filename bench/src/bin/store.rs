@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
 use bothost::metrics::Metrics;
-use bothost::store::{self, NewReply, ReplyStatus, Store};
+use bothost::store::{self, NewReply, ReplyStatus, Store, UserRole};
 use bothost_bench::{bench_postgres_url, ms, Percentiles, PgSchema};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +66,7 @@ async fn bench(name: &str, target: DatabaseTarget, run: Duration) -> anyhow::Res
         };
         let store = Store::connect(&config, &target, Metrics::new()?)?;
         let owner = store
-            .create_user(&format!("writer-{writers}"), "h", "user")
+            .create_user(&format!("writer-{writers}"), "h", UserRole::User)
             .await?
             .id;
         let (turns, mut latencies) = persist(&store, owner, writers, run).await?;
@@ -82,7 +82,7 @@ async fn bench(name: &str, target: DatabaseTarget, run: Duration) -> anyhow::Res
     }
 
     let store = Store::connect(&DatabaseConfig::default(), &target, Metrics::new()?)?;
-    let owner = store.create_user("reader", "h", "user").await?.id;
+    let owner = store.create_user("reader", "h", UserRole::User).await?.id;
     let conv = store.create_conversation(owner, "helper", "").await?.id;
     for i in 0..1000 {
         let (m, _) = store
