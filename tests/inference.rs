@@ -134,13 +134,6 @@ fn an_ollama_bot_streams_its_reply_with_its_prompt_options_and_history() {
     );
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn http_errors_from_the_model_server_each_get_a_specific_error() {
     let fake = FakeServer::start("primary", &[]);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bothost::config::{DatabaseConfig, DatabaseTarget};
 use bothost::store::{self, NewReply, ReplyStatus, Store, StoreError, UserRole};
 use common::db::{backends, pg_base_url};
+use common::eventually_async;
 use diesel::sql_types::{BigInt, Text};
 use diesel::{Connection, QueryableByName, SqliteConnection};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -272,10 +273,11 @@ async fn a_busy_pool_grows_toward_its_max_by_itself() {
                 })
             })
             .collect();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while s.pool_snapshot().max < 4 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // Whether it grew is asserted below, with the figures.
+        let _ = eventually_async("the pool to grow", Duration::from_secs(20), || async {
+            (s.pool_snapshot().max >= 4).then_some(())
+        })
+        .await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for w in writers {
             w.await.unwrap();
@@ -448,7 +450,20 @@ async fn new_sqlite_connections_wait_for_a_busy_writer() {
         })
     });
     let users: Vec<_> = users.collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Commit only once a caller is inside the pool, opening a connection
+    // against the locked database (deadpool counts it as waiting until the
+    // connection exists): with the old order it failed at once.
+    eventually_async(
+        "a caller opening a connection",
+        Duration::from_secs(10),
+        || async { (db.store.pool_snapshot().waiting >= 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert!(
+        users.iter().all(|u| !u.is_finished()),
+        "no caller may finish while the writer holds the lock"
+    );
     diesel::connection::SimpleConnection::batch_execute(&mut writer, "COMMIT").unwrap();
     for user in users {
         user.await

@@ -211,11 +211,11 @@ async fn requests_fail_fast_while_postgres_is_down_and_recover_with_nothing_lost
     let wait = |what: &'static str, limit: Duration, cond: Box<dyn Fn(&Log) -> bool + Send>| {
         let log = log.clone();
         async move {
-            let deadline = Instant::now() + limit;
-            while !cond(&log.lock().unwrap()) {
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            eventually_async(what, limit, || async {
+                cond(&log.lock().unwrap()).then_some(())
+            })
+            .await
+            .unwrap();
         }
     };
     wait(

@@ -20,13 +20,6 @@ fn web_host(extra: &str) -> TestHost {
     ))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Runs blocking HTTP calls from inside an async test.
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("blocking call"))
@@ -267,16 +260,14 @@ fn the_websocket_streams_replays_and_cancels() {
             (Some("error"), Some("cancelled")),
             "{f}"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let h = off_runtime(|| alice.history(slow));
-            if h.len() == 2 {
-                assert_eq!(h[0]["status"], "partial");
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "partial reply stored");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let h = eventually_async(
+            "the partial reply stored",
+            Duration::from_secs(5),
+            || async { Some(off_runtime(|| alice.history(slow))).filter(|h| h.len() == 2) },
+        )
+        .await
+        .unwrap();
+        assert_eq!(h[0]["status"], "partial");
     });
 }
 

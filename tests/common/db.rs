@@ -6,7 +6,7 @@
 use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
 use bothost::metrics::Metrics;
 use bothost::store::{self, Store};
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use bothost_testkit::PgSchema;
 use secrecy::ExposeSecret;
 
 pub struct TestDb {
@@ -14,21 +14,10 @@ pub struct TestDb {
     pub target: DatabaseTarget,
     pub metrics: Metrics,
     _sqlite_dir: Option<tempfile::TempDir>,
-    pg_schema: Option<(String, String)>,
+    pg_schema: Option<PgSchema>,
 }
 
-pub fn pg_base_url() -> Option<String> {
-    match std::env::var("BOTHOST_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but BOTHOST_TEST_DATABASE_URL is not set: PostgreSQL tests must run")
-        }
-        _ => {
-            eprintln!("BOTHOST_TEST_DATABASE_URL is not set: skipping the PostgreSQL half");
-            None
-        }
-    }
-}
+pub use bothost_testkit::test_database_url as pg_base_url;
 
 /// A fresh, migrated store on each available backend.
 pub async fn backends(config: &DatabaseConfig) -> Vec<TestDb> {
@@ -46,25 +35,16 @@ pub async fn sqlite(config: &DatabaseConfig) -> TestDb {
 }
 
 pub async fn postgres(base: &str, config: &DatabaseConfig) -> TestDb {
-    let schema = format!("t_{}", uuid_ish());
-    let mut admin = AsyncPgConnection::establish(base)
-        .await
-        .expect("connect to the test database");
-    admin
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let target = DatabaseTarget::Postgres(Secret::from(url));
-    open(target, config, None, Some((base.to_owned(), schema))).await
+    let schema = PgSchema::create(base, "t").await.expect("create schema");
+    let target = DatabaseTarget::Postgres(Secret::from(schema.url.clone()));
+    open(target, config, None, Some(schema)).await
 }
 
 async fn open(
     target: DatabaseTarget,
     config: &DatabaseConfig,
     sqlite_dir: Option<tempfile::TempDir>,
-    pg_schema: Option<(String, String)>,
+    pg_schema: Option<PgSchema>,
 ) -> TestDb {
     let applied = store::migrate(&target).await.expect("migrate");
     assert!(!applied.is_empty(), "migrations from empty apply something");
@@ -90,20 +70,8 @@ impl TestDb {
 
     /// Drops the PostgreSQL schema (SQLite's directory goes with the value).
     pub async fn cleanup(self) {
-        if let Some((base, schema)) = &self.pg_schema {
-            if let Ok(mut admin) = AsyncPgConnection::establish(base).await {
-                let _ = admin
-                    .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                    .await;
-            }
+        if let Some(schema) = &self.pg_schema {
+            let _ = schema.drop_schema().await;
         }
     }
-}
-
-fn uuid_ish() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:x}{:x}", nanos, std::process::id())
 }

@@ -20,7 +20,9 @@ use bothost::config::Config;
 use bothost::startup::Host;
 use bothost::supervisor::{start_turn, Supervisor};
 use bothost::turn::TurnEvent;
-use bothost_bench::{mib, ms, release_binaries, write_config, Percentiles, RunningHost};
+use bothost_bench::{
+    host_status, mib, ms, release_binaries, start_host, write_config, Percentiles,
+};
 
 fn main() -> anyhow::Result<()> {
     release_binaries()?;
@@ -40,13 +42,13 @@ fn startup_and_idle_memory() -> anyhow::Result<()> {
         .iter()
         .map(|n| format!("[[bots]]\nname = \"{n}\"\n"))
         .collect();
-    let host = RunningHost::start(SAMPLE_FAST, &bots)?;
+    let host = start_host(SAMPLE_FAST, &bots)?;
     // Idle for a moment so every worker has settled and been sampled.
     std::thread::sleep(Duration::from_secs(2));
     let report = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(host.status())?;
+        .block_on(host_status(&host))?;
     host.stop()?;
 
     println!("\n## Start-up and idle memory (real `bothost serve`, 5 builtin bots, release)");

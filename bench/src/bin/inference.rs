@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bothost::control::{Client, ControlRequest, ControlResponse};
-use bothost_bench::{ms, release_binaries, Percentiles, RunningHost};
+use bothost_bench::{host_status, ms, release_binaries, start_host, Percentiles};
 use serde_json::json;
 
 struct Fake {
@@ -126,7 +126,7 @@ async fn hosted_turn(client: &mut Client, n: usize) -> anyhow::Result<(Duration,
 
 async fn added_latency(turns: usize, delay: u64) -> anyhow::Result<()> {
     let fake = Fake::start(0, "primary", delay)?;
-    let host = RunningHost::start("", &format!("{}{BOT}", endpoint("primary", &fake.url, "")))?;
+    let host = start_host("", &format!("{}{BOT}", endpoint("primary", &fake.url, "")))?;
     let http = reqwest::Client::new();
     let mut client = Client::connect(&host.control_socket()).await?;
     // Warm both paths (connections, the worker's HTTP pool).
@@ -163,7 +163,7 @@ async fn added_latency(turns: usize, delay: u64) -> anyhow::Result<()> {
             h.p50.as_secs_f64() / d.p50.as_secs_f64()
         );
     }
-    host.stop()
+    host.stop().map(drop)
 }
 
 async fn failover(delay: u64) -> anyhow::Result<()> {
@@ -174,7 +174,7 @@ async fn failover(delay: u64) -> anyhow::Result<()> {
         endpoint("primary", &primary.url, ""),
         endpoint("secondary", &secondary.url, "")
     );
-    let host = RunningHost::start("", &format!("{endpoints}{BOT}"))?;
+    let host = start_host("", &format!("{endpoints}{BOT}"))?;
     let mut client = Client::connect(&host.control_socket()).await?;
     let mut normal = Vec::new();
     for n in 0..20 {
@@ -196,7 +196,7 @@ async fn failover(delay: u64) -> anyhow::Result<()> {
         ms(after)
     );
     println!("that turn, whole reply from the secondary: {}", ms(done));
-    host.stop()
+    host.stop().map(drop)
 }
 
 async fn supervised_restart() -> anyhow::Result<()> {
@@ -211,9 +211,9 @@ async fn supervised_restart() -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{port}");
     // Default health intervals here: what an operator gets.
     let local = format!("[[inference]]\nname = \"local\"\nurl = \"{url}\"\n{command}\n");
-    let host = RunningHost::start("", &format!("{local}{BOT}"))?;
+    let host = start_host("", &format!("{local}{BOT}"))?;
     let pid = loop {
-        let status = host.status().await?;
+        let status = host_status(&host).await?;
         if let Some(pid) = status.inference[0].pid.filter(|_| status.inference[0].up) {
             break pid;
         }
@@ -242,5 +242,5 @@ async fn supervised_restart() -> anyhow::Result<()> {
         "kill to answering again: {} ({failed} turns refused meanwhile, each at once)",
         ms(killed.elapsed())
     );
-    host.stop()
+    host.stop().map(drop)
 }

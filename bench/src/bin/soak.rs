@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bothost::control::Client;
-use bothost_bench::{mib, status, RunningHost};
+use bothost_bench::{mib, start_host, status};
 
 const CONNECTIONS_PER_BOT: usize = 2;
 
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             )
         })
         .collect();
-    let host = RunningHost::start(
+    let host = start_host(
         "sample_interval = \"500ms\"\nleak_window = \"20s\"\nleak_warmup = \"5s\"\n\
          leak_horizon = \"1h\"\nleak_min_growth = \"4MB\"\nrestart_schedule = \"off\"",
         &bots_toml,
@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(soak(&socket, &names, Duration::from_secs(seconds), &leak));
-    let metrics = host.http_get("/metrics").unwrap_or_default();
+    let metrics = host.http_get("/metrics").1;
     host.stop()?;
     let summary = result?;
 

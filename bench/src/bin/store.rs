@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
 use bothost::metrics::Metrics;
 use bothost::store::{self, NewReply, ReplyStatus, Store, UserRole};
-use bothost_bench::{bench_postgres_url, ms, Percentiles, PgSchema};
+use bothost_bench::{bench_database_url, ms, Percentiles, PgSchema};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -35,9 +35,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    match bench_postgres_url() {
+    match bench_database_url() {
         Some(base) => {
-            let schema = PgSchema::create(&base).await?;
+            let schema = PgSchema::create(&base, "bench").await?;
             let result = bench(
                 "PostgreSQL",
                 DatabaseTarget::Postgres(Secret::from(schema.url.clone())),

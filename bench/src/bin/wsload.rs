@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bothost_bench::{bench_postgres_url, mib, ms, Percentiles, PgSchema, RunningHost};
+use bothost_bench::{bench_database_url, mib, ms, start_host, HostProcess, Percentiles, PgSchema};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -58,8 +58,8 @@ async fn main() -> anyhow::Result<()> {
     let seconds: u64 = args.get(2).map_or(Ok(30), |s| s.parse())?;
     raise_fd_limit()?;
 
-    let schema = match bench_postgres_url() {
-        Some(base) => Some(PgSchema::create(&base).await?),
+    let schema = match bench_database_url() {
+        Some(base) => Some(PgSchema::create(&base, "bench").await?),
         None => None,
     };
     let result = run(
@@ -97,7 +97,7 @@ async fn run(
             ))
             .collect::<String>()
     );
-    let host = RunningHost::start("restart_schedule = \"off\"", &tables)?;
+    let host = start_host("restart_schedule = \"off\"", &tables)?;
     let backend = if schema.is_some() {
         "PostgreSQL"
     } else {
@@ -107,7 +107,7 @@ async fn run(
         "# bothost WebSocket load ({} cores, store: {backend}, {BOTS} builtin bots at zero token delay)",
         std::thread::available_parallelism()?.get()
     );
-    let base = format!("http://{}", host.addr);
+    let base = format!("http://{}", host.addr());
     let http = reqwest::Client::new();
     println!(
         "host RSS before registering: {}",
@@ -127,7 +127,7 @@ async fn run(
         while next < target {
             let batch = CONNECT_PARALLELISM.min(target - next);
             let opened = futures_util::future::join_all(
-                (next..next + batch).map(|i| connect(&host.addr, &tokens[i % tokens.len()])),
+                (next..next + batch).map(|i| connect(host.addr(), &tokens[i % tokens.len()])),
             )
             .await;
             for ws in opened {
@@ -169,13 +169,13 @@ async fn run(
     for h in holders {
         h.abort();
     }
-    host.stop()
+    host.stop().map(drop)
 }
 
 /// Registers [`USERS`] users (argon2id makes this the slow part) and
 /// returns their tokens; connections are spread over them.
 async fn register_users(
-    host: &RunningHost,
+    host: &HostProcess,
     http: &reqwest::Client,
     base: &str,
 ) -> anyhow::Result<Vec<String>> {
@@ -193,7 +193,8 @@ async fn register_users(
             let status = reply.status();
             let body: Value = reply.json().await?;
             if !status.is_success() {
-                let log = std::fs::read_to_string(host.dir().join("host.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(host.dir.path().join("host.log")).unwrap_or_default();
                 anyhow::bail!("register: {status} {body}\nhost log:\n{log}");
             }
             tokens.push(body["token"].as_str().context("no token")?.to_owned());
@@ -258,7 +259,7 @@ impl ChatFigures {
 }
 
 async fn chat_load(
-    host: &RunningHost,
+    host: &HostProcess,
     http: &reqwest::Client,
     base: &str,
     tokens: &[String],
@@ -284,7 +285,7 @@ async fn chat_load(
             .await?;
         let conversation = created["id"].as_i64().context("no conversation id")?;
         conversations.push((token.clone(), conversation));
-        sockets.push(connect(&host.addr, &token).await?);
+        sockets.push(connect(host.addr(), &token).await?);
     }
     let tasks: Vec<_> = sockets
         .into_iter()
@@ -445,8 +446,8 @@ async fn complete_turns(
     }
 }
 
-fn metric(host: &RunningHost, series: &str) -> Option<f64> {
-    let body = host.http_get("/metrics").ok()?;
+fn metric(host: &HostProcess, series: &str) -> Option<f64> {
+    let (_, body) = host.http_get("/metrics");
     body.lines().find_map(|line| {
         let value = line.strip_prefix(series)?.strip_prefix(' ')?;
         value.trim().parse().ok()
