@@ -18,51 +18,6 @@ use serde_json::{json, Value};
 use super::output::EngineError;
 use super::wire::{count, error_text, Piece, WireFormat};
 
-pub fn body(model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
-    let mut options = serde_json::Map::new();
-    if let Some(t) = spec.temperature {
-        options.insert("temperature".into(), json!(t));
-    }
-    if let Some(n) = spec.num_ctx {
-        options.insert("num_ctx".into(), json!(n));
-    }
-    let mut body = json!({"model": model, "messages": messages, "stream": true});
-    if !options.is_empty() {
-        body["options"] = Value::Object(options);
-    }
-    if let Some(k) = &spec.keep_alive {
-        body["keep_alive"] = json!(k);
-    }
-    body
-}
-
-pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
-    if line.is_empty() {
-        return Ok(Piece::default());
-    }
-    let v: Value = serde_json::from_str(line).map_err(|e| {
-        EngineError::new(
-            FailCode::EngineFailed,
-            format!("the model server sent a line that is not JSON ({e})"),
-        )
-    })?;
-    if let Some(error) = v.get("error") {
-        return Err(EngineError::new(
-            FailCode::EngineFailed,
-            format!("the model server failed mid-reply: {}", error_text(error)),
-        ));
-    }
-    let text = v["message"]["content"].as_str().map(str::to_owned);
-    let done = v["done"].as_bool().unwrap_or(false);
-    let usage = done.then(|| Usage {
-        prompt_tokens: count(&v["prompt_eval_count"]),
-        completion_tokens: count(&v["eval_count"]),
-        endpoint: None,
-        engine_ms: v["total_duration"].as_u64().map(|ns| ns / 1_000_000),
-    });
-    Ok(Piece { text, usage, done })
-}
-
 /// Ollama's `/api/chat` with NDJSON.
 pub struct Ollama;
 
@@ -72,11 +27,48 @@ impl WireFormat for Ollama {
     }
 
     fn body(&self, model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
-        body(model, messages, spec)
+        let mut options = serde_json::Map::new();
+        if let Some(t) = spec.temperature {
+            options.insert("temperature".into(), json!(t));
+        }
+        if let Some(n) = spec.num_ctx {
+            options.insert("num_ctx".into(), json!(n));
+        }
+        let mut body = json!({"model": model, "messages": messages, "stream": true});
+        if !options.is_empty() {
+            body["options"] = Value::Object(options);
+        }
+        if let Some(k) = &spec.keep_alive {
+            body["keep_alive"] = json!(k);
+        }
+        body
     }
 
     fn parse_line(&self, line: &str) -> Result<Piece, EngineError> {
-        parse_line(line)
+        if line.is_empty() {
+            return Ok(Piece::default());
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| {
+            EngineError::new(
+                FailCode::EngineFailed,
+                format!("the model server sent a line that is not JSON ({e})"),
+            )
+        })?;
+        if let Some(error) = v.get("error") {
+            return Err(EngineError::new(
+                FailCode::EngineFailed,
+                format!("the model server failed mid-reply: {}", error_text(error)),
+            ));
+        }
+        let text = v["message"]["content"].as_str().map(str::to_owned);
+        let done = v["done"].as_bool().unwrap_or(false);
+        let usage = done.then(|| Usage {
+            prompt_tokens: count(&v["prompt_eval_count"]),
+            completion_tokens: count(&v["eval_count"]),
+            endpoint: None,
+            engine_ms: v["total_duration"].as_u64().map(|ns| ns / 1_000_000),
+        });
+        Ok(Piece { text, usage, done })
     }
 }
 
@@ -97,7 +89,7 @@ mod tests {
             role: Role::System,
             content: "be brief".into(),
         }];
-        let b = body("llama3.2", &messages, &spec);
+        let b = Ollama.body("llama3.2", &messages, &spec);
         assert_eq!(b["model"], "llama3.2");
         assert_eq!(b["stream"], true);
         assert_eq!(b["messages"][0]["role"], "system");
@@ -110,17 +102,18 @@ mod tests {
             keep_alive: None,
             ..spec
         };
-        assert!(body("m", &messages, &bare).get("options").is_none());
+        assert!(Ollama.body("m", &messages, &bare).get("options").is_none());
     }
 
     #[test]
     fn lines_give_text_then_the_final_counters() {
-        let p = parse_line(
-            r#"{"model":"m","message":{"role":"assistant","content":"Hel"},"done":false}"#,
-        )
-        .unwrap();
+        let p = Ollama
+            .parse_line(
+                r#"{"model":"m","message":{"role":"assistant","content":"Hel"},"done":false}"#,
+            )
+            .unwrap();
         assert_eq!((p.text.as_deref(), p.done), (Some("Hel"), false));
-        let p = parse_line(
+        let p = Ollama.parse_line(
             r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",
                "total_duration":812000000,"prompt_eval_count":26,"eval_count":9,"eval_duration":400000000}"#
                 .replace('\n', " ")
@@ -135,7 +128,9 @@ mod tests {
 
     #[test]
     fn an_error_line_mid_stream_fails_the_turn() {
-        let e = parse_line(r#"{"error":"llama runner process has terminated"}"#).unwrap_err();
+        let e = Ollama
+            .parse_line(r#"{"error":"llama runner process has terminated"}"#)
+            .unwrap_err();
         assert_eq!(e.code, FailCode::EngineFailed);
         assert!(
             e.message.contains("llama runner process has terminated"),
@@ -143,7 +138,7 @@ mod tests {
             e.message
         );
         assert_eq!(
-            parse_line("not json").unwrap_err().code,
+            Ollama.parse_line("not json").unwrap_err().code,
             FailCode::EngineFailed
         );
     }

@@ -20,82 +20,70 @@ use serde_json::{json, Value};
 use super::output::EngineError;
 use super::wire::{count, error_text, Piece, WireFormat};
 
-/// The completions URL under a base that may or may not end in `/v1`.
-pub fn url(base: &str) -> String {
-    let base = base.trim_end_matches('/');
-    if base.ends_with("/v1") {
-        format!("{base}/chat/completions")
-    } else {
-        format!("{base}/v1/chat/completions")
-    }
-}
-
-pub fn body(model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
-    let mut body = json!({
-        "model": model,
-        "messages": messages,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    if let Some(t) = spec.temperature {
-        body["temperature"] = json!(t);
-    }
-    body
-}
-
-pub fn parse_line(line: &str) -> Result<Piece, EngineError> {
-    let Some(data) = line.strip_prefix("data:") else {
-        // Blank separators, `event:`, `id:` and `:` comments carry nothing.
-        return Ok(Piece::default());
-    };
-    let data = data.trim();
-    if data == "[DONE]" {
-        return Ok(Piece {
-            done: true,
-            ..Piece::default()
-        });
-    }
-    let v: Value = serde_json::from_str(data).map_err(|e| {
-        EngineError::new(
-            FailCode::EngineFailed,
-            format!("the model server sent an event that is not JSON ({e})"),
-        )
-    })?;
-    if let Some(error) = v.get("error") {
-        return Err(EngineError::new(
-            FailCode::EngineFailed,
-            format!("the model server failed mid-reply: {}", error_text(error)),
-        ));
-    }
-    let text = v["choices"][0]["delta"]["content"]
-        .as_str()
-        .map(str::to_owned);
-    let usage = v.get("usage").filter(|u| u.is_object()).map(|u| Usage {
-        prompt_tokens: count(&u["prompt_tokens"]),
-        completion_tokens: count(&u["completion_tokens"]),
-        ..Usage::default()
-    });
-    Ok(Piece {
-        text,
-        usage,
-        done: false,
-    })
-}
-
 /// Any `/v1/chat/completions` server with SSE.
 pub struct Openai;
 
 impl WireFormat for Openai {
+    /// The completions URL under a base that may or may not end in `/v1`.
     fn chat_url(&self, base: &str) -> String {
-        url(base)
+        let base = base.trim_end_matches('/');
+        if base.ends_with("/v1") {
+            format!("{base}/chat/completions")
+        } else {
+            format!("{base}/v1/chat/completions")
+        }
     }
 
     fn body(&self, model: &str, messages: &[ChatMessage], spec: &RemoteSpec) -> Value {
-        body(model, messages, spec)
+        let mut body = json!({
+            "model": model,
+            "messages": messages,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if let Some(t) = spec.temperature {
+            body["temperature"] = json!(t);
+        }
+        body
     }
 
     fn parse_line(&self, line: &str) -> Result<Piece, EngineError> {
-        parse_line(line)
+        let Some(data) = line.strip_prefix("data:") else {
+            // Blank separators, `event:`, `id:` and `:` comments carry nothing.
+            return Ok(Piece::default());
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            return Ok(Piece {
+                done: true,
+                ..Piece::default()
+            });
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            EngineError::new(
+                FailCode::EngineFailed,
+                format!("the model server sent an event that is not JSON ({e})"),
+            )
+        })?;
+        if let Some(error) = v.get("error") {
+            return Err(EngineError::new(
+                FailCode::EngineFailed,
+                format!("the model server failed mid-reply: {}", error_text(error)),
+            ));
+        }
+        let text = v["choices"][0]["delta"]["content"]
+            .as_str()
+            .map(str::to_owned);
+        let usage = v.get("usage").filter(|u| u.is_object()).map(|u| Usage {
+            prompt_tokens: count(&u["prompt_tokens"]),
+            completion_tokens: count(&u["completion_tokens"]),
+            ..Usage::default()
+        });
+        Ok(Piece {
+            text,
+            usage,
+            done: false,
+        })
     }
 }
 
@@ -105,35 +93,40 @@ mod tests {
 
     #[test]
     fn the_url_is_found_under_either_kind_of_base() {
-        assert_eq!(url("http://h:8000"), "http://h:8000/v1/chat/completions");
         assert_eq!(
-            url("http://h:8000/v1/"),
+            Openai.chat_url("http://h:8000"),
+            "http://h:8000/v1/chat/completions"
+        );
+        assert_eq!(
+            Openai.chat_url("http://h:8000/v1/"),
             "http://h:8000/v1/chat/completions"
         );
     }
 
     #[test]
     fn events_give_text_usage_and_the_end() {
-        let p = parse_line(
-            r#"data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#,
-        )
-        .unwrap();
+        let p = Openai
+            .parse_line(
+                r#"data: {"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#,
+            )
+            .unwrap();
         assert_eq!(p.text.as_deref(), Some("Hel"));
-        let p = parse_line(
-            r#"data: {"choices":[],"usage":{"prompt_tokens":26,"completion_tokens":9}}"#,
-        )
-        .unwrap();
+        let p = Openai
+            .parse_line(
+                r#"data: {"choices":[],"usage":{"prompt_tokens":26,"completion_tokens":9}}"#,
+            )
+            .unwrap();
         let u = p.usage.unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens), (26, 9));
-        assert!(parse_line("data: [DONE]").unwrap().done);
+        assert!(Openai.parse_line("data: [DONE]").unwrap().done);
         for nothing in ["", ": keep-alive", "event: message"] {
-            assert_eq!(parse_line(nothing).unwrap(), Piece::default());
+            assert_eq!(Openai.parse_line(nothing).unwrap(), Piece::default());
         }
     }
 
     #[test]
     fn an_error_event_fails_the_turn() {
-        let e = parse_line(r#"data: {"error":{"message":"context length exceeded","type":"invalid_request_error"}}"#)
+        let e = Openai.parse_line(r#"data: {"error":{"message":"context length exceeded","type":"invalid_request_error"}}"#)
             .unwrap_err();
         assert_eq!(e.code, FailCode::EngineFailed);
         assert!(
