@@ -1,5 +1,5 @@
-//! The local control socket: how `bothost status`, `bothost chat` (and, for
-//! operators and cron, future `restart` commands) reach a running host.
+//! The local control socket: how `bothost status`, `bothost chat` and
+//! `bothost restart` (for operators and system cron) reach a running host.
 //!
 //! `<runtime_dir>/control.sock`, mode 0600 inside the 0700 runtime
 //! directory: only the user running the host can connect, which is the whole

@@ -1,8 +1,8 @@
 //! bothost: a bot host with process-per-bot isolation.
 //!
 //! See ARCHITECTURE.md for the map. Entry points: [`cli`] parses the command
-//! line, [`startup::serve`] runs the host, [`control`] is how the other
-//! commands reach a running host.
+//! line, [`startup::Host`] builds and runs the host, [`control`] is how the
+//! other commands reach a running host.
 
 pub mod backoff;
 pub mod chat;

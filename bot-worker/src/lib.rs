@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! host                                   worker
-//!  |  (listens on <runtime_dir>/<bot>-<gen>.sock, spawns the worker)
+//!  |  (listens on <runtime_dir>/w-<bot>-<gen>.sock, spawns the worker)
 //!  |  <-------------------------------- connect
 //!  |  Hello{version, spec, heartbeat} -->
 //!  |  <------------------------------ Ready{version, pid}   (or Refused{reason})
