@@ -26,7 +26,12 @@ pub struct Metrics {
     pub worker_memory_warning: IntGaugeVec,
     pub worker_handover_failures: IntCounterVec,
     pub host_rss_bytes: IntGauge,
+    /// 1 for each inference endpoint a bot calls, so PromQL can join a
+    /// bot to its endpoints' `inference_up`.
+    pub bot_endpoint_info: IntGaugeVec,
+    pub db_up: IntGauge,
     pub db_pool_connections: IntGaugeVec,
+    pub db_pool_max_connections: IntGauge,
     pub db_query_duration: HistogramVec,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
@@ -37,6 +42,9 @@ pub struct Metrics {
     pub inference_up: IntGaugeVec,
     pub inference_failovers: IntCounterVec,
 }
+
+/// Label values of `bothost_chat_messages_total{outcome}`.
+pub const CHAT_OUTCOMES: [&str; 5] = ["complete", "partial", "failed", "unavailable", "replayed"];
 
 /// Latency buckets from a millisecond to half a minute.
 fn latency_buckets() -> Vec<f64> {
@@ -115,6 +123,21 @@ impl Metrics {
             "Database pool connections: in_use, idle, and the current max",
             &["state"],
         )?;
+        let db_pool_max_connections = IntGauge::new(
+            "db_pool_max_connections",
+            "The ceiling the pool may grow to (database.pool_max)",
+        )?;
+        registry.register(Box::new(db_pool_max_connections.clone()))?;
+        let db_up = IntGauge::new(
+            "db_up",
+            "1 when the database answered its last probe (every 5 s), else 0",
+        )?;
+        registry.register(Box::new(db_up.clone()))?;
+        let bot_endpoint_info = gauge(
+            "bot_endpoint_info",
+            "1 for each inference endpoint the bot calls",
+            &["bot", "endpoint"],
+        )?;
         let db_query_duration = HistogramVec::new(
             HistogramOpts::new(
                 "db_query_duration_seconds",
@@ -153,6 +176,11 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(chat_messages.clone()))?;
+        // Every outcome exists from the start, so an error ratio is 0, not
+        // missing, before the first error.
+        for outcome in CHAT_OUTCOMES {
+            chat_messages.with_label_values(&[outcome]);
+        }
         let histogram =
             |name: &str, help: &str| -> Result<prometheus::Histogram, prometheus::Error> {
                 let h = prometheus::Histogram::with_opts(
@@ -198,7 +226,10 @@ impl Metrics {
             worker_memory_warning,
             worker_handover_failures,
             host_rss_bytes,
+            bot_endpoint_info,
+            db_up,
             db_pool_connections,
+            db_pool_max_connections,
             db_query_duration,
             http_requests,
             http_request_duration,
@@ -212,7 +243,17 @@ impl Metrics {
     }
 
     /// Creates every series of `bot` at its starting value.
-    pub fn register_bot(&self, bot: &str, budget_bytes: u64) {
+    pub fn register_bot(&self, bot: &str, budget_bytes: u64, endpoints: &[String]) {
+        for endpoint in endpoints {
+            self.bot_endpoint_info
+                .with_label_values(&[bot, endpoint])
+                .set(1);
+            // Every failover this bot can make exists at zero, so a rate
+            // over it is 0 rather than missing.
+            for to in endpoints.iter().filter(|to| *to != endpoint) {
+                self.inference_failovers.with_label_values(&[endpoint, to]);
+            }
+        }
         self.worker_up.with_label_values(&[bot]).set(0);
         self.worker_generation.with_label_values(&[bot]).set(0);
         self.worker_in_flight.with_label_values(&[bot]).set(0);

@@ -56,6 +56,7 @@ pub struct Host {
     url: String,
     control_path: PathBuf,
     control_task: actix_rt::task::JoinHandle<()>,
+    db_probe: tokio::task::JoinHandle<()>,
 }
 
 impl Host {
@@ -84,6 +85,7 @@ impl Host {
         std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
         let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
 
+        let db_probe = store.spawn_probe(Duration::from_secs(5));
         let auth = Auth::new(&jwt_secret(&config), config.auth.token_ttl);
         let state = web::Data::new(AppState::new(
             &config,
@@ -102,6 +104,7 @@ impl Host {
             url,
             control_path,
             control_task,
+            db_probe,
         })
     }
 
@@ -131,6 +134,7 @@ impl Host {
         info!("shutting down: stopping HTTP, then draining workers");
         self.http.stop(true).await;
         self.control_task.abort();
+        self.db_probe.abort();
         self.supervisor.send(Shutdown).await?;
         let _ = std::fs::remove_file(&self.control_path);
         info!("stopped");

@@ -150,6 +150,20 @@ impl Store {
             .map(drop))
     }
 
+    /// Pings the database every `every` and exports the verdict as
+    /// `bothost_db_up`, until the returned task is aborted.
+    pub fn spawn_probe(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let up = store.ping().await.is_ok();
+                store.metrics.db_up.set(i64::from(up));
+            }
+        })
+    }
+
     pub async fn create_user(
         &self,
         username: &str,

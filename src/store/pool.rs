@@ -222,6 +222,9 @@ impl PoolGrowth {
 /// store is dropped.
 pub(super) fn spawn_growth(pools: &Arc<Pools>, metrics: HostMetrics, config: &DatabaseConfig) {
     let pools: Weak<Pools> = Arc::downgrade(pools);
+    metrics
+        .db_pool_max_connections
+        .set(i64::try_from(config.pool_max).unwrap_or(i64::MAX));
     let mut growth = PoolGrowth::new(config.pool_grow_window, config.pool_max);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -67,7 +67,12 @@ impl Supervisor {
             .iter()
             .map(|bot| {
                 let memory = config.memory_policy(bot);
-                metrics.register_bot(&bot.name, memory.budget);
+                let endpoints: Vec<String> = config
+                    .endpoints_of(bot)
+                    .iter()
+                    .map(|e| e.name.clone())
+                    .collect();
+                metrics.register_bot(&bot.name, memory.budget, &endpoints);
                 Bot {
                     settings: Arc::new(WorkerSettings {
                         spec: config.spec_of(bot),
@@ -85,11 +90,7 @@ impl Supervisor {
                     waiters: Vec::new(),
                     rss: None,
                     watch: MemoryWatch::default(),
-                    endpoints: config
-                        .endpoints_of(bot)
-                        .iter()
-                        .map(|e| e.name.clone())
-                        .collect(),
+                    endpoints,
                 }
             })
             .collect();
