@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::control::{Client, ControlRequest, ControlResponse};
-use crate::status::StatusReport;
+use crate::view;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +41,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of every bot (memory against budget, leak, restarts,
+    /// turns in flight) and model server, refreshed every second; `q`
+    /// quits. Not on a terminal: one frame, then exit.
+    Top,
     /// One chat turn through the running host; the reply streams to stdout.
     Chat { bot: String, text: String },
     /// Hand bots over to new worker generations without dropping a turn.
@@ -106,15 +110,113 @@ pub async fn user_add(config: &Config, name: &str, admin: bool) -> anyhow::Resul
 /// `bothost status`.
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let mut client = Client::connect(&config.control_socket()).await?;
-    client.send(ControlRequest::Status).await?;
-    match client.next().await? {
-        ControlResponse::Status(report) if json => {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
-        ControlResponse::Status(report) => print!("{}", status_table(&report)),
-        other => anyhow::bail!("unexpected answer from the host: {other:?}"),
+    let report = client.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", view::status_table(&report));
     }
     Ok(())
+}
+
+/// `bothost top`: redraws every second until `q`, Esc or Ctrl-C; prints one
+/// frame when stdout is not a terminal.
+pub async fn top(config: &Config) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let warn = config.supervisor.memory_warn_ratio;
+    let socket = config.control_socket();
+    let mut client = Client::connect(&socket).await?;
+    let clock = || chrono::Local::now().format("%H:%M:%S").to_string();
+    if !std::io::stdout().is_terminal() {
+        let report = client.status().await?;
+        print!("{}", view::top_frame(&report, warn, &clock()));
+        return Ok(());
+    }
+    let _screen = FullScreen::enter()?;
+    let mut client = Some(client);
+    loop {
+        let frame = match client.as_mut() {
+            Some(c) => c
+                .status()
+                .await
+                .map(|r| view::top_frame(&r, warn, &clock()))
+                .map_err(anyhow::Error::from),
+            None => Err(anyhow::anyhow!("not connected")),
+        };
+        let frame = frame.unwrap_or_else(|e| {
+            client = None;
+            format!(
+                "bothost top · {} · the host does not answer: {e:#}\nq quits\n",
+                clock()
+            )
+        });
+        FullScreen::draw(&frame)?;
+        if quit_within(std::time::Duration::from_secs(1))? {
+            return Ok(());
+        }
+        if client.is_none() {
+            client = Client::connect(&socket).await.ok();
+        }
+    }
+}
+
+/// Whether `q`, Esc or Ctrl-C is pressed within `wait`. Blocks the thread:
+/// `top` has nothing else to do meanwhile.
+fn quit_within(wait: std::time::Duration) -> std::io::Result<bool> {
+    use crossterm::event::{self, Event, KeyCode, KeyModifiers};
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || !event::poll(left)? {
+            return Ok(false);
+        }
+        if let Event::Key(key) = event::read()? {
+            let ctrl_c =
+                key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+            if ctrl_c || matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// The terminal in raw mode on the alternate screen, restored however
+/// `top` ends.
+struct FullScreen;
+
+impl FullScreen {
+    fn enter() -> std::io::Result<Self> {
+        crossterm::terminal::enable_raw_mode()?;
+        crossterm::execute!(
+            std::io::stdout(),
+            crossterm::terminal::EnterAlternateScreen,
+            crossterm::cursor::Hide
+        )?;
+        Ok(Self)
+    }
+
+    fn draw(frame: &str) -> std::io::Result<()> {
+        let mut out = std::io::stdout();
+        crossterm::execute!(
+            out,
+            crossterm::cursor::MoveTo(0, 0),
+            crossterm::terminal::Clear(crossterm::terminal::ClearType::All)
+        )?;
+        // Raw mode: a line feed does not return the carriage.
+        out.write_all(frame.replace('\n', "\r\n").as_bytes())?;
+        out.flush()
+    }
+}
+
+impl Drop for FullScreen {
+    fn drop(&mut self) {
+        let _ = crossterm::execute!(
+            std::io::stdout(),
+            crossterm::cursor::Show,
+            crossterm::terminal::LeaveAlternateScreen
+        );
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
 }
 
 /// `bothost chat`: returns whether the turn completed.
@@ -178,87 +280,4 @@ pub async fn restart(config: &Config, bot: Option<String>, rolling: bool) -> any
             other => anyhow::bail!("unexpected answer from the host: {other:?}"),
         }
     }
-}
-
-fn status_table(report: &StatusReport) -> String {
-    let dash = || "-".to_owned();
-    let size = |b: u64| bytesize::ByteSize::b(b).display().si().to_string();
-    let row = |cells: [String; 10]| {
-        format!(
-            "{:<20} {:<10} {:>8} {:>4} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            cells[5],
-            cells[6],
-            cells[7],
-            cells[8],
-            cells[9]
-        )
-    };
-    let mut out = row([
-        "BOT",
-        "STATE",
-        "PID",
-        "GEN",
-        "RSS",
-        "BUDGET",
-        "LEAK/S",
-        "UPTIME",
-        "RESTARTS",
-        "IN-FLIGHT",
-    ]
-    .map(str::to_owned));
-    for b in &report.bots {
-        let warn = if b.memory_warning { " !" } else { "" };
-        out.push_str(&row([
-            b.name.clone(),
-            b.state.as_str().to_owned(),
-            b.pid.map_or_else(dash, |p| p.to_string()),
-            b.generation.to_string(),
-            b.rss_bytes
-                .map_or_else(dash, |r| format!("{}{warn}", size(r))),
-            size(b.budget_bytes),
-            size(b.leak_slope_bytes_per_second.max(0.0) as u64),
-            b.uptime_seconds.map_or_else(dash, |s| {
-                humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
-            }),
-            b.restarts.to_string(),
-            b.in_flight.to_string(),
-        ]));
-        if let Some(g) = b.pending_generation {
-            out.push_str(&format!("{:<20} handing over to generation {g}\n", ""));
-        }
-        if let Some(why) = &b.last_failure {
-            out.push_str(&format!("{:<20} last failure: {why}\n", ""));
-        }
-        if b.model_present == Some(false) {
-            out.push_str(&format!(
-                "{:<20} model {} is on none of its model servers that are up\n",
-                "", b.model
-            ));
-        }
-    }
-    if let Some(rss) = report.host_rss_bytes {
-        out.push_str(&format!("host RSS {}\n", size(rss)));
-    }
-    for e in &report.inference {
-        let state = match (e.checked, e.up) {
-            (false, _) => "unchecked".to_owned(),
-            (true, true) => format!("up ({} models)", e.models.len()),
-            (true, false) => format!("down: {}", e.error.as_deref().unwrap_or("")),
-        };
-        let supervised = e
-            .pid
-            .map(|pid| format!(", supervised pid {pid}, {} restarts", e.restarts))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "inference {} ({}): {state}{supervised}\n",
-            e.name,
-            e.kind.as_str()
-        ));
-    }
-    out
 }

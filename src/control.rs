@@ -260,6 +260,15 @@ impl Client {
         }
     }
 
+    /// The host's status report.
+    pub async fn status(&mut self) -> Result<StatusReport, ClientError> {
+        self.send(ControlRequest::Status).await?;
+        match self.next().await? {
+            ControlResponse::Status(report) => Ok(report),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Whether a host answers on `path`: used to refuse a second host on the
     /// same runtime directory.
     pub async fn is_listening(path: &Path) -> bool {

@@ -20,5 +20,6 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod turn;
+pub mod view;
 pub mod web;
 pub mod worker;

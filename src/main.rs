@@ -37,6 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 action: UserAction::Add { name, admin },
             } => cli::user_add(&config, &name, admin).await.map(|()| true),
             Command::Status { json } => cli::status(&config, json).await.map(|()| true),
+            Command::Top => cli::top(&config).await.map(|()| true),
             Command::Chat { bot, text } => cli::chat(&config, bot, text).await,
             Command::Restart { bot, rolling, .. } => cli::restart(&config, bot, rolling).await,
         }

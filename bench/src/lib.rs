@@ -6,8 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::bail;
-use bothost::control::{Client, ControlRequest, ControlResponse};
 use bothost::status::StatusReport;
 pub use bothost_testkit::{bench_database_url, HostProcess, PgSchema};
 
@@ -42,16 +40,7 @@ pub fn start_host(supervisor_keys: &str, tables: &str) -> anyhow::Result<HostPro
 
 /// The running host's status, through its control socket.
 pub async fn host_status(host: &HostProcess) -> anyhow::Result<StatusReport> {
-    status(&mut host.control().await?).await
-}
-
-/// One status report over an open control connection.
-pub async fn status(client: &mut Client) -> anyhow::Result<StatusReport> {
-    client.send(ControlRequest::Status).await?;
-    match client.next().await? {
-        ControlResponse::Status(report) => Ok(report),
-        other => bail!("unexpected {other:?}"),
-    }
+    Ok(host.control().await?.status().await?)
 }
 
 /// Latency summary of one run.

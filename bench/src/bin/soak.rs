@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bothost::control::Client;
-use bothost_bench::{mib, start_host, status};
+use bothost_bench::{mib, start_host};
 
 const CONNECTIONS_PER_BOT: usize = 2;
 
@@ -115,7 +115,7 @@ async fn soak(
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let t = started.elapsed();
-        let report = status(&mut status_client).await?;
+        let report = status_client.status().await?;
         let done = counters.completed.load(Ordering::Relaxed);
         let host_rss = report.host_rss_bytes.unwrap_or(0);
         print!("{:.0},{host_rss}", t.as_secs_f64());
