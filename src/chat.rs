@@ -27,6 +27,7 @@ use bot_worker::{ChatMessage, Role};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::store::{Conversation, Message, MessageRole, NewReply, ReplyStatus, Store, StoreError};
 use crate::supervisor::{start_turn, Supervisor};
@@ -229,17 +230,17 @@ impl Chats {
 /// A reply the user has seen must not be lost to a brief database hiccup:
 /// a few retries before giving up.
 async fn store_reply(store: &Store, reply: NewReply<'_>) -> Result<Message, StoreError> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     let mut attempt = 1;
     loop {
         match store.append_reply(reply.clone()).await {
             Err(StoreError::Unavailable(why)) if attempt < 4 => {
+                let delay = backoff.next_delay();
                 warn!(
                     attempt,
                     "storing a reply failed ({why}); retrying in {delay:?}"
                 );
                 tokio::time::sleep(delay).await;
-                delay *= 2;
                 attempt += 1;
             }
             other => return other,
