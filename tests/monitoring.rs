@@ -347,6 +347,25 @@ fn dashboards_are_valid_provisioning_json_with_a_query_in_every_panel() {
     );
 }
 
+/// The `bothost` metric and recording-rule names an expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("bothost") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        // `job="bothost"` is a label value, not a name.
+        if name.starts_with("bothost_") || name.starts_with("bothost:") {
+            names.push(name.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
 /// Runs `query` on Prometheus; the result vector (panics if it does not
 /// parse).
 fn query(c: &reqwest::blocking::Client, prom: &str, query: &str) -> Vec<Value> {
@@ -526,6 +545,31 @@ model = \"m\"
             ),
             "{name}: runbook_url {runbook:?} is not a playbooks/*.md file"
         );
+    }
+
+    // No typo in a metric name: every series a rule reads exists on this
+    // host, and every recording rule it reads is defined.
+    let recorded: BTreeSet<&str> = rules
+        .iter()
+        .filter(|r| r["type"] == "recording")
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    let exported: BTreeSet<String> = rules
+        .iter()
+        .flat_map(|r| metric_names(r["query"].as_str().unwrap()))
+        .collect();
+    for name in &exported {
+        if name.contains(':') {
+            assert!(
+                recorded.contains(name.as_str()),
+                "{name} is read but never recorded"
+            );
+        } else {
+            eventually(&format!("series {name}"), Duration::from_secs(30), || {
+                (!query(&c, &prom, name).is_empty()).then_some(())
+            })
+            .unwrap_or_else(|e| panic!("{e}: a rule reads {name}, which the host does not export"));
+        }
     }
 
     // Every dashboard query returns data from this host.
