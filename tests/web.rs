@@ -628,3 +628,53 @@ fn https_with_a_configured_certificate() {
         "no plain HTTP"
     );
 }
+
+/// What the OpenAPI document promises about edges: a known path with a
+/// method it does not serve is 405 with `Allow`; a page size out of range
+/// is 400; unknown fields are refused; a plain GET of the WebSocket is told
+/// to upgrade. (Schemathesis checks the whole document in
+/// tests/openapi_contract.rs.)
+#[test]
+fn the_edges_the_openapi_document_promises() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let c = client();
+    let trace = c
+        .request(
+            reqwest::Method::TRACE,
+            format!("{}/api/v1/conversations", host.url),
+        )
+        .bearer_auth(&alice.token)
+        .send()
+        .unwrap();
+    assert_eq!(trace.status(), 405);
+    assert_eq!(trace.headers()["allow"], "POST, GET");
+    let body: Value = trace.json().unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+
+    for limit in ["0", "101"] {
+        let res = alice.get(&format!("/api/v1/conversations?limit={limit}"));
+        assert_eq!(res.status(), 400, "limit={limit}");
+    }
+    assert_eq!(alice.get("/api/v1/conversations?limit=100").status(), 200);
+
+    let extra = alice.post(
+        "/api/v1/conversations",
+        serde_json::json!({"bot": "fast", "colour": "blue"}),
+    );
+    assert_eq!(extra.status(), 400);
+
+    let plain = alice.get("/api/v1/ws");
+    assert_eq!(plain.status(), 426);
+    assert_eq!(plain.headers()["upgrade"], "websocket");
+    let body: Value = plain.json().unwrap();
+    assert_eq!(body["error"]["code"], "not_websocket");
+
+    // The served document names this host's bots.
+    let doc: Value = alice.get("/api/v1/openapi.json").json().unwrap();
+    assert_eq!(
+        doc["paths"]["/api/v1/conversations"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"]["bot"]["enum"],
+        serde_json::json!(["fast", "slow"])
+    );
+}

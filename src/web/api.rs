@@ -25,6 +25,11 @@ macro_rules! api_routes {
 
         pub fn $register(cfg: &mut web::ServiceConfig) {
             $(cfg.route($path, web::$method().to($handler));)*
+            // Registered after every route: a known path asked with a
+            // method it does not serve.
+            for (path, allow) in allowed_methods($table) {
+                cfg.route(path, web::route().to(move || method_not_allowed(allow.clone())));
+            }
         }
     };
 }
@@ -179,10 +184,56 @@ async fn create_conversation(
     Ok(HttpResponse::Created().json(conv))
 }
 
+/// Each path of `routes` with the methods it serves, as an `Allow` header
+/// value (`GET, POST`), in the table's order.
+fn allowed_methods(routes: &[(&str, &'static str)]) -> Vec<(&'static str, String)> {
+    let mut paths: Vec<(&'static str, Vec<String>)> = Vec::new();
+    for &(method, path) in routes {
+        let method = method.to_ascii_uppercase();
+        match paths.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, methods)) => methods.push(method),
+            None => paths.push((path, vec![method])),
+        }
+    }
+    paths
+        .into_iter()
+        .map(|(path, methods)| (path, methods.join(", ")))
+        .collect()
+}
+
+async fn method_not_allowed(allow: String) -> HttpResponse {
+    let e = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this path answers {allow}"),
+    );
+    let mut response = actix_web::ResponseError::error_response(&e);
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    response
+}
+
 #[derive(Deserialize)]
 struct Page {
     before: Option<i64>,
     limit: Option<u32>,
+}
+
+impl Page {
+    /// How many to return: 50 unless asked, never more than [`MAX_PAGE`].
+    fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be 1 to {MAX_PAGE}, not {n}"),
+            )),
+        }
+    }
 }
 
 async fn conversations(
@@ -190,10 +241,7 @@ async fn conversations(
     user: AuthUser,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
-    let list = state
-        .store
-        .conversations(user.id, page.limit.unwrap_or(50))
-        .await?;
+    let list = state.store.conversations(user.id, page.limit()?).await?;
     Ok(HttpResponse::Ok().json(list))
 }
 
@@ -214,8 +262,10 @@ async fn history(
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
     let conv = owned(&state, &user, *id).await?;
-    let limit = page.limit.unwrap_or(50).min(MAX_PAGE);
-    let messages = state.store.history(conv.id, page.before, limit).await?;
+    let messages = state
+        .store
+        .history(conv.id, page.before, page.limit()?)
+        .await?;
     Ok(HttpResponse::Ok().json(messages))
 }
 
@@ -338,10 +388,42 @@ async fn admin_restart_all(
     Ok(HttpResponse::Ok().json(json!({"results": results, "failed": failed})))
 }
 
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(include_str!("../../web/openapi.json"))
+/// The OpenAPI document, with this host's bot names as the values a `bot`
+/// (and an admin's bot `name`) may take, so a client or a tester that
+/// reads it can start a conversation that exists.
+async fn openapi(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut bots: Vec<&str> = state.history_windows.keys().map(String::as_str).collect();
+    bots.sort_unstable();
+    let doc = openapi_for(&bots, state.limits.config.max_message_chars).map_err(|e| {
+        tracing::error!("the embedded OpenAPI document is not JSON: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the API document is broken",
+        )
+    })?;
+    Ok(HttpResponse::Ok().json(doc))
+}
+
+fn openapi_for(
+    bots: &[&str],
+    max_message_chars: usize,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut doc: serde_json::Value = serde_json::from_str(include_str!("../../web/openapi.json"))?;
+    let paths = &mut doc["paths"];
+    paths["/api/v1/conversations/{id}/messages"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["content"]["maxLength"] =
+        json!(max_message_chars);
+    paths["/api/v1/conversations"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["properties"]["bot"]["enum"] = json!(bots);
+    if let Some(params) =
+        paths["/api/v1/admin/bots/{name}/restart"]["post"]["parameters"].as_array_mut()
+    {
+        for param in params.iter_mut().filter(|p| p["name"] == "name") {
+            param["schema"]["enum"] = json!(bots);
+        }
+    }
+    Ok(doc)
 }
 
 #[cfg(test)]
@@ -384,6 +466,22 @@ mod tests {
             .map(|s| s.as_str())
             .collect();
         assert_eq!(documented, &serde_json::json!(states));
+    }
+
+    #[test]
+    fn the_served_document_names_this_hosts_bots() {
+        let doc = openapi_for(&["alpha", "beta"], 4000).unwrap();
+        let paths = &doc["paths"];
+        assert_eq!(
+            paths["/api/v1/conversations"]["post"]["requestBody"]["content"]["application/json"]
+                ["schema"]["properties"]["bot"]["enum"],
+            json!(["alpha", "beta"])
+        );
+        let name = &paths["/api/v1/admin/bots/{name}/restart"]["post"]["parameters"][0];
+        assert_eq!(name["schema"]["enum"], json!(["alpha", "beta"]));
+        let send = &paths["/api/v1/conversations/{id}/messages"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"];
+        assert_eq!(send["content"]["maxLength"], 4000);
     }
 
     #[test]

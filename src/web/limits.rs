@@ -53,13 +53,17 @@ impl Limits {
     /// Checks a message before anything is stored: a usable client id, some
     /// text, and no more than `max_message_chars`.
     pub fn check_message(&self, client_msg_id: &str, content: &str) -> Result<(), ApiError> {
-        if client_msg_id.is_empty() || client_msg_id.len() > 64 {
+        if client_msg_id.is_empty() || client_msg_id.chars().count() > 64 {
             return Err(ApiError::bad_request(
                 "invalid_client_msg_id",
                 "client_msg_id must be 1 to 64 characters",
             ));
         }
-        if content.trim().is_empty() {
+        // The OpenAPI document states this rule as the pattern `[^ \t\n\r]`.
+        if content
+            .chars()
+            .all(|c| matches!(c, ' ' | '\t' | '\n' | '\r'))
+        {
             return Err(ApiError::bad_request(
                 "empty_message",
                 "the message is empty",

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use actix::prelude::*;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -116,6 +116,20 @@ pub async fn connect(
         turns: HashMap::new(),
         status_task: None,
     };
+    // A plain GET is told to upgrade (426), in the API's JSON error shape.
+    if let Err(e) = ws::handshake(&req) {
+        let mut response = ApiError::new(
+            actix_web::http::StatusCode::UPGRADE_REQUIRED,
+            "not_websocket",
+            format!("this endpoint speaks WebSocket: {e}"),
+        )
+        .error_response();
+        response.headers_mut().insert(
+            actix_web::http::header::UPGRADE,
+            actix_web::http::header::HeaderValue::from_static("websocket"),
+        );
+        return Ok(response);
+    }
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(CODEC_MAX_FRAME)
         .start()
