@@ -5,6 +5,7 @@
 //! other commands reach a running host.
 
 pub mod backoff;
+pub mod cgroup;
 pub mod chat;
 pub mod cli;
 pub mod config;

@@ -46,9 +46,12 @@ impl Sampler {
         })
     }
 
-    pub fn sample(&mut self, worker_pids: &[u32]) -> Sample {
+    /// Reads `worker_pids`, and the host too when `host` is set.
+    pub fn sample(&mut self, worker_pids: &[u32], host: bool) -> Sample {
         let mut pids: Vec<Pid> = worker_pids.iter().copied().map(Pid::from_u32).collect();
-        pids.push(self.host);
+        if host {
+            pids.push(self.host);
+        }
         self.system.refresh_processes_specifics(
             ProcessesToUpdate::Some(&pids),
             true,
@@ -60,13 +63,30 @@ impl Sampler {
                 .iter()
                 .filter_map(|&pid| Some((pid, rss(Pid::from_u32(pid))?)))
                 .collect(),
-            host: rss(self.host),
+            host: if host { rss(self.host) } else { None },
         }
     }
 }
 
 /// Slices of the leak window whose minimums make the floor series.
 pub const BUCKETS: usize = 5;
+
+/// How often a worker above its warning line is read.
+pub const NEAR_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a worker above [`CLOSE_RATIO`] of its budget is read.
+pub const CLOSE_INTERVAL: Duration = Duration::from_millis(50);
+pub const CLOSE_RATIO: f64 = 0.95;
+/// A worker at this multiple of its budget is killed at once: the user-space
+/// ceiling, for a runaway that a handover (which lets the old generation
+/// finish its turns) would not stop.
+pub const CEILING_RATIO: f64 = 1.05;
+/// Where the kernel stops a worker (its cgroup's limit), when it can: the
+/// bound no sampling interval can miss.
+pub const KERNEL_CEILING_RATIO: f64 = 1.10;
+/// Readings this recent make the short-term slope a prediction is made from.
+const RECENT: Duration = Duration::from_secs(1);
+/// Until a generation's own start-up time is known.
+const DEFAULT_LEAD: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryPolicy {
@@ -84,6 +104,12 @@ pub struct MemoryPolicy {
 /// What a reading calls for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Action {
+    /// At [`CEILING_RATIO`] of the budget: kill now, whatever it is doing.
+    Ceiling { rss: u64 },
+    /// Rising fast enough to cross the budget within the time a handover
+    /// takes: start the next generation now, so it serves before the
+    /// crossing.
+    Approaching { rss: u64, slope: f64, eta: Duration },
     /// Over budget for `over_budget_samples` readings in a row.
     OverBudget { rss: u64 },
     /// The floor is rising steadily and would reach the budget within the
@@ -107,14 +133,57 @@ pub struct Reading {
 pub struct MemoryWatch {
     /// (age of the generation, RSS) inside the leak window, after warm-up.
     samples: VecDeque<(Duration, u64)>,
+    /// The readings of the last [`RECENT`], for the short-term slope.
+    recent: VecDeque<(Duration, u64)>,
     over_budget_run: u32,
     above_warning: bool,
     slope: f64,
+    last: Option<u64>,
+    /// How long a handover takes for this bot: the time to predict over.
+    lead: Option<Duration>,
 }
 
 impl MemoryWatch {
+    /// How long until this worker should be read again: `normal` below its
+    /// warning line, more often as it nears its budget.
+    pub fn next_interval(&self, policy: &MemoryPolicy, normal: Duration) -> Duration {
+        let Some(rss) = self.last else {
+            return normal;
+        };
+        let share = rss as f64 / policy.budget.max(1) as f64;
+        if share >= CLOSE_RATIO {
+            CLOSE_INTERVAL.min(normal)
+        } else if share >= policy.warn_ratio {
+            NEAR_INTERVAL.min(normal)
+        } else {
+            normal
+        }
+    }
+
+    /// Sets the time a prediction looks ahead from the generation's start-up
+    /// time: twice that (a handover starts a generation and switches to
+    /// it), plus two close readings and a margin.
+    pub fn set_startup(&mut self, startup: Duration) {
+        self.lead = Some(startup * 2 + CLOSE_INTERVAL * 2 + Duration::from_millis(200));
+    }
+
     /// Records one reading taken `age` after the generation became ready.
     pub fn observe(&mut self, policy: &MemoryPolicy, age: Duration, rss: u64) -> Reading {
+        self.last = Some(rss);
+        self.recent.push_back((age, rss));
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(t, _)| age.saturating_sub(t) > RECENT)
+        {
+            self.recent.pop_front();
+        }
+        if rss as f64 >= policy.budget as f64 * CEILING_RATIO {
+            return Reading {
+                warning_crossed: !self.above_warning,
+                action: Some(Action::Ceiling { rss }),
+            };
+        }
         let warn_line = (policy.budget as f64 * policy.warn_ratio) as u64;
         let was_above = self.above_warning;
         self.above_warning = rss >= warn_line;
@@ -138,6 +207,8 @@ impl MemoryWatch {
 
         let action = if self.over_budget_run >= policy.over_budget_samples {
             Some(Action::OverBudget { rss })
+        } else if let Some(approaching) = self.approaching(policy, rss) {
+            Some(approaching)
         } else {
             trend.and_then(|t| leak(policy, &t, rss))
         };
@@ -145,6 +216,33 @@ impl MemoryWatch {
             warning_crossed: self.above_warning && !was_above,
             action,
         }
+    }
+
+    /// Above the warning line and, at the slope of the last second, over
+    /// the budget within the lead time.
+    fn approaching(&self, policy: &MemoryPolicy, rss: u64) -> Option<Action> {
+        if !self.above_warning || rss > policy.budget {
+            return None;
+        }
+        let (first, last) = (self.recent.front()?.0, self.recent.back()?.0);
+        if self.recent.len() < 3 || last.saturating_sub(first) < CLOSE_INTERVAL * 3 {
+            return None;
+        }
+        let points: Vec<(f64, f64)> = self
+            .recent
+            .iter()
+            .map(|&(t, r)| (t.as_secs_f64(), r as f64))
+            .collect();
+        let slope = least_squares_slope(&points);
+        if slope <= 0.0 {
+            return None;
+        }
+        let eta = Duration::from_secs_f64((policy.budget - rss) as f64 / slope);
+        (eta <= self.lead.unwrap_or(DEFAULT_LEAD)).then_some(Action::Approaching {
+            rss,
+            slope,
+            eta,
+        })
     }
 
     /// Fitted slope of the floor in bytes per second (0 until known).
@@ -329,6 +427,71 @@ mod tests {
         );
     }
 
+    /// 5 MB/s read as the Supervisor reads it: every `normal` below the
+    /// warning line, faster above it. Returns (time, action).
+    fn adaptive(mb_per_sec: u64, normal: Duration) -> (Duration, Action) {
+        let p = policy();
+        let mut w = MemoryWatch::default();
+        w.set_startup(Duration::from_millis(10));
+        let mut t = Duration::ZERO;
+        loop {
+            let rss = 10 * MB + (t.as_secs_f64() * (mb_per_sec * MB) as f64) as u64;
+            if let Some(a) = w.observe(&p, t, rss).action {
+                return (t, a);
+            }
+            t += w.next_interval(&p, normal);
+            assert!(t < Duration::from_secs(600), "never acted");
+        }
+    }
+
+    #[test]
+    fn a_fast_leak_is_handed_over_before_it_crosses_the_budget() {
+        let (t, action) = adaptive(5, Duration::from_secs(5));
+        let Action::Approaching { rss, eta, .. } = action else {
+            panic!("{action:?} at {t:?}")
+        };
+        assert!(rss < 100 * MB, "{rss}");
+        assert!(eta < Duration::from_secs(1), "{eta:?}");
+        assert!(t > Duration::from_secs(16), "not before it is close: {t:?}");
+    }
+
+    #[test]
+    fn sampling_speeds_up_near_the_budget() {
+        let p = policy();
+        let mut w = MemoryWatch::default();
+        let normal = Duration::from_secs(5);
+        assert_eq!(w.next_interval(&p, normal), normal);
+        w.observe(&p, Duration::ZERO, 50 * MB);
+        assert_eq!(w.next_interval(&p, normal), normal);
+        w.observe(&p, Duration::from_secs(5), 85 * MB);
+        assert_eq!(w.next_interval(&p, normal), NEAR_INTERVAL);
+        w.observe(&p, Duration::from_secs(6), 96 * MB);
+        assert_eq!(w.next_interval(&p, normal), CLOSE_INTERVAL);
+    }
+
+    #[test]
+    fn a_runaway_past_the_ceiling_is_killed_at_once() {
+        let p = policy();
+        let mut w = MemoryWatch::default();
+        w.observe(&p, Duration::ZERO, 50 * MB);
+        let r = w.observe(&p, Duration::from_millis(50), 106 * MB);
+        assert_eq!(r.action, Some(Action::Ceiling { rss: 106 * MB }));
+    }
+
+    #[test]
+    fn a_high_but_flat_worker_is_not_predicted_over() {
+        let p = policy();
+        let mut w = MemoryWatch::default();
+        for i in 0..40u64 {
+            let r = w.observe(
+                &p,
+                Duration::from_millis(50 * i),
+                97 * MB + (i % 3) * 10_000,
+            );
+            assert_eq!(r.action, None, "at {i}");
+        }
+    }
+
     #[test]
     fn the_warning_is_raised_once_per_crossing() {
         let p = policy();
@@ -351,11 +514,14 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        let sample = Sampler::new().unwrap().sample(&[pid, u32::MAX - 1]);
+        let mut sampler = Sampler::new().unwrap();
+        let sample = sampler.sample(&[pid, u32::MAX - 1], true);
+        let workers_only = sampler.sample(&[pid], false);
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(sample.workers[&pid] > 0);
         assert!(!sample.workers.contains_key(&(u32::MAX - 1)));
         assert!(sample.host.unwrap() > 1024 * 1024, "{:?}", sample.host);
+        assert_eq!(workers_only.host, None);
     }
 }

@@ -25,6 +25,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
+use crate::cgroup::Ceilings;
 use crate::chat::Chats;
 use crate::config::{Config, TlsConfig};
 use crate::control;
@@ -149,7 +150,7 @@ impl Host {
 fn start_supervisor(config: &Config, metrics: &Metrics) -> anyhow::Result<Addr<Supervisor>> {
     let sampler = Sampler::new().context("cannot read process memory (sysinfo)")?;
     let rechecks = inference::Rechecks::new(&config.inference);
-    let supervisor = Supervisor::new(config, metrics.clone(), sampler)
+    let supervisor = Supervisor::new(config, metrics.clone(), sampler, Ceilings::detect())
         .with_rechecks(rechecks.clone())
         .start();
     inference::start(

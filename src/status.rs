@@ -157,6 +157,10 @@ pub struct BotStatus {
 pub struct StatusReport {
     pub bots: Vec<BotStatus>,
     pub host_rss_bytes: Option<u64>,
+    /// How workers' memory ceilings are enforced: by the kernel (a cgroup
+    /// per worker) or by the Supervisor alone, and why.
+    #[serde(default)]
+    pub memory_enforcement: String,
     /// Every `[[inference]]` endpoint, in configuration order.
     #[serde(default)]
     pub inference: Vec<EndpointStatus>,

@@ -90,6 +90,9 @@ pub fn status_table(report: &StatusReport) -> String {
     if let Some(rss) = report.host_rss_bytes {
         out.push_str(&format!("host RSS {}\n", size(rss)));
     }
+    if !report.memory_enforcement.is_empty() {
+        out.push_str(&format!("memory ceiling: {}\n", report.memory_enforcement));
+    }
     for e in &report.inference {
         out.push_str(&format!("inference {}\n", endpoint_line(e)));
     }
@@ -218,6 +221,7 @@ mod tests {
                 bot("leaky", None, 20_000_000),
             ],
             host_rss_bytes: Some(12_300_000),
+            memory_enforcement: String::new(),
             inference: vec![endpoint],
         };
         let frame = top_frame(&report, 0.8, "12:00:00");

@@ -673,8 +673,8 @@ fn the_edges_the_openapi_document_promises() {
     // The served document names this host's bots.
     let doc: Value = alice.get("/api/v1/openapi.json").json().unwrap();
     assert_eq!(
-        doc["paths"]["/api/v1/conversations"]["post"]["requestBody"]["content"]
-            ["application/json"]["schema"]["properties"]["bot"]["enum"],
+        doc["paths"]["/api/v1/conversations"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["bot"]["enum"],
         serde_json::json!(["fast", "slow"])
     );
 }

@@ -73,6 +73,10 @@ pub struct BuiltinSpec {
     pub fail_rate: f64,
     /// Bytes allocated, touched and never freed per turn: a real leak.
     pub leak_per_message: u64,
+    /// Bytes allocated and kept per streamed token: a runaway inside one
+    /// turn (a long reply at a short token delay grows fast).
+    #[serde(default)]
+    pub leak_per_token: u64,
     /// Upper bound on tokens per reply (0 means no bound).
     pub max_tokens: u32,
 }

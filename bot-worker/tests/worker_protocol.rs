@@ -29,6 +29,7 @@ fn spec(token_delay_ms: u64) -> BotSpec {
             token_delay_ms,
             fail_rate: 0.0,
             leak_per_message: 0,
+            leak_per_token: 0,
             max_tokens: 0,
         }),
     }

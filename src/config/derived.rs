@@ -58,6 +58,7 @@ impl Config {
                     token_delay_ms: millis(bot.builtin.token_delay),
                     fail_rate: bot.builtin.fail_rate,
                     leak_per_message: bot.builtin.leak_per_message.as_u64(),
+                    leak_per_token: bot.builtin.leak_per_token.as_u64(),
                     max_tokens: bot.builtin.max_tokens,
                 }),
                 EngineKind::Ollama => EngineSpec::Ollama(remote()),

@@ -403,6 +403,7 @@ pub struct BuiltinConfig {
     pub token_delay: Duration,
     pub fail_rate: f64,
     pub leak_per_message: ByteSize,
+    pub leak_per_token: ByteSize,
     /// 0: no cap.
     pub max_tokens: u32,
 }
@@ -413,6 +414,7 @@ impl Default for BuiltinConfig {
             token_delay: Duration::from_millis(20),
             fail_rate: 0.0,
             leak_per_message: ByteSize::b(0),
+            leak_per_token: ByteSize::b(0),
             max_tokens: 0,
         }
     }

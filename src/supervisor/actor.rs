@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::{broadcast, oneshot};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::bot::Bot;
 use super::endpoints::Endpoints;
@@ -25,6 +25,7 @@ use super::messages::{
 };
 use super::policy::CrashPolicy;
 use crate::backoff::Backoff;
+use crate::cgroup::Ceilings;
 use crate::config::Config;
 use crate::inference::{EndpointChecked, Rechecks};
 use crate::memory::{self, MemoryWatch, Sampler};
@@ -35,7 +36,7 @@ use crate::status::{
 };
 use crate::turn::{CancelTurn, ErrorCode, TurnError};
 use crate::worker::{
-    Drain, SetEndpointsDown, StartTurn, WorkerEvent, WorkerHandle, WorkerSettings,
+    Cause, Drain, Kill, SetEndpointsDown, StartTurn, WorkerEvent, WorkerHandle, WorkerSettings,
 };
 
 pub struct Supervisor {
@@ -44,6 +45,10 @@ pub struct Supervisor {
     sample_interval: Duration,
     sampler: Sampler,
     host_rss: Option<u64>,
+    /// When the host's own RSS is read next.
+    host_next: Instant,
+    /// How a worker's memory ceiling is enforced here, in words.
+    enforcement: String,
     rolling: bool,
     shutting_down: bool,
     settle_waiters: Vec<oneshot::Sender<()>>,
@@ -55,7 +60,9 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// `config` must have been validated (as `Config::load` does).
-    pub fn new(config: &Config, metrics: Metrics, sampler: Sampler) -> Self {
+    pub fn new(config: &Config, metrics: Metrics, sampler: Sampler, ceilings: Ceilings) -> Self {
+        let enforcement = ceilings.describe();
+        let ceilings = Arc::new(ceilings);
         let s = &config.supervisor;
         let policy = CrashPolicy {
             backoff: Backoff::new(s.backoff_initial, s.backoff_max),
@@ -83,6 +90,8 @@ impl Supervisor {
                         heartbeat_timeout: s.heartbeat_timeout,
                         drain_timeout: s.drain_timeout,
                         stop_grace: s.stop_grace,
+                        ceilings: Arc::clone(&ceilings),
+                        memory_limit: (memory.budget as f64 * memory::KERNEL_CEILING_RATIO) as u64,
                     }),
                     memory,
                     life: Lifecycle::new(&bot.name, policy.clone()),
@@ -90,6 +99,8 @@ impl Supervisor {
                     waiters: Vec::new(),
                     rss: None,
                     watch: MemoryWatch::default(),
+                    next_sample: Instant::now(),
+                    pids: HashMap::new(),
                     endpoints,
                 }
             })
@@ -100,6 +111,8 @@ impl Supervisor {
             sample_interval: s.sample_interval,
             sampler,
             host_rss: None,
+            host_next: Instant::now(),
+            enforcement,
             rolling: false,
             shutting_down: false,
             settle_waiters: Vec::new(),
@@ -149,6 +162,11 @@ impl Supervisor {
                 }
                 Action::TookOver(generation) => {
                     bot.watch = MemoryWatch::default();
+                    if let Some(g) = bot.life.current() {
+                        bot.watch.set_startup(g.ready_at.duration_since(g.spawned));
+                    }
+                    // Its first reading need not wait a whole interval.
+                    bot.next_sample = Instant::now();
                     bot.rss = None;
                     self.metrics
                         .worker_generation
@@ -226,80 +244,132 @@ impl Supervisor {
         }
     }
 
+    /// Runs every [`memory::CLOSE_INTERVAL`]: reads the workers that are
+    /// due (each at its own pace, faster as it nears its budget), every
+    /// draining generation (a runaway may go on in a turn it finishes), and
+    /// the host every `sample_interval`.
     fn sample_memory(&mut self, ctx: &mut Context<Self>) {
-        let pids: Vec<u32> = self
-            .bots
-            .iter()
-            .filter_map(|b| b.life.current().map(|g| g.pid))
-            .collect();
-        let sample = self.sampler.sample(&pids);
-        self.host_rss = sample.host;
-        if let Some(rss) = sample.host {
-            self.metrics.host_rss_bytes.set(clamp_i64(rss));
+        let now = Instant::now();
+        let host_due = now >= self.host_next;
+        // (bot, generation, pid, serving)
+        let mut due = Vec::new();
+        for (idx, bot) in self.bots.iter().enumerate() {
+            let serving = bot.life.current().map(|g| g.number);
+            for (&generation, &pid) in &bot.pids {
+                let is_current = Some(generation) == serving;
+                if !is_current || now >= bot.next_sample {
+                    due.push((idx, generation, pid, is_current));
+                }
+            }
         }
-        for idx in 0..self.bots.len() {
-            let bot = &mut self.bots[idx];
-            let Some(serving) = bot.life.current().copied() else {
+        if due.is_empty() && !host_due {
+            return;
+        }
+        let pids: Vec<u32> = due.iter().map(|d| d.2).collect();
+        let sample = self.sampler.sample(&pids, host_due);
+        if host_due {
+            self.host_next = now + self.sample_interval;
+            self.host_rss = sample.host;
+            if let Some(rss) = sample.host {
+                self.metrics.host_rss_bytes.set(clamp_i64(rss));
+            }
+        }
+        for (idx, generation, pid, is_current) in due {
+            let Some(&rss) = sample.workers.get(&pid) else {
                 continue;
             };
-            let Some(&rss) = sample.workers.get(&serving.pid) else {
-                continue;
-            };
-            bot.rss = Some(rss);
-            let reading = bot
-                .watch
-                .observe(&bot.memory, serving.ready_at.elapsed(), rss);
-            let name = &bot.settings.spec.name;
-            self.metrics
-                .worker_rss_bytes
-                .with_label_values(&[name])
-                .set(clamp_i64(rss));
-            self.metrics
-                .worker_leak_slope
-                .with_label_values(&[name])
-                .set(bot.watch.slope());
-            self.metrics
-                .worker_memory_warning
-                .with_label_values(&[name])
-                .set(i64::from(bot.watch.above_warning()));
-            let budget = bot.memory.budget;
-            if reading.warning_crossed {
-                warn!(
-                    bot = %name, rss, budget,
-                    "memory above {:.0}% of budget: {} of {}",
-                    bot.memory.warn_ratio * 100.0, mb(rss), mb(budget)
-                );
+            if is_current {
+                self.observe_current(idx, rss, now, ctx);
+            } else if rss as f64 >= self.bots[idx].memory.budget as f64 * memory::CEILING_RATIO {
+                self.kill_over_ceiling(idx, generation, rss);
             }
-            let Some(action) = reading.action else {
-                continue;
-            };
-            let reason = match action {
-                memory::Action::OverBudget { .. } => RestartReason::Memory,
-                memory::Action::Leak { .. } => RestartReason::Leak,
-            };
-            let actions = bot.life.auto_restart(reason, Instant::now());
-            if actions.is_empty() {
-                continue; // a handover is under way, or cooling after a failed one
+        }
+    }
+
+    /// Judges a reading of bot `idx`'s serving generation and acts on it.
+    fn observe_current(&mut self, idx: usize, rss: u64, now: Instant, ctx: &mut Context<Self>) {
+        let bot = &mut self.bots[idx];
+        let Some(serving) = bot.life.current().copied() else {
+            return;
+        };
+        bot.rss = Some(rss);
+        let reading = bot
+            .watch
+            .observe(&bot.memory, serving.ready_at.elapsed(), rss);
+        bot.next_sample = now + bot.watch.next_interval(&bot.memory, self.sample_interval);
+        let name = &bot.settings.spec.name;
+        self.metrics
+            .worker_rss_bytes
+            .with_label_values(&[name])
+            .set(clamp_i64(rss));
+        self.metrics
+            .worker_leak_slope
+            .with_label_values(&[name])
+            .set(bot.watch.slope());
+        self.metrics
+            .worker_memory_warning
+            .with_label_values(&[name])
+            .set(i64::from(bot.watch.above_warning()));
+        let budget = bot.memory.budget;
+        if reading.warning_crossed {
+            warn!(
+                bot = %name, rss, budget,
+                "memory above {:.0}% of budget: {} of {}",
+                bot.memory.warn_ratio * 100.0, mb(rss), mb(budget)
+            );
+        }
+        let reason = match reading.action {
+            None => return,
+            Some(memory::Action::Ceiling { rss }) => {
+                return self.kill_over_ceiling(idx, serving.number, rss);
             }
-            match action {
-                memory::Action::OverBudget { rss } => warn!(
-                    bot = %name, rss, budget,
-                    "over budget: {} > {} for {} readings; replacing the worker",
-                    mb(rss), mb(budget), bot.memory.over_budget_samples
-                ),
-                memory::Action::Leak {
-                    rss,
-                    slope,
-                    time_to_budget,
-                } => warn!(
-                    bot = %name, rss, budget, slope_bytes_per_second = slope,
-                    time_to_budget_seconds = time_to_budget.as_secs(),
-                    "leaking: memory floor rising {:.0} kB/s, {} of {}, budget reached in {}; replacing the worker",
-                    slope / 1000.0, mb(rss), mb(budget),
-                    humantime::format_duration(Duration::from_secs(time_to_budget.as_secs()))
-                ),
+            Some(memory::Action::Leak { .. }) => RestartReason::Leak,
+            Some(memory::Action::OverBudget { .. } | memory::Action::Approaching { .. }) => {
+                RestartReason::Memory
             }
-            self.apply(idx, actions, ctx);
+        };
+        let actions = bot.life.auto_restart(reason, Instant::now());
+        if actions.is_empty() {
+            return; // a handover is under way, or cooling after a failed one
+        }
+        match reading.action {
+            Some(memory::Action::OverBudget { rss }) => warn!(
+                bot = %name, rss, budget,
+                "over budget: {} > {} for {} readings; replacing the worker",
+                mb(rss), mb(budget), bot.memory.over_budget_samples
+            ),
+            Some(memory::Action::Approaching { rss, slope, eta }) => warn!(
+                bot = %name, rss, budget, slope_bytes_per_second = slope,
+                "memory rising {:.1} MB/s, {} of {}: over budget in {} ms; replacing the worker now",
+                slope / 1e6, mb(rss), mb(budget), eta.as_millis()
+            ),
+            Some(memory::Action::Leak {
+                rss,
+                slope,
+                time_to_budget,
+            }) => warn!(
+                bot = %name, rss, budget, slope_bytes_per_second = slope,
+                time_to_budget_seconds = time_to_budget.as_secs(),
+                "leaking: memory floor rising {:.0} kB/s, {} of {}, budget reached in {}; replacing the worker",
+                slope / 1000.0, mb(rss), mb(budget),
+                humantime::format_duration(Duration::from_secs(time_to_budget.as_secs()))
+            ),
+            _ => {}
+        }
+        self.apply(idx, actions, ctx);
+    }
+
+    /// The user-space ceiling: a generation at [`memory::CEILING_RATIO`] of
+    /// its budget is killed at once, turns and all.
+    fn kill_over_ceiling(&mut self, idx: usize, generation: u64, rss: u64) {
+        let bot = &self.bots[idx];
+        let ceiling = (bot.memory.budget as f64 * memory::CEILING_RATIO) as u64;
+        error!(
+            bot = %bot.name(), generation, rss, ceiling,
+            "worker at its memory ceiling ({} of {}): killing it", mb(rss), mb(ceiling)
+        );
+        if let Some(w) = bot.worker(generation) {
+            w.do_send(Kill(Cause::MemoryCeiling { rss, ceiling }));
         }
     }
 
@@ -319,6 +389,7 @@ impl Supervisor {
         StatusReport {
             bots,
             host_rss_bytes: self.host_rss,
+            memory_enforcement: self.enforcement.clone(),
             inference: self.endpoints.all().to_vec(),
         }
     }
@@ -336,12 +407,13 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        info!(bots = self.bots.len(), "supervisor starting workers");
+        info!(bots = self.bots.len(), memory_ceiling = %self.enforcement, "supervisor starting workers");
         for idx in 0..self.bots.len() {
             let actions = self.bots[idx].life.start(Instant::now());
             self.apply(idx, actions, ctx);
         }
-        ctx.run_interval(self.sample_interval, |act, ctx| act.sample_memory(ctx));
+        let tick = memory::CLOSE_INTERVAL.min(self.sample_interval);
+        ctx.run_interval(tick, |act, ctx| act.sample_memory(ctx));
     }
 }
 
@@ -356,11 +428,9 @@ impl Handler<WorkerEvent> for Supervisor {
                 pid,
             } => {
                 if let Some(idx) = self.index_of(&bot) {
+                    self.bots[idx].pids.insert(generation, pid);
                     let actions = self.bots[idx].life.ready(generation, pid, Instant::now());
                     self.apply(idx, actions, ctx);
-                    // A fresh worker's first reading should not wait a whole
-                    // interval.
-                    self.sample_memory(ctx);
                 }
             }
             WorkerEvent::Gone {
@@ -371,6 +441,7 @@ impl Handler<WorkerEvent> for Supervisor {
                 if let Some(idx) = self.index_of(&bot) {
                     let actions = self.bots[idx].life.gone(generation, &cause, Instant::now());
                     self.bots[idx].workers.remove(&generation);
+                    self.bots[idx].pids.remove(&generation);
                     self.apply(idx, actions, ctx);
                 }
             }

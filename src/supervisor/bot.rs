@@ -27,6 +27,10 @@ pub struct Bot {
     /// The serving generation's last RSS reading.
     pub rss: Option<u64>,
     pub watch: MemoryWatch,
+    /// When the serving generation is read next (sooner near its budget).
+    pub next_sample: std::time::Instant,
+    /// The pid of every generation that has been ready, by generation.
+    pub pids: HashMap<u64, u32>,
     /// The inference endpoints the bot calls (none for builtin).
     pub endpoints: Vec<String>,
 }

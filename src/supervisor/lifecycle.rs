@@ -363,10 +363,10 @@ impl Lifecycle {
         if self.shutting_down {
             return;
         }
-        let reason = if *cause == Cause::Hung {
-            RestartReason::Hung
-        } else {
-            RestartReason::Crash
+        let reason = match cause {
+            Cause::Hung => RestartReason::Hung,
+            Cause::MemoryCeiling { .. } => RestartReason::Memory,
+            _ => RestartReason::Crash,
         };
         self.last_failure = Some(cause.to_string());
         match self.policy.on_crash(&mut self.crashes, now) {

@@ -211,6 +211,7 @@ mod tests {
                 })
                 .collect(),
             host_rss_bytes: None,
+            memory_enforcement: String::new(),
             inference: Vec::new(),
         }
     }

@@ -27,7 +27,14 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub fn spawn_child(binary: &Path, socket: &Path) -> io::Result<tokio::process::Child> {
+/// Starts `bot-worker --socket SOCKET`, in the memory cgroup whose
+/// `cgroup.procs` is `cgroup` when there is one (joined before exec, so
+/// the whole worker is counted).
+pub fn spawn_child(
+    binary: &Path,
+    socket: &Path,
+    cgroup: Option<std::ffi::CString>,
+) -> io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(binary);
     cmd.arg("--socket")
         .arg(socket)
@@ -35,6 +42,15 @@ pub fn spawn_child(binary: &Path, socket: &Path) -> io::Result<tokio::process::C
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     bind_to_host(&mut cmd);
+    if let Some(procs) = cgroup {
+        // SAFETY: `join_self` makes only async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                crate::cgroup::join_self(&procs);
+                Ok(())
+            });
+        }
+    }
     cmd.spawn()
 }
 
@@ -105,7 +121,7 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async { spawn_child(&fake, &socket).unwrap().id().unwrap() })
+            rt.block_on(async { spawn_child(&fake, &socket, None).unwrap().id().unwrap() })
         })
         .join()
         .unwrap();

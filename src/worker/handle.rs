@@ -45,7 +45,10 @@ use tokio_util::codec::FramedRead;
 use tracing::{error, info, warn};
 
 use super::child::{bind_private, relay_logs, spawn_child, write_loop};
-use super::messages::{Cause, Drain, SetEndpointsDown, StartTurn, WorkerEvent, WorkerSettings};
+use super::messages::{
+    Cause, Drain, Kill, SetEndpointsDown, StartTurn, WorkerEvent, WorkerSettings,
+};
+use crate::cgroup::Group;
 use crate::process::{describe_exit, signal_group};
 use crate::turn::{CancelTurn, ErrorCode, TurnError, TurnEvent};
 
@@ -83,6 +86,8 @@ pub struct WorkerHandle {
     ping_seq: u64,
     /// Fired (by being dropped) when the actor stops.
     on_stop: Vec<oneshot::Sender<()>>,
+    /// This generation's kernel memory limit, where there is one.
+    group: Option<Group>,
 }
 
 impl WorkerHandle {
@@ -115,6 +120,7 @@ impl WorkerHandle {
             last_heard: Instant::now(),
             ping_seq: 0,
             on_stop: Vec::new(),
+            group: None,
         }
     }
 
@@ -125,17 +131,21 @@ impl WorkerHandle {
     fn spawn(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
         let listener = bind_private(&self.socket_path)
             .map_err(|e| format!("cannot listen on {}: {e}", self.socket_path.display()))?;
-        let mut child = spawn_child(&self.settings.binary, &self.socket_path).map_err(|e| {
-            format!(
-                "cannot start the worker {}: {e}",
-                self.settings.binary.display()
-            )
-        })?;
+        self.group = self.make_group();
+        let procs = self.group.as_ref().and_then(|g| g.procs_path());
+        let mut child =
+            spawn_child(&self.settings.binary, &self.socket_path, procs).map_err(|e| {
+                format!(
+                    "cannot start the worker {}: {e}",
+                    self.settings.binary.display()
+                )
+            })?;
         let pid = child
             .id()
             .ok_or("the worker exited before it could be watched")?;
         self.pid = Some(pid);
         info!(bot = %self.bot(), generation = self.generation, pid, "worker spawned");
+        self.check_group(pid);
 
         if let Some(stderr) = child.stderr.take() {
             actix_rt::spawn(relay_logs(
@@ -239,6 +249,11 @@ impl WorkerHandle {
                     );
                 }
                 self.phase = Phase::Ready;
+                if let (Some(group), Some(pid)) = (&self.group, self.pid) {
+                    if let Err(e) = group.fit_to_rss(pid, self.settings.memory_limit) {
+                        warn!(bot = %self.bot(), "cannot fit the worker's memory limit to its RSS: {e}");
+                    }
+                }
                 info!(bot = %self.bot(), generation = self.generation, pid, "worker ready");
                 self.supervisor.do_send(WorkerEvent::Ready {
                     bot: self.bot().to_owned(),
@@ -320,6 +335,21 @@ impl WorkerHandle {
         if self.phase == Phase::Dead {
             return;
         }
+        // A worker the kernel stopped at its memory limit shows up as a
+        // closed socket or a SIGKILL: say why.
+        let cause = match cause {
+            Cause::Crashed(_) if self.group.as_ref().is_some_and(Group::oom_killed) => {
+                Cause::MemoryCeiling {
+                    rss: self
+                        .group
+                        .as_ref()
+                        .and_then(Group::peak)
+                        .unwrap_or(self.settings.memory_limit),
+                    ceiling: self.settings.memory_limit,
+                }
+            }
+            other => other,
+        };
         self.phase = Phase::Dead;
         let message = match &cause {
             Cause::Stopped => "the bot's worker was stopped before it finished this reply",
@@ -334,6 +364,10 @@ impl WorkerHandle {
             Cause::Crashed(why) | Cause::StartFailed(why) | Cause::ProtocolError(why) => error!(
                 bot = %self.bot(), generation = self.generation, pid = self.pid,
                 "worker failed: {why}"
+            ),
+            Cause::MemoryCeiling { .. } => error!(
+                bot = %self.bot(), generation = self.generation, pid = self.pid,
+                "worker killed: {cause}"
             ),
             Cause::Hung => warn!(
                 bot = %self.bot(), generation = self.generation, pid = self.pid,
@@ -372,6 +406,46 @@ impl WorkerHandle {
     }
 }
 
+impl WorkerHandle {
+    /// This generation's memory cgroup, where the kernel can enforce one.
+    /// The name carries the host's pid: several hosts may share a parent.
+    fn make_group(&self) -> Option<Group> {
+        let name = format!(
+            "bothost-{}-{}-{}",
+            std::process::id(),
+            self.bot(),
+            self.generation
+        );
+        match self
+            .settings
+            .ceilings
+            .create(&name, self.settings.memory_limit)
+        {
+            Ok(group) => group,
+            Err(e) => {
+                warn!(bot = %self.bot(), "cannot create the worker's memory cgroup: {e}");
+                None
+            }
+        }
+    }
+
+    /// The worker joined its group before exec; if that failed, it is put
+    /// there now (the limit then misses its start-up pages), or the group is
+    /// given up and the user-space ceiling alone guards it, as logged.
+    fn check_group(&mut self, pid: u32) {
+        let Some(group) = &self.group else { return };
+        if group.contains(pid) {
+            return;
+        }
+        if let Err(e) = group.add(pid) {
+            warn!(bot = %self.bot(), "cannot put the worker in its memory cgroup: {e}");
+            if let Some(group) = self.group.take() {
+                group.remove();
+            }
+        }
+    }
+}
+
 impl Actor for WorkerHandle {
     type Context = Context<Self>;
 
@@ -389,6 +463,9 @@ impl Actor for WorkerHandle {
     fn stopped(&mut self, _: &mut Context<Self>) {
         let _ = std::fs::remove_file(&self.socket_path);
         self.signal(Signal::SIGKILL);
+        if let Some(group) = self.group.take() {
+            group.remove();
+        }
         self.on_stop.clear();
     }
 }
@@ -491,6 +568,14 @@ impl Handler<CancelTurn> for WorkerHandle {
         if self.finish(msg.id).is_some() {
             self.send(&HostMessage::Cancel { id: msg.id });
         }
+    }
+}
+
+impl Handler<Kill> for WorkerHandle {
+    type Result = ();
+
+    fn handle(&mut self, msg: Kill, ctx: &mut Context<Self>) {
+        self.die(msg.0, ctx);
     }
 }
 

@@ -9,6 +9,7 @@ use actix::prelude::*;
 use bot_worker::{BotSpec, ChatMessage};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cgroup::Ceilings;
 use crate::turn::{TurnError, TurnEvent};
 
 /// What a WorkerHandle needs to start and watch one generation.
@@ -22,6 +23,10 @@ pub struct WorkerSettings {
     pub heartbeat_timeout: Duration,
     pub drain_timeout: Duration,
     pub stop_grace: Duration,
+    /// Where each generation gets its kernel memory limit, if anywhere.
+    pub ceilings: std::sync::Arc<Ceilings>,
+    /// That limit, in bytes.
+    pub memory_limit: u64,
 }
 
 /// Why a generation ended.
@@ -37,6 +42,8 @@ pub enum Cause {
     StartFailed(String),
     /// Sent something that is not the protocol.
     ProtocolError(String),
+    /// Killed by the host at its memory ceiling.
+    MemoryCeiling { rss: u64, ceiling: u64 },
 }
 
 /// Sent to the Supervisor.
@@ -73,6 +80,11 @@ pub struct StartTurn {
 #[rtype(result = "()")]
 pub struct SetEndpointsDown(pub Vec<String>);
 
+/// Kill the worker now, failing its turns, for this cause.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kill(pub Cause);
+
 /// Finish in-flight turns, then stop. Resolves once the process is gone.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -86,6 +98,10 @@ impl fmt::Display for Cause {
             Cause::Crashed(why) => write!(f, "crashed: {why}"),
             Cause::StartFailed(why) => write!(f, "failed to start: {why}"),
             Cause::ProtocolError(why) => write!(f, "protocol error: {why}"),
+            Cause::MemoryCeiling { rss, ceiling } => write!(
+                f,
+                "killed at its memory ceiling: {rss} bytes, ceiling {ceiling} bytes"
+            ),
         }
     }
 }

@@ -11,4 +11,4 @@ mod handle;
 mod messages;
 
 pub use handle::WorkerHandle;
-pub use messages::{Cause, Drain, SetEndpointsDown, StartTurn, WorkerEvent, WorkerSettings};
+pub use messages::{Cause, Drain, Kill, SetEndpointsDown, StartTurn, WorkerEvent, WorkerSettings};

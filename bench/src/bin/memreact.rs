@@ -61,8 +61,7 @@ fn main() -> anyhow::Result<()> {
         let socket = host.control_socket();
         let stop = stop.clone();
         rt.spawn(async move {
-            let mut tick =
-                tokio::time::interval(Duration::from_millis(1000 / TURNS_PER_SECOND));
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / TURNS_PER_SECOND));
             let mut client = None;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
@@ -110,7 +109,10 @@ fn main() -> anyhow::Result<()> {
             mib(cycle.max_rss),
             mib(cycle.max_rss.saturating_sub(BUDGET)),
             cycle.gone_after_crossing.map_or_else(
-                || format!("never crossed (lived {:.1} s)", cycle.lifetime.as_secs_f64()),
+                || format!(
+                    "never crossed (lived {:.1} s)",
+                    cycle.lifetime.as_secs_f64()
+                ),
                 |d| format!("{:.2} s", d.as_secs_f64())
             ),
         );
@@ -118,7 +120,10 @@ fn main() -> anyhow::Result<()> {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     rt.block_on(driver)?;
-    let mut over: Vec<u64> = results.iter().map(|c| c.max_rss.saturating_sub(BUDGET)).collect();
+    let mut over: Vec<u64> = results
+        .iter()
+        .map(|c| c.max_rss.saturating_sub(BUDGET))
+        .collect();
     over.sort_unstable();
     let mut delays: Vec<f64> = results
         .iter()

@@ -52,6 +52,7 @@ impl Builtin {
                 id,
                 text: (*token).to_owned(),
             };
+            self.keep(self.spec.leak_per_token);
             emit(out, delta).await?;
         }
         if fail_after == Some(tokens.len()) {
@@ -75,7 +76,11 @@ impl Builtin {
     }
 
     fn leak(&self) {
-        let n = usize::try_from(self.spec.leak_per_message).unwrap_or(usize::MAX);
+        self.keep(self.spec.leak_per_message);
+    }
+
+    fn keep(&self, bytes: u64) {
+        let n = usize::try_from(bytes).unwrap_or(usize::MAX);
         if n == 0 {
             return;
         }
@@ -171,6 +176,7 @@ mod tests {
             token_delay_ms: 0,
             fail_rate: 0.0,
             leak_per_message: 0,
+            leak_per_token: 0,
             max_tokens: 0,
         }
     }
@@ -249,6 +255,7 @@ mod tests {
             "b".into(),
             BuiltinSpec {
                 leak_per_message: 4096,
+                leak_per_token: 0,
                 ..spec()
             },
         );
