@@ -8,6 +8,11 @@
 //!
 //! `cargo run --release -p bothost-bench --bin memreact -- [CYCLES] [SUPERVISOR KEYS]`,
 //! e.g. `-- 5 'sample_interval = "1s"'`.
+//!
+//! `-- idle N [SUPERVISOR KEYS]`: the cost of watching N idle bots instead: the host's CPU
+//! time (utime + stime from `/proc/PID/stat`) over 30 s, as a share of one
+//! core. It includes everything the idle host does (heartbeats too), so the
+//! sampling alone costs at most that.
 
 use std::time::{Duration, Instant};
 
@@ -40,8 +45,40 @@ struct Cycle {
     lifetime: Duration,
 }
 
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn idle(bots: usize, keys: &str) -> anyhow::Result<()> {
+    let tables: String = (0..bots)
+        .map(|i| format!("[[bots]]\nname = \"b{i}\"\n"))
+        .collect();
+    let host = start_host(&format!("restart_schedule = \"off\"\n{keys}"), &tables)?;
+    std::thread::sleep(Duration::from_secs(5)); // start-up settles
+                                                // /proc counts in USER_HZ, 100 a second on Linux whatever the kernel's HZ.
+    let ticks = 100.0;
+    let (before, t0) = (cpu_ticks(host.pid()).unwrap_or(0), Instant::now());
+    std::thread::sleep(Duration::from_secs(30));
+    let used = (cpu_ticks(host.pid()).unwrap_or(0) - before) as f64 / ticks;
+    println!(
+        "{bots} idle bots ({keys:?}): the host used {:.3} s of CPU in {:.0} s: {:.2} % of one core",
+        used,
+        t0.elapsed().as_secs_f64(),
+        100.0 * used / t0.elapsed().as_secs_f64()
+    );
+    host.stop()?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "idle") {
+        let bots = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(50);
+        return idle(bots, args.get(3).map_or("", String::as_str));
+    }
     let cycles: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let keys = args.get(2).cloned().unwrap_or_default();
     let host = start_host(
