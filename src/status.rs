@@ -151,6 +151,9 @@ pub struct BotStatus {
     /// bot's model; `None` for builtin bots and before any check.
     #[serde(default)]
     pub model_present: Option<bool>,
+    /// A `failed` bot is tried again by itself in this many seconds.
+    #[serde(default)]
+    pub retry_in_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

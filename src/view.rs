@@ -77,6 +77,13 @@ pub fn status_table(report: &StatusReport) -> String {
         if let Some(g) = b.pending_generation {
             out.push_str(&format!("{:<20} handing over to generation {g}\n", ""));
         }
+        if let Some(secs) = b.retry_in_seconds {
+            out.push_str(&format!(
+                "{:<20} failed: tried again by itself in {}\n",
+                "",
+                humantime::format_duration(std::time::Duration::from_secs(secs))
+            ));
+        }
         if let Some(why) = &b.last_failure {
             out.push_str(&format!("{:<20} last failure: {why}\n", ""));
         }
@@ -188,6 +195,7 @@ mod tests {
             memory_warning: false,
             pending_generation: None,
             model_present: None,
+            retry_in_seconds: None,
         }
     }
 

@@ -228,7 +228,13 @@ fn a_worker_that_stops_answering_heartbeats_is_replaced() {
 fn a_bot_that_crashes_at_start_backs_off_then_is_marked_failed() {
     let mut toml = bots(&["alpha"]);
     toml.push_str("[[bots]]\nname = \"broken\"\nworker_binary = \"/bin/false\"\n");
-    let host = TestHost::start(&toml);
+    let host = TestHost::start_with_config(&format!(
+        "{}\n{toml}",
+        FAST_SUPERVISOR.replace(
+            "[supervisor]\n",
+            "[supervisor]\nquarantine_initial = \"2s\"\nquarantine_max = \"4s\"\n"
+        )
+    ));
     let broken = host.wait_for("broken marked failed", Duration::from_secs(10), || {
         let b = host.bot("broken");
         (b.state == BotState::Failed).then_some(b)
@@ -255,6 +261,10 @@ fn a_bot_that_crashes_at_start_backs_off_then_is_marked_failed() {
     let (ok, _, err) = host.chat("broken", "hi");
     assert!(!ok);
     assert!(err.contains("bot_unavailable"), "{err}");
+    assert!(
+        broken.retry_in_seconds.is_some_and(|s| s <= 2),
+        "{broken:?}"
+    );
 
     let alpha = host.bot("alpha");
     assert_eq!(
@@ -268,6 +278,14 @@ fn a_bot_that_crashes_at_start_backs_off_then_is_marked_failed() {
         table.contains("failed") && table.contains("last failure"),
         "{table}"
     );
+    assert!(table.contains("tried again by itself in"), "{table}");
+
+    // Its quarantine over, the failed bot is tried again by itself (and,
+    // still broken, fails again).
+    host.wait_for("broken tried again", Duration::from_secs(10), || {
+        let b = host.bot("broken");
+        (b.generation > broken.generation).then_some(())
+    });
 }
 
 #[test]

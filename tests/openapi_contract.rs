@@ -116,11 +116,18 @@ token_delay = \"0s\"
         .arg(&host.config)
         .args(["user", "add", "boss", "--admin"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("bothost user add");
     writeln!(add.stdin.take().expect("stdin"), "{PASSWORD}").expect("password");
-    assert!(add.wait().expect("user add").success());
+    let added = add.wait_with_output().expect("user add");
+    assert!(
+        added.status.success(),
+        "bothost user add: {}{}",
+        String::from_utf8_lossy(&added.stdout),
+        String::from_utf8_lossy(&added.stderr)
+    );
     let registered = client()
         .post(format!("{}/api/v1/auth/register", host.url))
         .json(&json!({"username": "tester", "password": PASSWORD}))

@@ -194,6 +194,12 @@ pub struct SupervisorConfig {
     pub crash_limit: u32,
     #[serde(with = "humantime_serde")]
     pub crash_window: Duration,
+    /// A `failed` bot is tried again after this, then after twice as
+    /// long, up to `quarantine_max`.
+    #[serde(with = "humantime_serde")]
+    pub quarantine_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub quarantine_max: Duration,
     /// Fraction of the budget at which a warning is logged and shown.
     pub memory_warn_ratio: f64,
     /// Readings in a row over budget before a `memory` restart.
@@ -230,6 +236,8 @@ impl Default for SupervisorConfig {
             backoff_max: Duration::from_secs(30),
             crash_limit: 5,
             crash_window: Duration::from_secs(60),
+            quarantine_initial: Duration::from_secs(5 * 60),
+            quarantine_max: Duration::from_secs(60 * 60),
             memory_warn_ratio: 0.8,
             over_budget_samples: 3,
             leak_window: Duration::from_secs(600),

@@ -101,6 +101,12 @@ impl Config {
         if s.crash_limit == 0 {
             return bad("supervisor.crash_limit", "must be at least 1".into());
         }
+        if s.quarantine_initial.is_zero() || s.quarantine_initial > s.quarantine_max {
+            return bad(
+                "supervisor.quarantine_initial",
+                "must be greater than 0 and at most supervisor.quarantine_max".into(),
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return bad(
                 "logging.level",

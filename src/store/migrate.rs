@@ -35,6 +35,13 @@ pub async fn migrate(target: &DatabaseTarget) -> Result<Vec<String>, StoreError>
             }
             let mut conn = SqliteConnection::establish(&path.display().to_string())
                 .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
+            // A host serving this file may hold its lock for a moment (a new
+            // pooled connection setting WAL, a write): wait rather than fail.
+            diesel::connection::SimpleConnection::batch_execute(
+                &mut conn,
+                "PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
             run(&mut conn, SQLITE)
         }
     })

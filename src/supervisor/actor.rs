@@ -68,6 +68,7 @@ impl Supervisor {
             backoff: Backoff::new(s.backoff_initial, s.backoff_max),
             limit: s.crash_limit,
             window: s.crash_window,
+            quarantine: Backoff::new(s.quarantine_initial, s.quarantine_max),
         };
         let bots = config
             .bots

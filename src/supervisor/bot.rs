@@ -65,6 +65,10 @@ impl Bot {
             memory_warning: self.watch.above_warning(),
             pending_generation: self.life.pending_generation(),
             model_present: endpoints.model_present(&self.endpoints, &self.settings.spec.model),
+            retry_in_seconds: self.life.retry_at().map(|t| {
+                t.saturating_duration_since(std::time::Instant::now())
+                    .as_secs()
+            }),
         }
     }
 }

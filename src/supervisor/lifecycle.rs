@@ -94,6 +94,10 @@ pub struct Lifecycle {
     /// Every model server the bot uses is down.
     degraded: bool,
     shutting_down: bool,
+    /// Times in a row the bot was given up on; the next retry waits longer.
+    quarantines: u32,
+    /// When a failed bot is tried again by itself.
+    retry_at: Option<Instant>,
 }
 
 impl Lifecycle {
@@ -112,7 +116,14 @@ impl Lifecycle {
             auto_restart_after: None,
             degraded: false,
             shutting_down: false,
+            quarantines: 0,
+            retry_at: None,
         }
+    }
+
+    /// When a failed bot will be tried again by itself.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at.filter(|_| self.state == BotState::Failed)
     }
 
     pub fn state(&self) -> BotState {
@@ -157,7 +168,8 @@ impl Lifecycle {
             (None, BotState::Failed) => Err(TurnError::new(
                 ErrorCode::BotUnavailable,
                 format!(
-                    "the bot '{name}' is unavailable after repeated failures; an operator has been alerted"
+                    "the bot '{name}' is unavailable after repeated failures; an operator has been alerted, \
+                     and it is tried again by itself"
                 ),
             )),
             (None, state) => Err(TurnError::new(
@@ -184,6 +196,8 @@ impl Lifecycle {
             return out;
         };
         let took = now.saturating_duration_since(pending.spawned);
+        self.quarantines = 0;
+        self.retry_at = None;
         let serving = Serving {
             number,
             pid,
@@ -252,13 +266,22 @@ impl Lifecycle {
         out
     }
 
-    /// The crash backoff is over: start the next generation, unless one
-    /// already serves or starts (an operator may have restarted meanwhile).
+    /// The crash backoff, or a failed bot's quarantine, is over: start the
+    /// next generation, unless one already serves or starts (an operator may
+    /// have restarted meanwhile).
     pub fn backoff_elapsed(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.current.is_none() && self.pending.is_none() && self.state != BotState::Failed {
-            self.spawn(None, now, &mut out);
+        if self.current.is_some() || self.pending.is_some() {
+            return out;
         }
+        if self.state == BotState::Failed {
+            if self.retry_at.is_none_or(|t| now < t) {
+                return out; // an earlier timer, overtaken by an operator
+            }
+            info!(bot = %self.name, "trying the failed bot again after its quarantine");
+            self.crashes.clear();
+        }
+        self.spawn(None, now, &mut out);
         out
     }
 
@@ -275,7 +298,10 @@ impl Lifecycle {
         let mut out = Vec::new();
         if self.pending.is_none() {
             match (&self.current, self.state) {
-                (None, BotState::Failed) => self.crashes.clear(),
+                (None, BotState::Failed) => {
+                    self.crashes.clear();
+                    self.retry_at = None;
+                }
                 (None, state) => {
                     return Err(RestartError::new(
                         RestartErrorCode::Recovering,
@@ -374,13 +400,19 @@ impl Lifecycle {
                 if self.pending.is_some() {
                     return; // a restart is already starting; let it decide
                 }
+                self.quarantines += 1;
+                let wait = self.policy.quarantine.delay(self.quarantines);
+                self.retry_at = Some(now + wait);
                 error!(
-                    bot = %self.name, crashes,
-                    "bot marked failed: it crashed {crashes} times within {:?}; not restarting it \
-                     (`bothost restart {}` tries again)",
-                    self.policy.window, self.name
+                    bot = %self.name, crashes, retry_in_seconds = wait.as_secs(),
+                    "bot marked failed: it crashed {crashes} times within {:?}; trying again in {} \
+                     (`bothost restart {}` tries at once)",
+                    self.policy.window,
+                    humantime::format_duration(wait),
+                    self.name
                 );
                 self.set_state(BotState::Failed, out);
+                out.push(Action::RetryAfter(wait));
             }
             CrashDecision::RestartAfter(delay) => {
                 self.restarts += 1;
@@ -407,6 +439,7 @@ mod tests {
             backoff: Backoff::new(100 * MS, 400 * MS),
             limit: 3,
             window: Duration::from_secs(60),
+            quarantine: Backoff::new(Duration::from_secs(300), Duration::from_secs(3600)),
         };
         (Lifecycle::new("b", policy), Instant::now())
     }
@@ -523,7 +556,11 @@ mod tests {
         l.backoff_elapsed(t + MS);
         let out = l.gone(3, &Cause::Crashed("again".into()), t + 2 * MS);
         assert_eq!(states(&out), [BotState::Failed]);
-        assert!(l.backoff_elapsed(t + 3 * MS).is_empty());
+        assert!(out.contains(&Action::RetryAfter(Duration::from_secs(300))));
+        assert!(
+            l.backoff_elapsed(t + 3 * MS).is_empty(),
+            "an earlier timer does nothing"
+        );
         let refused = l.route().unwrap_err();
         assert!(refused.message.contains("repeated failures"), "{refused}");
         // An operator brings it back, with a fresh crash history.
@@ -531,6 +568,37 @@ mod tests {
             l.restart(RestartReason::Operator, t + 4 * MS).unwrap(),
             [Action::Spawn(4), Action::State(BotState::Restarting)]
         );
+    }
+
+    #[test]
+    fn a_failed_bot_is_tried_again_after_a_doubling_quarantine() {
+        let (mut l, t) = bot();
+        l.start(t);
+        let mut now = t;
+        let mut waits = Vec::new();
+        for generation in 1.. {
+            let out = l.gone(generation, &Cause::StartFailed("disk full".into()), now);
+            if let Some(Action::RetryAfter(wait)) = out.last() {
+                if l.state() == BotState::Failed {
+                    waits.push(*wait);
+                    assert!(l.retry_at().is_some());
+                }
+                now += *wait;
+                assert!(!l.backoff_elapsed(now).is_empty(), "tried again");
+            }
+            if waits.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(
+            waits,
+            [300, 600, 1200].map(Duration::from_secs),
+            "quarantines double"
+        );
+        // Once a generation serves, the next failure starts from the shortest.
+        let serving = l.pending_generation().unwrap();
+        l.ready(serving, 1, now);
+        assert_eq!(l.retry_at(), None);
     }
 
     #[test]

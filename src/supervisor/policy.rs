@@ -13,6 +13,8 @@ pub struct CrashPolicy {
     /// This many crashes inside `window` and the bot is marked failed.
     pub limit: u32,
     pub window: Duration,
+    /// When a failed bot is tried again: the first time, then doubling.
+    pub quarantine: Backoff,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +51,7 @@ mod tests {
     fn policy() -> CrashPolicy {
         CrashPolicy {
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(3)),
+            quarantine: Backoff::new(Duration::from_secs(300), Duration::from_secs(3600)),
             limit: 5,
             window: Duration::from_secs(60),
         }

@@ -208,6 +208,7 @@ mod tests {
                     memory_warning: false,
                     pending_generation: None,
                     model_present: None,
+                    retry_in_seconds: None,
                 })
                 .collect(),
             host_rss_bytes: None,
