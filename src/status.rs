@@ -22,8 +22,8 @@ named_enum! {
         Draining = "draining",
         /// Crashed or hung; waiting for the backoff or the next generation.
         Restarting = "restarting",
-        /// Crashed `crash_limit` times within `crash_window`; not restarted
-        /// until an operator asks.
+        /// Crashed `crash_limit` times within `crash_window`; tried again
+        /// after a quarantine (doubling), or at once when an operator asks.
         Failed = "failed",
     }
 }

@@ -19,7 +19,8 @@
 //!                                   restarts pause for backoff_max
 //!  crash | hang of current:
 //!    current gone ──RetryAfter(backoff)──▶ Spawn pending ──ready──▶ current
-//!                 └─ crash_limit within crash_window ──▶ Failed (until an operator restarts)
+//!                 └─ crash_limit within crash_window ──▶ Failed ──quarantine (doubling)──▶ Spawn
+//!                                                              (or at once: an operator restart)
 //! ```
 //!
 //! **Invariant:** events about generations it no longer tracks change
