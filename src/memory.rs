@@ -46,9 +46,19 @@ impl Sampler {
         })
     }
 
-    /// Reads `worker_pids`, and the host too when `host` is set.
+    /// Reads each of `worker_pids` with every process it started (a
+    /// bot's engine may run helpers): the RSS of the whole tree. And the
+    /// host too when `host` is set.
     pub fn sample(&mut self, worker_pids: &[u32], host: bool) -> Sample {
-        let mut pids: Vec<Pid> = worker_pids.iter().copied().map(Pid::from_u32).collect();
+        let trees: Vec<(u32, Vec<u32>)> = worker_pids
+            .iter()
+            .map(|&pid| (pid, descendants(pid)))
+            .collect();
+        let mut pids: Vec<Pid> = trees
+            .iter()
+            .flat_map(|(pid, children)| std::iter::once(pid).chain(children))
+            .map(|&p| Pid::from_u32(p))
+            .collect();
         if host {
             pids.push(self.host);
         }
@@ -59,13 +69,42 @@ impl Sampler {
         );
         let rss = |pid: Pid| self.system.process(pid).map(sysinfo::Process::memory);
         Sample {
-            workers: worker_pids
+            workers: trees
                 .iter()
-                .filter_map(|&pid| Some((pid, rss(Pid::from_u32(pid))?)))
+                .filter_map(|(pid, children)| {
+                    let own = rss(Pid::from_u32(*pid))?;
+                    let rest: u64 = children.iter().filter_map(|&c| rss(Pid::from_u32(c))).sum();
+                    Some((*pid, own + rest))
+                })
                 .collect(),
             host: if host { rss(self.host) } else { None },
         }
     }
+}
+
+/// Every process `pid` started, and theirs (from each thread's
+/// `/proc/PID/task/TID/children`): a few small reads for a worker with no
+/// helpers.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if !found.contains(&child) {
+                    found.push(child);
+                    stack.push(child);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Slices of the leak window whose minimums make the floor series.
@@ -505,6 +544,51 @@ mod tests {
             })
             .collect();
         assert_eq!(crossed, vec![false, true, false, false, true, false]);
+    }
+
+    #[test]
+    fn a_process_is_read_with_its_children() {
+        let mut parent = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = parent.id();
+        let found = (0..100)
+            .find_map(|_| {
+                let d = descendants(pid);
+                std::thread::sleep(Duration::from_millis(10));
+                (d.len() >= 2).then_some(d)
+            })
+            .expect("two children");
+        let mut sampler = Sampler::new().unwrap();
+        let tree = sampler.sample(&[pid], false).workers[&pid];
+        let alone = {
+            let mut s = System::new().unwrap();
+            s.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&[Pid::from_u32(pid)]),
+                true,
+                ProcessRefreshKind::nothing().with_memory(),
+            );
+            s.process(Pid::from_u32(pid))
+                .map(sysinfo::Process::memory)
+                .unwrap()
+        };
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        for child in found {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(child).unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = parent.kill();
+        let _ = parent.wait();
+        assert!(
+            tree > alone,
+            "the tree ({tree}) counts more than the shell ({alone})"
+        );
     }
 
     #[test]

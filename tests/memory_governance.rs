@@ -417,3 +417,75 @@ token_delay = "0s"
     let (ok, out, err) = host.chat("calm", "still there?");
     assert!(ok, "{out}{err}");
 }
+
+/// Processes whose process group is `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .ok()
+                        .and_then(|stat| {
+                            stat.rsplit(')')
+                                .next()?
+                                .split_whitespace()
+                                .nth(2)?
+                                .parse::<u32>()
+                                .ok()
+                        })
+                        == Some(pgid)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_helper_process_that_leaks_counts_against_its_worker_and_goes_with_it() {
+    // The worker starts a helper that grows 10 MB a second; the worker
+    // itself stays small. Only counting the whole tree sees it.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("worker-with-helper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\npython3 -c '
+import time
+kept = []
+while True:
+    kept.append(bytearray(1_000_000))
+    time.sleep(0.1)
+' &\nexec {} \"$@\"\n",
+            real_worker()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let host = TestHost::start_with_config(&governed(&format!(
+        "[[bots]]\nname = \"helped\"\nmemory_budget = \"60MB\"\nworker_binary = \"{}\"\n\
+         [bots.builtin]\ntoken_delay = \"0s\"\n",
+        wrapper.display()
+    )));
+    let first = host.bot("helped").pid.expect("serving");
+    host.wait_for(
+        "the tree replaced for memory",
+        Duration::from_secs(20),
+        || {
+            let n =
+                host.metric(r#"bothost_worker_restarts_total{bot="helped",reason="memory"}"#)?;
+            (n >= 1.0).then_some(())
+        },
+    );
+    host.wait_for(
+        "the first generation's helper gone with it",
+        Duration::from_secs(10),
+        || group_members(first).is_empty().then_some(()),
+    );
+}

@@ -500,6 +500,10 @@ impl Handler<ChildExited> for WorkerHandle {
     type Result = ();
 
     fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
+        // Anything the worker started is in its process group: it goes too.
+        // (The group id stays taken while a member lives, so this cannot
+        // reach anyone else's processes.)
+        self.signal(Signal::SIGKILL);
         self.reaped = true;
         let how = match msg.0 {
             Ok(status) => describe_exit(status),
