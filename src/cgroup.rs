@@ -112,7 +112,8 @@ impl Group {
             .trim()
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}")))?;
-        let rss = vm_rss(pid).ok_or_else(|| io::Error::other("no VmRSS for the worker"))?;
+        let rss = crate::process::vm_rss(pid)
+            .ok_or_else(|| io::Error::other("no VmRSS for the worker"))?;
         // The worker maps a little more of its binary as it runs (code paths
         // its first turns take); those pages too count in RSS uncharged.
         const LATER_MAPPINGS: u64 = 1 << 20;
@@ -175,20 +176,6 @@ pub fn join_self(procs: &std::ffi::CStr) {
             libc::close(fd);
         }
     }
-}
-
-/// VmRSS of `pid`, in bytes.
-fn vm_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// The host's own cgroup v1 memory directory.

@@ -56,3 +56,18 @@ pub fn describe_exit(status: ExitStatus) -> String {
         _ => format!("exited ({status})"),
     }
 }
+
+/// VmRSS of `pid` in bytes, as `/proc/PID/status` gives it; `None` once
+/// the process is gone.
+pub fn vm_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}

@@ -326,26 +326,12 @@ fn the_restart_schedule_fires() {
     assert!(host.chat("alpha", "hi").0);
 }
 
-/// VmRSS of `pid` in bytes, read from /proc as an outsider would.
-fn proc_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// Watches `pid` every 5 ms until it is gone; the largest RSS seen.
 fn watch_peak(pid: u32) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut peak = 0;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while let Some(rss) = proc_rss(pid) {
+        while let Some(rss) = bothost::process::vm_rss(pid) {
             peak = peak.max(rss);
             if std::time::Instant::now() > deadline {
                 break;

@@ -16,25 +16,12 @@
 
 use std::time::{Duration, Instant};
 
+use bothost::process::vm_rss as rss;
 use bothost_bench::{host_status, mib, start_host};
 
 const BUDGET: u64 = 100_000_000;
 const LEAK: &str = "512KB";
 const TURNS_PER_SECOND: u64 = 10;
-
-/// VmRSS of `pid` in bytes, `None` once it is gone.
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
 
 #[derive(Debug)]
 struct Cycle {
