@@ -46,6 +46,14 @@ impl Sampler {
         })
     }
 
+    /// Whether the machine has `bytes` available for one more generation
+    /// (unknown counts as yes: refusing handovers on a guess is worse).
+    pub fn has_room_for(&mut self, bytes: u64) -> bool {
+        self.system.refresh_memory();
+        let available = self.system.available_memory();
+        available == 0 || available >= bytes
+    }
+
     /// Reads each of `worker_pids` with every process it started (a
     /// bot's engine may run helpers): the RSS of the whole tree. And the
     /// host too when `host` is set.

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub worker_leak_slope: GaugeVec,
     pub worker_memory_warning: IntGaugeVec,
     pub worker_handover_failures: IntCounterVec,
+    pub worker_cold_restarts: IntCounterVec,
     pub host_rss_bytes: IntGauge,
     /// 1 for each inference endpoint a bot calls, so PromQL can join a
     /// bot to its endpoints' `inference_up`.
@@ -118,6 +119,14 @@ impl Metrics {
             &["bot"],
         )?;
         registry.register(Box::new(worker_handover_failures.clone()))?;
+        let worker_cold_restarts = IntCounterVec::new(
+            Opts::new(
+                "worker_cold_restarts_total",
+                "Restarts done by stopping the old generation first, for lack of memory for two",
+            ),
+            &["bot"],
+        )?;
+        registry.register(Box::new(worker_cold_restarts.clone()))?;
         let db_pool_connections = gauge(
             "db_pool_connections",
             "Database pool connections: in_use, idle, and the current max",
@@ -225,6 +234,7 @@ impl Metrics {
             worker_leak_slope,
             worker_memory_warning,
             worker_handover_failures,
+            worker_cold_restarts,
             host_rss_bytes,
             bot_endpoint_info,
             db_up,
@@ -261,6 +271,7 @@ impl Metrics {
         self.worker_leak_slope.with_label_values(&[bot]).set(0.0);
         self.worker_memory_warning.with_label_values(&[bot]).set(0);
         self.worker_handover_failures.with_label_values(&[bot]);
+        self.worker_cold_restarts.with_label_values(&[bot]);
         self.worker_memory_budget_bytes
             .with_label_values(&[bot])
             .set(i64::try_from(budget_bytes).unwrap_or(i64::MAX));

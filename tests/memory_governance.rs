@@ -475,3 +475,32 @@ while True:
         || group_members(first).is_empty().then_some(()),
     );
 }
+
+#[test]
+fn without_room_for_a_second_generation_a_restart_stops_the_old_one_first() {
+    // No machine has a petabyte free: a handover would not fit.
+    let host = TestHost::start_with_config(&governed(
+        "[[bots]]\nname = \"huge\"\nmemory_budget = \"1PB\"\n\
+         [[bots]]\nname = \"small\"\n",
+    ));
+    for bot in ["huge", "small"] {
+        let out = host.cli(&["restart", bot]);
+        assert!(
+            out.status.success(),
+            "{bot}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let b = host.bot(bot);
+        assert_eq!((b.state, b.generation), (BotState::Ready, 2), "{b:?}");
+    }
+    assert_eq!(
+        host.metric(r#"bothost_worker_cold_restarts_total{bot="huge"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        host.metric(r#"bothost_worker_cold_restarts_total{bot="small"}"#),
+        Some(0.0)
+    );
+    assert!(host.log().contains("no room on the machine for a second generation"));
+}

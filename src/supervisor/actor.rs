@@ -208,6 +208,12 @@ impl Supervisor {
                         .with_label_values(&[&name])
                         .inc();
                 }
+                Action::ColdRestart => {
+                    self.metrics
+                        .worker_cold_restarts
+                        .with_label_values(&[&name])
+                        .inc();
+                }
                 Action::Lost => {
                     bot.rss = None;
                     self.metrics
@@ -329,7 +335,8 @@ impl Supervisor {
                 RestartReason::Memory
             }
         };
-        let actions = bot.life.auto_restart(reason, Instant::now());
+        let room = self.sampler.has_room_for(bot.memory.budget);
+        let actions = bot.life.auto_restart(reason, Instant::now(), room);
         if actions.is_empty() {
             return; // a handover is under way, or cooling after a failed one
         }
@@ -525,19 +532,22 @@ impl Handler<RestartBot> for Supervisor {
         let started = match self.index_of(&msg.bot) {
             None => Err(RestartError::unknown_bot(&msg.bot)),
             Some(_) if self.shutting_down => Err(RestartError::shutting_down()),
-            Some(idx) => self.bots[idx]
-                .life
-                .restart(msg.reason, Instant::now())
-                .map(|actions| {
-                    // Dropped (the restart abandoned) if nothing is pending.
-                    let (tx, rx) = oneshot::channel();
-                    let bot = &mut self.bots[idx];
-                    if bot.life.pending_generation().is_some() {
-                        bot.waiters.push(tx);
-                    }
-                    self.apply(idx, actions, ctx);
-                    rx
-                }),
+            Some(idx) => {
+                let room = self.sampler.has_room_for(self.bots[idx].memory.budget);
+                self.bots[idx]
+                    .life
+                    .restart(msg.reason, Instant::now(), room)
+                    .map(|actions| {
+                        // Dropped (the restart abandoned) if nothing is pending.
+                        let (tx, rx) = oneshot::channel();
+                        let bot = &mut self.bots[idx];
+                        if bot.life.restart_under_way() {
+                            bot.waiters.push(tx);
+                        }
+                        self.apply(idx, actions, ctx);
+                        rx
+                    })
+            }
         };
         Box::pin(async move {
             started?.await.unwrap_or_else(|_| {

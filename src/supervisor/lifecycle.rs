@@ -57,6 +57,9 @@ pub enum Action {
     HandoverFailed,
     /// The serving generation is gone: its memory reading is stale.
     Lost,
+    /// No room on the machine for two generations: this restart stops the
+    /// old one first (the bot is unavailable meanwhile).
+    ColdRestart,
 }
 
 /// The generation that takes turns.
@@ -99,6 +102,9 @@ pub struct Lifecycle {
     quarantines: u32,
     /// When a failed bot is tried again by itself.
     retry_at: Option<Instant>,
+    /// A restart that waits for the old generation to exit before starting
+    /// the next (no room for both).
+    cold: Option<RestartReason>,
 }
 
 impl Lifecycle {
@@ -119,7 +125,14 @@ impl Lifecycle {
             shutting_down: false,
             quarantines: 0,
             retry_at: None,
+            cold: None,
         }
+    }
+
+    /// A restart is under way: one is starting, or waits for the old
+    /// generation to go.
+    pub fn restart_under_way(&self) -> bool {
+        self.pending.is_some() || self.cold.is_some()
     }
 
     /// When a failed bot will be tried again by itself.
@@ -234,6 +247,11 @@ impl Lifecycle {
         let mut out = Vec::new();
         if let Some(pos) = self.draining.iter().position(|&g| g == number) {
             self.draining.remove(pos);
+            if self.draining.is_empty() {
+                if let Some(reason) = self.cold.take() {
+                    self.spawn(Some(reason), now, &mut out);
+                }
+            }
             return out;
         }
         if let Some(pending) = self.pending.take_if(|p| p.number == number) {
@@ -292,12 +310,13 @@ impl Lifecycle {
         &mut self,
         reason: RestartReason,
         now: Instant,
+        room: bool,
     ) -> Result<Vec<Action>, RestartError> {
         if self.shutting_down {
             return Err(RestartError::shutting_down());
         }
         let mut out = Vec::new();
-        if self.pending.is_none() {
+        if !self.restart_under_way() {
             match (&self.current, self.state) {
                 (None, BotState::Failed) => {
                     self.crashes.clear();
@@ -315,20 +334,45 @@ impl Lifecycle {
                 (Some(_), _) => {}
             }
             info!(bot = %self.name, reason = reason.as_str(), "restart requested");
-            self.spawn(Some(reason), now, &mut out);
+            self.hand_over(reason, now, room, &mut out);
         }
         Ok(out)
     }
 
     /// Memory governance asks for a handover. Nothing happens while one is
     /// under way or after a failed one, for `backoff_max`.
-    pub fn auto_restart(&mut self, reason: RestartReason, now: Instant) -> Vec<Action> {
+    pub fn auto_restart(&mut self, reason: RestartReason, now: Instant, room: bool) -> Vec<Action> {
         let mut out = Vec::new();
         let cooling = self.auto_restart_after.is_some_and(|t| now < t);
-        if self.pending.is_none() && !cooling {
-            self.spawn(Some(reason), now, &mut out);
+        if !self.restart_under_way() && !cooling {
+            self.hand_over(reason, now, room, &mut out);
         }
         out
+    }
+
+    /// Replaces the serving generation: by a handover when the machine has
+    /// `room` for a second generation, else by stopping it first.
+    fn hand_over(
+        &mut self,
+        reason: RestartReason,
+        now: Instant,
+        room: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(old) = self.current.filter(|_| !room && !self.shutting_down) else {
+            return self.spawn(Some(reason), now, out);
+        };
+        warn!(
+            bot = %self.name, reason = reason.as_str(),
+            "no room on the machine for a second generation: stopping the old one first"
+        );
+        self.current = None;
+        self.draining.push(old.number);
+        self.cold = Some(reason);
+        out.push(Action::ColdRestart);
+        out.push(Action::Drain(old.number));
+        out.push(Action::Lost);
+        self.set_state(BotState::Restarting, out);
     }
 
     /// The health checks changed their verdict on the bot's model servers.
@@ -346,6 +390,7 @@ impl Lifecycle {
     pub fn shutdown(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         self.shutting_down = true;
+        self.cold = None;
         self.set_state(BotState::Draining, &mut out);
         out
     }
@@ -490,7 +535,7 @@ mod tests {
     fn a_handover_switches_routing_then_drains_the_old_generation() {
         let (mut l, t) = serving();
         assert_eq!(
-            l.restart(RestartReason::Operator, t).unwrap(),
+            l.restart(RestartReason::Operator, t, true).unwrap(),
             [Action::Spawn(2)]
         );
         assert_eq!(
@@ -512,15 +557,21 @@ mod tests {
     #[test]
     fn a_second_restart_request_joins_the_one_under_way() {
         let (mut l, t) = serving();
-        assert_eq!(l.restart(RestartReason::Operator, t).unwrap().len(), 1);
-        assert!(l.restart(RestartReason::Schedule, t).unwrap().is_empty());
-        assert!(l.auto_restart(RestartReason::Memory, t).is_empty());
+        assert_eq!(
+            l.restart(RestartReason::Operator, t, true).unwrap().len(),
+            1
+        );
+        assert!(l
+            .restart(RestartReason::Schedule, t, true)
+            .unwrap()
+            .is_empty());
+        assert!(l.auto_restart(RestartReason::Memory, t, true).is_empty());
     }
 
     #[test]
     fn a_failed_handover_keeps_the_old_generation_and_pauses_automatic_restarts() {
         let (mut l, t) = serving();
-        l.restart(RestartReason::Memory, t).unwrap();
+        l.restart(RestartReason::Memory, t, true).unwrap();
         let out = l.gone(2, &Cause::StartFailed("boom".into()), t + MS);
         assert_eq!(out[0], Action::HandoverFailed);
         let Action::Resolve(Err(e)) = &out[1] else {
@@ -529,9 +580,11 @@ mod tests {
         assert_eq!(e.code, RestartErrorCode::Failed);
         assert!(e.message.contains("generation 1 keeps serving"), "{e}");
         assert_eq!(l.route(), Ok(1));
-        assert!(l.auto_restart(RestartReason::Memory, t + 2 * MS).is_empty());
+        assert!(l
+            .auto_restart(RestartReason::Memory, t + 2 * MS, true)
+            .is_empty());
         assert_eq!(
-            l.auto_restart(RestartReason::Memory, t + 500 * MS),
+            l.auto_restart(RestartReason::Memory, t + 500 * MS, true),
             [Action::Spawn(3)]
         );
     }
@@ -566,7 +619,8 @@ mod tests {
         assert!(refused.message.contains("repeated failures"), "{refused}");
         // An operator brings it back, with a fresh crash history.
         assert_eq!(
-            l.restart(RestartReason::Operator, t + 4 * MS).unwrap(),
+            l.restart(RestartReason::Operator, t + 4 * MS, true)
+                .unwrap(),
             [Action::Spawn(4), Action::State(BotState::Restarting)]
         );
     }
@@ -603,10 +657,35 @@ mod tests {
     }
 
     #[test]
+    fn without_room_for_two_generations_the_old_one_stops_first() {
+        let (mut l, t) = serving();
+        let out = l.restart(RestartReason::Operator, t, false).unwrap();
+        assert_eq!(
+            out,
+            [
+                Action::ColdRestart,
+                Action::Drain(1),
+                Action::Lost,
+                Action::State(BotState::Restarting)
+            ]
+        );
+        assert!(l.route().is_err(), "unavailable while the old one stops");
+        assert!(l.restart_under_way());
+        assert!(
+            l.auto_restart(RestartReason::Memory, t, false).is_empty(),
+            "joins"
+        );
+        assert_eq!(l.gone(1, &Cause::Stopped, t + MS), [Action::Spawn(2)]);
+        let out = l.ready(2, 2, t + 2 * MS);
+        assert!(out.contains(&Action::Count(RestartReason::Operator)));
+        assert_eq!(l.route(), Ok(2));
+    }
+
+    #[test]
     fn an_operator_cannot_restart_a_bot_between_crash_restarts() {
         let (mut l, t) = serving();
         l.gone(1, &Cause::Crashed("x".into()), t);
-        let e = l.restart(RestartReason::Operator, t).unwrap_err();
+        let e = l.restart(RestartReason::Operator, t, true).unwrap_err();
         assert_eq!(e.code, RestartErrorCode::Recovering);
     }
 
@@ -639,10 +718,12 @@ mod tests {
         let (mut l, t) = serving();
         assert_eq!(l.shutdown(), [Action::State(BotState::Draining)]);
         assert_eq!(
-            l.restart(RestartReason::Operator, t).unwrap_err().code,
+            l.restart(RestartReason::Operator, t, true)
+                .unwrap_err()
+                .code,
             RestartErrorCode::ShuttingDown
         );
         assert_eq!(l.gone(1, &Cause::Crashed("x".into()), t), [Action::Lost]);
-        assert!(l.auto_restart(RestartReason::Leak, t).is_empty());
+        assert!(l.auto_restart(RestartReason::Leak, t, true).is_empty());
     }
 }
