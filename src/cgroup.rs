@@ -45,6 +45,14 @@ impl Ceilings {
         }
     }
 
+    /// Who enforces a worker's ceiling: `kernel` or `supervisor` (a label).
+    pub fn enforcer(&self) -> &'static str {
+        match self {
+            Ceilings::V1 { .. } => "kernel",
+            Ceilings::Unavailable { .. } => "supervisor",
+        }
+    }
+
     /// One line for the log and `bothost status`.
     pub fn describe(&self) -> String {
         match self {
@@ -114,9 +122,10 @@ impl Group {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}")))?;
         let rss = crate::process::vm_rss(pid)
             .ok_or_else(|| io::Error::other("no VmRSS for the worker"))?;
-        // The worker maps a little more of its binary as it runs (code paths
-        // its first turns take); those pages too count in RSS uncharged.
-        const LATER_MAPPINGS: u64 = 1 << 20;
+        // The worker maps more of its binary as it runs (code paths its first
+        // turns take); those pages too may count in RSS uncharged. 3 MiB
+        // covers what a debug build maps after a cold start.
+        const LATER_MAPPINGS: u64 = 3 << 20;
         let uncharged = rss.saturating_sub(usage) + LATER_MAPPINGS;
         let limit = ceiling.saturating_sub(uncharged).max(usage);
         // Lower the swap limit last when shrinking: it may not go below the

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub worker_memory_warning: IntGaugeVec,
     pub worker_handover_failures: IntCounterVec,
     pub worker_cold_restarts: IntCounterVec,
+    /// 1 for how workers' memory is measured and their ceiling enforced.
+    pub memory_enforcement_info: IntGaugeVec,
     pub host_rss_bytes: IntGauge,
     /// 1 for each inference endpoint a bot calls, so PromQL can join a
     /// bot to its endpoints' `inference_up`.
@@ -127,6 +129,12 @@ impl Metrics {
             &["bot"],
         )?;
         registry.register(Box::new(worker_cold_restarts.clone()))?;
+        let memory_enforcement_info = gauge(
+            "memory_enforcement_info",
+            "1 for how a worker's memory is measured (rss_tree: the RSS of its process tree) \
+             and who enforces its ceiling (kernel: a cgroup per worker; supervisor: sampling)",
+            &["measure", "ceiling"],
+        )?;
         let db_pool_connections = gauge(
             "db_pool_connections",
             "Database pool connections: in_use, idle, and the current max",
@@ -235,6 +243,7 @@ impl Metrics {
             worker_memory_warning,
             worker_handover_failures,
             worker_cold_restarts,
+            memory_enforcement_info,
             host_rss_bytes,
             bot_endpoint_info,
             db_up,

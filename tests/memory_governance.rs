@@ -373,6 +373,13 @@ token_delay = "0s"
     let peak = peak.join().expect("watcher");
     let budget = before.budget_bytes;
     let kernel = host.status().memory_enforcement.starts_with("kernel");
+    let enforcer = if kernel { "kernel" } else { "supervisor" };
+    assert_eq!(
+        host.metric(&format!(
+            r#"bothost_memory_enforcement_info{{ceiling="{enforcer}",measure="rss_tree"}}"#
+        )),
+        Some(1.0)
+    );
     // The kernel's limit (110 %) is exact; alone, the Supervisor's 105 %
     // ceiling may see the worker a reading late.
     let bound = if kernel {
@@ -502,5 +509,7 @@ fn without_room_for_a_second_generation_a_restart_stops_the_old_one_first() {
         host.metric(r#"bothost_worker_cold_restarts_total{bot="small"}"#),
         Some(0.0)
     );
-    assert!(host.log().contains("no room on the machine for a second generation"));
+    assert!(host
+        .log()
+        .contains("no room on the machine for a second generation"));
 }

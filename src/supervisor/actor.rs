@@ -62,6 +62,10 @@ impl Supervisor {
     /// `config` must have been validated (as `Config::load` does).
     pub fn new(config: &Config, metrics: Metrics, sampler: Sampler, ceilings: Ceilings) -> Self {
         let enforcement = ceilings.describe();
+        metrics
+            .memory_enforcement_info
+            .with_label_values(&["rss_tree", ceilings.enforcer()])
+            .set(1);
         let ceilings = Arc::new(ceilings);
         let s = &config.supervisor;
         let policy = CrashPolicy {
