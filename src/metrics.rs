@@ -131,7 +131,7 @@ impl Metrics {
         registry.register(Box::new(worker_cold_restarts.clone()))?;
         let memory_enforcement_info = gauge(
             "memory_enforcement_info",
-            "1 for how a worker's memory is measured (rss_tree: the RSS of its process tree) \
+            "1 for how a worker's memory is measured (rss_tree or pss_tree: over its process tree) \
              and who enforces its ceiling (kernel: a cgroup per worker; supervisor: sampling)",
             &["measure", "ceiling"],
         )?;

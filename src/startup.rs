@@ -148,7 +148,9 @@ impl Host {
 /// WorkerHandles live on it, and every worker's parent-death signal is tied
 /// to it (see `worker`).
 fn start_supervisor(config: &Config, metrics: &Metrics) -> anyhow::Result<Addr<Supervisor>> {
-    let sampler = Sampler::new().context("cannot read process memory (sysinfo)")?;
+    let sampler = Sampler::new()
+        .context("cannot read process memory (sysinfo)")?
+        .with_pss(config.supervisor.memory_measure == crate::config::MemoryMeasure::Pss);
     let rechecks = inference::Rechecks::new(&config.inference);
     let supervisor = Supervisor::new(config, metrics.clone(), sampler, Ceilings::detect())
         .with_rechecks(rechecks.clone())

@@ -362,6 +362,9 @@ token_delay = "0s"
     ));
     let before = host.bot("runaway");
     let calm = host.bot("calm");
+    let host_rss = host.wait_for("a reading of the host", Duration::from_secs(5), || {
+        host.status().host_rss_bytes
+    });
     let peak = watch_peak(before.pid.expect("runaway serves"));
     let words = vec!["more"; 300].join(" ");
     let (ok, out, err) = host.chat("runaway", &words);
@@ -407,6 +410,11 @@ token_delay = "0s"
     );
     let after = host.bot("calm");
     assert_eq!((after.generation, after.pid), (calm.generation, calm.pid));
+    let host_after = host.status().host_rss_bytes.expect("host RSS");
+    assert!(
+        host_after < host_rss + 5_000_000,
+        "the host itself grew from {host_rss} to {host_after}"
+    );
     let (ok, out, err) = host.chat("calm", "still there?");
     assert!(ok, "{out}{err}");
 }

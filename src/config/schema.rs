@@ -160,6 +160,24 @@ pub enum DatabaseTarget {
     Sqlite(PathBuf),
 }
 
+/// How a worker's memory is counted (always over its whole process tree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMeasure {
+    Rss,
+    Pss,
+}
+
+impl MemoryMeasure {
+    /// The `measure` label of `bothost_memory_enforcement_info`.
+    pub fn label(self) -> &'static str {
+        match self {
+            MemoryMeasure::Rss => "rss_tree",
+            MemoryMeasure::Pss => "pss_tree",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
@@ -202,6 +220,9 @@ pub struct SupervisorConfig {
     pub quarantine_max: Duration,
     /// Fraction of the budget at which a warning is logged and shown.
     pub memory_warn_ratio: f64,
+    /// What a worker's memory is: `rss` (resident pages, shared ones counted
+    /// in full) or `pss` (shared pages split between their users).
+    pub memory_measure: MemoryMeasure,
     /// Readings in a row over budget before a `memory` restart.
     pub over_budget_samples: u32,
     /// The span of readings the leak trend is fitted over.
@@ -239,6 +260,7 @@ impl Default for SupervisorConfig {
             quarantine_initial: Duration::from_secs(5 * 60),
             quarantine_max: Duration::from_secs(60 * 60),
             memory_warn_ratio: 0.8,
+            memory_measure: MemoryMeasure::Rss,
             over_budget_samples: 3,
             leak_window: Duration::from_secs(600),
             leak_warmup: Duration::from_secs(60),

@@ -354,3 +354,20 @@ fn the_shipped_inference_example_is_valid_once_uncommented() {
     let llama = c.bots.iter().find(|b| b.name == "llama").unwrap();
     assert_eq!(c.endpoints_of(llama).len(), 2);
 }
+
+#[test]
+fn memory_is_counted_as_rss_unless_pss_is_asked_for() {
+    assert_eq!(
+        parse(ONE_BOT).unwrap().supervisor.memory_measure,
+        MemoryMeasure::Rss
+    );
+    let c = parse(&format!(
+        "[supervisor]\nmemory_measure = \"pss\"\n{ONE_BOT}"
+    ))
+    .unwrap();
+    assert_eq!(c.supervisor.memory_measure, MemoryMeasure::Pss);
+    let e = err(&format!(
+        "[supervisor]\nmemory_measure = \"vss\"\n{ONE_BOT}"
+    ));
+    assert!(e.contains("supervisor.memory_measure"), "{e}");
+}

@@ -64,7 +64,10 @@ impl Supervisor {
         let enforcement = ceilings.describe();
         metrics
             .memory_enforcement_info
-            .with_label_values(&["rss_tree", ceilings.enforcer()])
+            .with_label_values(&[
+                config.supervisor.memory_measure.label(),
+                ceilings.enforcer(),
+            ])
             .set(1);
         let ceilings = Arc::new(ceilings);
         let s = &config.supervisor;
