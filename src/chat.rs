@@ -214,7 +214,7 @@ impl Chats {
             (Err(mut error), stored) => {
                 if error.code != ErrorCode::Cancelled {
                     // True here, where the question was stored first.
-                    error.message.push_str(" Your message is saved.");
+                    note_saved(&mut error.message);
                 }
                 ChatEvent::Failed {
                     error,
@@ -225,6 +225,16 @@ impl Chats {
         };
         let _ = events.send(event);
     }
+}
+
+/// Tells the user their message is kept, as a sentence of its own.
+fn note_saved(message: &mut String) {
+    let trimmed = message.trim_end().len();
+    message.truncate(trimmed);
+    if !message.is_empty() && !message.ends_with(['.', '!', '?']) {
+        message.push('.');
+    }
+    message.push_str(" Your message is saved.");
 }
 
 /// A reply the user has seen must not be lost to a brief database hiccup:
@@ -296,6 +306,19 @@ mod tests {
             created_at: 0,
             updated_at: 0,
         }
+    }
+
+    #[test]
+    fn the_saved_note_is_a_sentence_of_its_own() {
+        let mut m = "the bot stopped responding; please try again".to_owned();
+        note_saved(&mut m);
+        assert_eq!(
+            m,
+            "the bot stopped responding; please try again. Your message is saved."
+        );
+        let mut m = "It is temporarily unavailable. ".to_owned();
+        note_saved(&mut m);
+        assert_eq!(m, "It is temporarily unavailable. Your message is saved.");
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
 use common::web::{client, register};
@@ -438,39 +437,8 @@ fn closed_registration_admin_users_and_the_admin_api() {
         .unwrap();
     assert_eq!(error_code(res), (403, "registration_closed".into()));
 
-    let add = |name: &str, admin: bool| {
-        let mut args = vec![
-            "--config".to_owned(),
-            host.config.display().to_string(),
-            "user".into(),
-            "add".into(),
-            name.into(),
-        ];
-        if admin {
-            args.push("--admin".into());
-        }
-        let mut child = std::process::Command::new(BOTHOST)
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"correct horse battery\n")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    add("root", true);
-    add("carol", false);
+    host.add_user("root", true);
+    host.add_user("carol", false);
     let login = |name: &str| -> String {
         let v: Value = client()
             .post(format!("{}/api/v1/auth/login", host.url))
@@ -677,4 +645,59 @@ fn the_edges_the_openapi_document_promises() {
             ["schema"]["properties"]["bot"]["enum"],
         serde_json::json!(["fast", "slow"])
     );
+}
+
+/// A rolling restart started through the admin API runs to the end even
+/// when the client that asked goes away half-way.
+#[test]
+fn a_rolling_restart_outlives_the_request_that_started_it() {
+    // Workers that take a second to start: the rolling restart of three
+    // bots takes three.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow-worker");
+    let real = std::path::Path::new(BOTHOST).with_file_name("bot-worker");
+    std::fs::write(
+        &slow,
+        format!("#!/bin/sh\nsleep 1\nexec {} \"$@\"\n", real.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let names = ["one", "two", "three"];
+    let toml: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "[[bots]]\nname = \"{n}\"\nworker_binary = \"{}\"\n",
+                slow.display()
+            )
+        })
+        .collect();
+    let host = TestHost::start_with_config(&format!(
+        "{FAST_SUPERVISOR}\n[auth]\njwt_secret = \"{SECRET}\"\n{toml}"
+    ));
+    host.add_user("root", true);
+    let token: Value = client()
+        .post(format!("{}/api/v1/auth/login", host.url))
+        .json(&json!({"username": "root", "password": "correct horse battery"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/api/v1/admin/restart?rolling=true", host.url))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .send();
+    assert!(gave_up.is_err(), "the client gives up before the end");
+    host.wait_for("every bot handed over", Duration::from_secs(20), || {
+        let status = host.status();
+        status
+            .bots
+            .iter()
+            .all(|b| b.generation == 2 && b.state == bothost::status::BotState::Ready)
+            .then_some(())
+    });
 }

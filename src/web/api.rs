@@ -377,13 +377,21 @@ async fn admin_restart_all(
     query: web::Query<RestartAll>,
 ) -> Result<HttpResponse, ApiError> {
     user.require_admin()?;
-    let results = if query.rolling {
-        rolling_restart(&state.supervisor, RestartReason::Operator, None)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::CONFLICT, "busy", e.message))?
-    } else {
-        restart_all(&state.supervisor, RestartReason::Operator).await
-    };
+    // A task of its own: a client that goes away must not stop a rolling
+    // restart half-way (dropping this handler drops only the wait).
+    let supervisor = state.supervisor.clone();
+    let rolling = query.rolling;
+    let task = actix_rt::spawn(async move {
+        if rolling {
+            rolling_restart(&supervisor, RestartReason::Operator, None).await
+        } else {
+            Ok(restart_all(&supervisor, RestartReason::Operator).await)
+        }
+    });
+    let results = task
+        .await
+        .map_err(|_| supervisor_gone())?
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "busy", e.message))?;
     let failed = results.iter().filter(|r| r.result.is_err()).count();
     Ok(HttpResponse::Ok().json(json!({"results": results, "failed": failed})))
 }

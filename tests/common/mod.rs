@@ -83,6 +83,38 @@ impl TestHost {
     }
 }
 
+impl TestHost {
+    /// `bothost user add NAME [--admin]` with the tests' password on stdin.
+    pub fn add_user(&self, name: &str, admin: bool) {
+        use std::io::Write;
+        let mut args = vec!["user", "add", name];
+        if admin {
+            args.push("--admin");
+        }
+        let mut child = std::process::Command::new(BOTHOST)
+            .arg("--config")
+            .arg(&self.config)
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bothost user add");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"correct horse battery\n")
+            .expect("password");
+        let out = child.wait_with_output().expect("user add");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl std::ops::Deref for TestHost {
     type Target = HostProcess;
 
