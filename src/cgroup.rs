@@ -19,7 +19,8 @@
 //! worker (moving a process's pages along with it is gone from recent
 //! kernels).
 //! This module never decides anything about workers; it only sets limits
-//! and reads them.
+//! and reads them. At start it removes the empty groups that hosts killed
+//! before they could clean up left behind.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,10 @@ impl Ceilings {
     pub fn detect() -> Self {
         match v1_parent() {
             Ok(parent) => match probe(&parent) {
-                Ok(()) => Ceilings::V1 { parent },
+                Ok(()) => {
+                    remove_orphans(&parent);
+                    Ceilings::V1 { parent }
+                }
                 Err(e) => Ceilings::Unavailable {
                     why: format!("cannot create a memory cgroup in {}: {e}", parent.display()),
                 },
@@ -223,6 +227,29 @@ fn v1_parent() -> Result<PathBuf, String> {
     Ok(Path::new(&mount).join(relative))
 }
 
+/// Removes the empty groups of hosts that are gone (killed before they
+/// could remove their workers' groups). A group's name carries its host's
+/// pid: `bothost-<host pid>-<bot>-<generation>`.
+fn remove_orphans(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let host = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("bothost-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = host {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                // Fails, harmlessly, while a process is still inside.
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+}
+
 /// Creates and removes a child group: the only sure test of permission.
 fn probe(parent: &Path) -> io::Result<()> {
     let dir = parent.join(format!("bothost-probe-{}", std::process::id()));
@@ -251,5 +278,26 @@ mod tests {
         assert!(!group.oom_killed());
         group.remove();
         assert!(!parent.join("bothost-unit-test").exists());
+    }
+
+    #[test]
+    fn groups_of_hosts_that_are_gone_are_removed_at_start() {
+        let ceilings = Ceilings::detect();
+        let Ceilings::V1 { parent } = &ceilings else {
+            eprintln!("no writable memory cgroup here: {}", ceilings.describe());
+            return;
+        };
+        // pid_max is at most 2^22: this host cannot exist.
+        let orphan = parent.join("bothost-99999999-bot-1");
+        std::fs::create_dir(&orphan).unwrap();
+        let ours = parent.join(format!("bothost-{}-bot-1", std::process::id()));
+        std::fs::create_dir(&ours).unwrap();
+        Ceilings::detect();
+        let orphan_left = orphan.exists();
+        let ours_left = ours.exists();
+        let _ = std::fs::remove_dir(&orphan);
+        let _ = std::fs::remove_dir(&ours);
+        assert!(!orphan_left, "the dead host's group was removed");
+        assert!(ours_left, "a live host's group was kept");
     }
 }
