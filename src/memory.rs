@@ -88,7 +88,7 @@ impl Sampler {
         let pss = self.pss;
         let rss = |pid: Pid| {
             if pss {
-                pss_of(pid.as_u32())
+                crate::process::pss(pid.as_u32())
             } else {
                 self.system.process(pid).map(sysinfo::Process::memory)
             }
@@ -105,20 +105,6 @@ impl Sampler {
             host: if host { rss(self.host) } else { None },
         }
     }
-}
-
-/// The `Pss:` line of `/proc/PID/smaps_rollup`, in bytes.
-fn pss_of(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kb: u64 = rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// Every process `pid` started, and theirs (from each thread's
@@ -177,6 +163,19 @@ pub struct MemoryPolicy {
     pub leak_warmup: Duration,
     pub leak_horizon: Duration,
     pub leak_min_growth: u64,
+}
+
+impl MemoryPolicy {
+    /// The user-space ceiling: [`CEILING_RATIO`] of the budget.
+    pub fn ceiling(&self) -> u64 {
+        (self.budget as f64 * CEILING_RATIO) as u64
+    }
+
+    /// The kernel's limit, where it can enforce one: [`KERNEL_CEILING_RATIO`]
+    /// of the budget.
+    pub fn kernel_ceiling(&self) -> u64 {
+        (self.budget as f64 * KERNEL_CEILING_RATIO) as u64
+    }
 }
 
 /// What a reading calls for.
@@ -256,7 +255,7 @@ impl MemoryWatch {
         {
             self.recent.pop_front();
         }
-        if rss as f64 >= policy.budget as f64 * CEILING_RATIO {
+        if rss >= policy.ceiling() {
             return Reading {
                 warning_crossed: !self.above_warning,
                 action: Some(Action::Ceiling { rss }),

@@ -60,10 +60,21 @@ pub fn describe_exit(status: ExitStatus) -> String {
 /// VmRSS of `pid` in bytes, as `/proc/PID/status` gives it; `None` once
 /// the process is gone.
 pub fn vm_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
+    proc_bytes(pid, "status", "VmRSS:")
+}
+
+/// Proportional set size of `pid` in bytes (shared pages split between
+/// their users), from `/proc/PID/smaps_rollup`.
+pub fn pss(pid: u32) -> Option<u64> {
+    proc_bytes(pid, "smaps_rollup", "Pss:")
+}
+
+/// The `KEY  N kB` line of `/proc/PID/FILE`, in bytes.
+fn proc_bytes(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let kb: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -99,7 +99,7 @@ impl Supervisor {
                         drain_timeout: s.drain_timeout,
                         stop_grace: s.stop_grace,
                         ceilings: Arc::clone(&ceilings),
-                        memory_limit: (memory.budget as f64 * memory::KERNEL_CEILING_RATIO) as u64,
+                        memory_limit: memory.kernel_ceiling(),
                     }),
                     memory,
                     life: Lifecycle::new(&bot.name, policy.clone()),
@@ -294,7 +294,7 @@ impl Supervisor {
             };
             if is_current {
                 self.observe_current(idx, rss, now, ctx);
-            } else if rss as f64 >= self.bots[idx].memory.budget as f64 * memory::CEILING_RATIO {
+            } else if rss >= self.bots[idx].memory.ceiling() {
                 self.kill_over_ceiling(idx, generation, rss);
             }
         }
@@ -378,7 +378,7 @@ impl Supervisor {
     /// its budget is killed at once, turns and all.
     fn kill_over_ceiling(&mut self, idx: usize, generation: u64, rss: u64) {
         let bot = &self.bots[idx];
-        let ceiling = (bot.memory.budget as f64 * memory::CEILING_RATIO) as u64;
+        let ceiling = bot.memory.ceiling();
         error!(
             bot = %bot.name(), generation, rss, ceiling,
             "worker at its memory ceiling ({} of {}): killing it", mb(rss), mb(ceiling)
