@@ -195,6 +195,25 @@ fn kill_9_mid_reply_fails_the_turn_at_once_and_only_that_bot_restarts() {
     }
 }
 
+/// A message that arrives while a bot's worker is gone (killed, its
+/// replacement still starting) waits for the replacement instead of failing:
+/// whether it reached the Supervisor before or after it learned of the death.
+#[test]
+fn a_message_sent_just_after_a_crash_is_answered_by_the_replacement() {
+    let host = TestHost::start(&bots(&["alpha", "bravo"]));
+    for round in 1..=2u64 {
+        let victim = host.bot("alpha").pid.expect("alpha serving");
+        send_signal(victim, Signal::SIGKILL);
+        let (ok, out, err) = host.chat("alpha", &format!("still there {round}?"));
+        assert!(ok, "round {round}: {err}");
+        assert!(out.contains(&format!("still there {round}?")), "{out}");
+        let alpha = host.bot("alpha");
+        assert_eq!(alpha.generation, round + 1, "{alpha:?}");
+        assert_ne!(alpha.pid, Some(victim));
+    }
+    assert_eq!(host.bot("bravo").restarts, 0);
+}
+
 #[test]
 fn a_worker_that_stops_answering_heartbeats_is_replaced() {
     let host = TestHost::start(&bots(&["alpha", "frozen"]));

@@ -16,9 +16,9 @@ use actix::prelude::*;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, info, warn};
 
-use super::bot::Bot;
+use super::bot::{Bot, HeldTurn};
 use super::endpoints::Endpoints;
-use super::lifecycle::{Action, Lifecycle};
+use super::lifecycle::{Action, Lifecycle, Route};
 use super::messages::{
     AwaitSettled, BeginRolling, EndRolling, GetStatus, RestartBot, Shutdown, StartChat,
     SubscribeStatus,
@@ -38,6 +38,10 @@ use crate::turn::{CancelTurn, ErrorCode, TurnError};
 use crate::worker::{
     Cause, Drain, Kill, SetEndpointsDown, StartTurn, WorkerEvent, WorkerHandle, WorkerSettings,
 };
+
+/// At most this many turns wait for one bot's next generation; more are
+/// refused at once rather than queued without bound.
+const MAX_HELD: usize = 1024;
 
 pub struct Supervisor {
     bots: Vec<Bot>,
@@ -105,6 +109,7 @@ impl Supervisor {
                     life: Lifecycle::new(&bot.name, policy.clone()),
                     workers: HashMap::new(),
                     waiters: Vec::new(),
+                    held: Default::default(),
                     rss: None,
                     watch: MemoryWatch::default(),
                     next_sample: Instant::now(),
@@ -230,6 +235,7 @@ impl Supervisor {
                 }
             }
         }
+        self.release_held(idx, Instant::now());
     }
 
     fn on_endpoint_checked(&mut self, status: EndpointStatus, ctx: &mut Context<Self>) {
@@ -264,6 +270,11 @@ impl Supervisor {
     /// the host every `sample_interval`.
     fn sample_memory(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
+        for idx in 0..self.bots.len() {
+            if !self.bots[idx].held.is_empty() {
+                self.release_held(idx, now);
+            }
+        }
         let host_due = now >= self.host_next;
         // (bot, generation, pid, serving)
         let mut due = Vec::new();
@@ -388,6 +399,56 @@ impl Supervisor {
         }
     }
 
+    /// Sends a turn to the generation bot `idx`'s lifecycle routes it to,
+    /// or keeps it waiting for one on its way, or answers why neither.
+    ///
+    /// The turn goes to the worker from here, in the worker's mailbox: the
+    /// `Drain` a handover sends the same worker later is queued behind it,
+    /// so a turn never reaches a worker that stopped taking turns. One that
+    /// reaches a dead worker comes back (`WorkerEvent::Returned`, or a
+    /// closed mailbox here) and is routed again: it never started.
+    fn route_turn(&mut self, idx: usize, held: HeldTurn, now: Instant) {
+        if held.turn.reply.is_closed() {
+            return; // the client went away while it waited
+        }
+        let bot = &mut self.bots[idx];
+        let refused = match bot.life.route() {
+            Ok(Route::Worker(generation)) => match bot.worker(generation) {
+                Some(worker) => match worker.try_send(held.turn) {
+                    Ok(()) => return,
+                    Err(SendError::Full(turn)) => return worker.do_send(turn),
+                    Err(SendError::Closed(turn)) => {
+                        // Its `Gone` is on the way: wait for what follows.
+                        return bot.held.push_back(HeldTurn { turn, ..held });
+                    }
+                },
+                None => TurnError::new(ErrorCode::Internal, "the serving worker has no handle"),
+            },
+            Ok(Route::Wait) if now < held.until && bot.held.len() < MAX_HELD => {
+                return bot.held.push_back(held);
+            }
+            Ok(Route::Wait) => TurnError::new(
+                ErrorCode::BotUnavailable,
+                format!(
+                    "the bot '{}' is {} and did not come back in time; please try again in a moment",
+                    bot.name(),
+                    bot.life.state().as_str()
+                ),
+            ),
+            Err(e) => e,
+        };
+        let _ = held.turn.reply.send(Err(refused));
+    }
+
+    /// Routes bot `idx`'s waiting turns again, in order: after anything that
+    /// may have changed where they go, and on the sampling tick for those
+    /// that waited too long.
+    fn release_held(&mut self, idx: usize, now: Instant) {
+        for turn in std::mem::take(&mut self.bots[idx].held) {
+            self.route_turn(idx, turn, now);
+        }
+    }
+
     fn status(&self) -> StatusReport {
         let bots = self
             .bots
@@ -461,6 +522,13 @@ impl Handler<WorkerEvent> for Supervisor {
                 }
             }
             WorkerEvent::EndpointFailed { endpoint } => self.rechecks.poke(&endpoint),
+            WorkerEvent::Returned { bot, turn } => {
+                if let Some(idx) = self.index_of(&bot) {
+                    let now = Instant::now();
+                    let until = now + self.bots[idx].settings.start_timeout;
+                    self.route_turn(idx, HeldTurn { turn, until }, now);
+                }
+            }
         }
     }
 }
@@ -468,44 +536,34 @@ impl Handler<WorkerEvent> for Supervisor {
 impl Handler<StartChat> for Supervisor {
     type Result = ResponseFuture<Result<(u64, Recipient<CancelTurn>), TurnError>>;
 
-    /// The turn goes to the worker from here, by `do_send`: the `Drain` that
-    /// a handover sends the same worker later is queued behind it, so a turn
-    /// can never reach a worker that has stopped taking turns.
     fn handle(&mut self, msg: StartChat, _: &mut Context<Self>) -> Self::Result {
-        let routed = match self.index_of(&msg.bot) {
-            None => Err(TurnError::new(
-                ErrorCode::UnknownBot,
-                format!("there is no bot named '{}'", msg.bot),
-            )),
-            Some(idx) => {
-                let bot = &self.bots[idx];
-                bot.life.route().and_then(|generation| {
-                    bot.worker(generation).cloned().ok_or_else(|| {
-                        TurnError::new(ErrorCode::Internal, "the serving worker has no handle")
-                    })
-                })
-            }
+        let (reply, started) = oneshot::channel();
+        let turn = StartTurn {
+            messages: msg.messages,
+            events: msg.events,
+            reply,
         };
-        let routed = routed.map(|worker| {
-            let (reply, started) = oneshot::channel();
-            worker.do_send(StartTurn {
-                messages: msg.messages,
-                events: msg.events,
-                reply,
-            });
-            (worker, started)
-        });
+        match self.index_of(&msg.bot) {
+            Some(idx) => {
+                let now = Instant::now();
+                let until = now + self.bots[idx].settings.start_timeout;
+                self.route_turn(idx, HeldTurn { turn, until }, now);
+            }
+            None => {
+                let _ = turn.reply.send(Err(TurnError::new(
+                    ErrorCode::UnknownBot,
+                    format!("there is no bot named '{}'", msg.bot),
+                )));
+            }
+        }
         let bot = msg.bot;
         Box::pin(async move {
-            let (worker, started) = routed?;
-            match started.await {
-                Ok(Ok(id)) => Ok((id, worker.recipient())),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(TurnError::new(
+            started.await.unwrap_or_else(|_| {
+                Err(TurnError::new(
                     ErrorCode::WorkerDied,
                     format!("the bot '{bot}' stopped before it could take the message; please try again"),
-                )),
-            }
+                ))
+            })
         })
     }
 }

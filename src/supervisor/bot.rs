@@ -2,8 +2,9 @@
 //! each live generation, the memory watch of the serving one, and who waits
 //! for a restart. Also how a bot reads in `bothost status`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::Addr;
 use tokio::sync::oneshot;
@@ -12,9 +13,17 @@ use super::endpoints::Endpoints;
 use super::lifecycle::Lifecycle;
 use crate::memory::{MemoryPolicy, MemoryWatch};
 use crate::status::{BotStatus, RestartError, Restarted};
-use crate::worker::{WorkerHandle, WorkerSettings};
+use crate::worker::{StartTurn, WorkerHandle, WorkerSettings};
 
 pub type RestartWaiter = oneshot::Sender<Result<Restarted, RestartError>>;
+
+/// A turn that waits for a generation on its way (see
+/// [`Route::Wait`](super::lifecycle::Route::Wait)).
+pub struct HeldTurn {
+    pub turn: StartTurn,
+    /// Given up on after this: the bot did not come back in time.
+    pub until: Instant,
+}
 
 pub struct Bot {
     pub settings: Arc<WorkerSettings>,
@@ -24,6 +33,8 @@ pub struct Bot {
     pub workers: HashMap<u64, Addr<WorkerHandle>>,
     /// Callers waiting for the pending generation to take over.
     pub waiters: Vec<RestartWaiter>,
+    /// Turns waiting for a generation to serve, oldest first.
+    pub held: VecDeque<HeldTurn>,
     /// The serving generation's last RSS reading.
     pub rss: Option<u64>,
     pub watch: MemoryWatch,

@@ -105,6 +105,20 @@ pub struct Lifecycle {
     /// A restart that waits for the old generation to exit before starting
     /// the next (no room for both).
     cold: Option<RestartReason>,
+    /// The current generation takes no new turns: it is being replaced for
+    /// memory, and every turn it took would grow it further towards its
+    /// ceiling. Turns wait for the pending generation instead.
+    closed: bool,
+}
+
+/// Where a new turn goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To this generation, now.
+    Worker(u64),
+    /// A generation is on its way (starting, or replacing one that takes no
+    /// more turns): the turn waits for it rather than failing.
+    Wait,
 }
 
 impl Lifecycle {
@@ -126,6 +140,7 @@ impl Lifecycle {
             quarantines: 0,
             retry_at: None,
             cold: None,
+            closed: false,
         }
     }
 
@@ -174,19 +189,29 @@ impl Lifecycle {
             .chain(self.draining.iter().copied())
     }
 
-    /// The generation a new turn goes to, or why none can take it.
-    pub fn route(&self) -> Result<u64, TurnError> {
+    /// Where a new turn goes, or why none can take it.
+    pub fn route(&self) -> Result<Route, TurnError> {
         let name = &self.name;
-        match (&self.current, self.state) {
-            (Some(g), _) => Ok(g.number),
-            (None, BotState::Failed) => Err(TurnError::new(
+        if let Some(g) = self.current.filter(|_| !self.closed) {
+            return Ok(Route::Worker(g.number));
+        }
+        if self.shutting_down {
+            return Err(TurnError::new(
+                ErrorCode::BotUnavailable,
+                format!("the bot '{name}' is shutting down; please try again in a moment"),
+            ));
+        }
+        match self.state {
+            BotState::Failed => Err(TurnError::new(
                 ErrorCode::BotUnavailable,
                 format!(
                     "the bot '{name}' is unavailable after repeated failures; an operator has been alerted, \
                      and it is tried again by itself"
                 ),
             )),
-            (None, state) => Err(TurnError::new(
+            _ if self.restart_under_way() => Ok(Route::Wait),
+            BotState::Starting | BotState::Restarting => Ok(Route::Wait),
+            state => Err(TurnError::new(
                 ErrorCode::BotUnavailable,
                 format!(
                     "the bot '{name}' is {}; please try again in a moment",
@@ -219,6 +244,7 @@ impl Lifecycle {
             ready_at: now,
         };
         let from = self.current.map(|g| g.number);
+        self.closed = false;
         if let Some(old) = self.current.replace(serving) {
             out.push(Action::Drain(old.number));
             self.draining.push(old.number);
@@ -258,6 +284,7 @@ impl Lifecycle {
             let why = format!("generation {} {cause}", pending.number);
             if let Some(current) = &self.current {
                 let message = format!("{why}; generation {} keeps serving", current.number);
+                self.closed = false;
                 error!(bot = %self.name, "restart failed: {message}");
                 self.last_failure = Some(message.clone());
                 self.auto_restart_after = Some(now + self.policy.backoff.max);
@@ -277,6 +304,7 @@ impl Lifecycle {
         }
         if self.current.is_some_and(|g| g.number == number) {
             self.current = None;
+            self.closed = false;
             out.push(Action::Lost);
             if *cause != Cause::Stopped {
                 self.on_crash(cause, now, &mut out);
@@ -360,7 +388,11 @@ impl Lifecycle {
         out: &mut Vec<Action>,
     ) {
         let Some(old) = self.current.filter(|_| !room && !self.shutting_down) else {
-            return self.spawn(Some(reason), now, out);
+            self.spawn(Some(reason), now, out);
+            // Every turn a worker over (or fast nearing) its budget takes
+            // grows it towards its ceiling, where it is killed turns and all.
+            self.closed = reason == RestartReason::Memory && self.pending.is_some();
+            return;
         };
         warn!(
             bot = %self.name, reason = reason.as_str(),
@@ -477,6 +509,7 @@ impl Lifecycle {
 mod tests {
     use super::*;
     use crate::backoff::Backoff;
+    use Route::{Wait, Worker};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -513,7 +546,7 @@ mod tests {
         let (mut l, t) = bot();
         assert_eq!(l.start(t), [Action::Spawn(1)]);
         assert_eq!(l.state(), BotState::Starting);
-        assert!(l.route().is_err());
+        assert_eq!(l.route(), Ok(Wait), "turns wait for the first generation");
         let out = l.ready(1, 42, t + 7 * MS);
         assert_eq!(
             out,
@@ -527,7 +560,7 @@ mod tests {
                 Action::State(BotState::Ready),
             ]
         );
-        assert_eq!(l.route(), Ok(1));
+        assert_eq!(l.route(), Ok(Worker(1)));
         assert_eq!(l.restarts(), 0, "a first start is not a restart");
     }
 
@@ -540,14 +573,14 @@ mod tests {
         );
         assert_eq!(
             l.route(),
-            Ok(1),
+            Ok(Worker(1)),
             "the old generation serves until the new one is ready"
         );
         assert_eq!(l.state(), BotState::Ready);
         let out = l.ready(2, 200, t + 3 * MS);
         assert_eq!(out[0], Action::Drain(1));
         assert!(out.contains(&Action::Count(RestartReason::Operator)));
-        assert_eq!(l.route(), Ok(2));
+        assert_eq!(l.route(), Ok(Worker(2)));
         assert_eq!(l.generations().collect::<Vec<_>>(), [2, 1]);
         assert!(l.gone(1, &Cause::Stopped, t + 10 * MS).is_empty());
         assert_eq!(l.generations().collect::<Vec<_>>(), [2]);
@@ -569,6 +602,33 @@ mod tests {
     }
 
     #[test]
+    fn a_generation_replaced_for_memory_takes_no_new_turns() {
+        let (mut l, t) = serving();
+        assert_eq!(
+            l.auto_restart(RestartReason::Memory, t, true),
+            [Action::Spawn(2)]
+        );
+        assert_eq!(l.route(), Ok(Wait), "turns wait for generation 2");
+        // Killed at its ceiling before the next is ready: still waiting.
+        l.gone(1, &Cause::MemoryCeiling { rss: 2, ceiling: 1 }, t + MS);
+        assert_eq!(l.route(), Ok(Wait));
+        l.ready(2, 2, t + 2 * MS);
+        assert_eq!(l.route(), Ok(Worker(2)));
+        // A leak is slow: the old generation serves until the new one is ready.
+        l.auto_restart(RestartReason::Leak, t + 3 * MS, true);
+        assert_eq!(l.route(), Ok(Worker(2)));
+    }
+
+    #[test]
+    fn a_crashed_bot_keeps_turns_waiting_until_it_fails() {
+        let (mut l, t) = serving();
+        l.gone(1, &Cause::Crashed("x".into()), t);
+        assert_eq!(l.route(), Ok(Wait), "during the backoff");
+        l.shutdown();
+        assert!(l.route().is_err(), "not while shutting down");
+    }
+
+    #[test]
     fn a_failed_handover_keeps_the_old_generation_and_pauses_automatic_restarts() {
         let (mut l, t) = serving();
         l.restart(RestartReason::Memory, t, true).unwrap();
@@ -579,7 +639,7 @@ mod tests {
         };
         assert_eq!(e.code, RestartErrorCode::Failed);
         assert!(e.message.contains("generation 1 keeps serving"), "{e}");
-        assert_eq!(l.route(), Ok(1));
+        assert_eq!(l.route(), Ok(Worker(1)));
         assert!(l
             .auto_restart(RestartReason::Memory, t + 2 * MS, true)
             .is_empty());
@@ -669,7 +729,7 @@ mod tests {
                 Action::State(BotState::Restarting)
             ]
         );
-        assert!(l.route().is_err(), "unavailable while the old one stops");
+        assert_eq!(l.route(), Ok(Wait), "turns wait while the old one stops");
         assert!(l.restart_under_way());
         assert!(
             l.auto_restart(RestartReason::Memory, t, false).is_empty(),
@@ -678,7 +738,7 @@ mod tests {
         assert_eq!(l.gone(1, &Cause::Stopped, t + MS), [Action::Spawn(2)]);
         let out = l.ready(2, 2, t + 2 * MS);
         assert!(out.contains(&Action::Count(RestartReason::Operator)));
-        assert_eq!(l.route(), Ok(2));
+        assert_eq!(l.route(), Ok(Worker(2)));
     }
 
     #[test]
@@ -694,7 +754,7 @@ mod tests {
         let (mut l, t) = serving();
         assert!(l.ready(7, 1, t).is_empty());
         assert!(l.gone(7, &Cause::Crashed("x".into()), t).is_empty());
-        assert_eq!(l.route(), Ok(1));
+        assert_eq!(l.route(), Ok(Worker(1)));
     }
 
     #[test]

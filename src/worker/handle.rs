@@ -522,9 +522,20 @@ impl Handler<ChildExited> for WorkerHandle {
 impl Handler<StartTurn> for WorkerHandle {
     type Result = ();
 
-    fn handle(&mut self, msg: StartTurn, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: StartTurn, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Dead {
+            // Sent before the Supervisor read our `Gone`, which it reads
+            // before this: it routes the turn to whoever serves now.
+            self.supervisor.do_send(WorkerEvent::Returned {
+                bot: self.bot().to_owned(),
+                turn: msg,
+            });
+            return;
+        }
         let started = self.start_turn(msg.messages, msg.events);
-        let _ = msg.reply.send(started);
+        let _ = msg
+            .reply
+            .send(started.map(|id| (id, ctx.address().recipient())));
     }
 }
 

@@ -10,7 +10,7 @@ use bot_worker::{BotSpec, ChatMessage};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cgroup::Ceilings;
-use crate::turn::{TurnError, TurnEvent};
+use crate::turn::{CancelTurn, TurnError, TurnEvent};
 
 /// What a WorkerHandle needs to start and watch one generation.
 #[derive(Debug, Clone)]
@@ -62,16 +62,28 @@ pub enum WorkerEvent {
     },
     /// A turn failed on this inference endpoint: worth a health check now.
     EndpointFailed { endpoint: String },
+    /// A turn reached this worker after it died (and after its `Gone`):
+    /// it never started, so the Supervisor routes it again.
+    Returned { bot: String, turn: StartTurn },
 }
 
-/// Start a turn; `reply` gets its request id. Sent by the Supervisor with
-/// `do_send`, which keeps it in order with the `Drain` that may follow.
+/// Start a turn; `reply` gets its request id and where to cancel it (the
+/// worker that took it). Sent by the Supervisor in order with the `Drain`
+/// that may follow.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StartTurn {
     pub messages: Vec<ChatMessage>,
     pub events: mpsc::UnboundedSender<TurnEvent>,
-    pub reply: oneshot::Sender<Result<u64, TurnError>>,
+    pub reply: oneshot::Sender<Result<(u64, Recipient<CancelTurn>), TurnError>>,
+}
+
+impl fmt::Debug for StartTurn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StartTurn")
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The host's health checks changed their verdict: these endpoints are
