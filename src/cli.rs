@@ -47,6 +47,23 @@ pub enum Command {
     Top,
     /// One chat turn through the running host; the reply streams to stdout.
     Chat { bot: String, text: String },
+    /// Back the database up (SQLite: a consistent copy while the host
+    /// serves; PostgreSQL: pg_dump) with a manifest; prints the backup's
+    /// path on the last line.
+    Backup {
+        /// Where to write it (default: backup.dir).
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Restore a backup into the configured database: checks its SHA-256,
+    /// refuses while a host serves or over existing data (unless --force),
+    /// then applies pending migrations.
+    Restore {
+        file: PathBuf,
+        /// Restore even over existing data or while a host serves.
+        #[arg(long)]
+        force: bool,
+    },
     /// Hand bots over to new worker generations without dropping a turn.
     /// Returns when done; exits 1 if any bot failed (fit for cron).
     #[command(group(clap::ArgGroup::new("target").required(true).args(["bot", "all"])))]
@@ -74,6 +91,46 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     for version in applied {
         println!("applied {version}");
     }
+    Ok(())
+}
+
+/// `bothost backup`.
+pub async fn backup(config: &Config, to: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let backup = crate::backup::create(config, to).await?;
+    let m = &backup.manifest;
+    println!(
+        "backed up {} users, {} conversations, {} messages ({}, schema {}) in {} ms",
+        m.rows.users,
+        m.rows.conversations,
+        m.rows.messages,
+        bytesize::ByteSize::b(m.bytes).display().si(),
+        m.schema_version,
+        backup.took.as_millis()
+    );
+    println!("{}", backup.path.display());
+    Ok(())
+}
+
+/// `bothost restore`.
+pub async fn restore(config: &Config, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let restored = crate::backup::restore(config, file, force).await?;
+    let (want, got) = (&restored.manifest.rows, &restored.rows);
+    for version in &restored.migrated {
+        println!("applied migration {version}");
+    }
+    println!(
+        "restored {} users, {} conversations, {} messages from {} ({}) in {} ms",
+        got.users,
+        got.conversations,
+        got.messages,
+        file.display(),
+        restored.manifest.created_at,
+        restored.took.as_millis()
+    );
+    anyhow::ensure!(
+        want == got,
+        "the restored database holds {got:?}, the backup's manifest says {want:?}"
+    );
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! other commands reach a running host.
 
 pub mod backoff;
+pub mod backup;
 pub mod cgroup;
 pub mod chat;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod memory;
 pub mod metrics;
 mod names;
 pub mod process;
+pub mod schedule;
 pub mod startup;
 pub mod status;
 pub mod store;

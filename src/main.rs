@@ -36,6 +36,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             Command::User {
                 action: UserAction::Add { name, admin },
             } => cli::user_add(&config, &name, admin).await.map(|()| true),
+            Command::Backup { to } => cli::backup(&config, to.as_deref()).await.map(|()| true),
+            Command::Restore { file, force } => {
+                cli::restore(&config, &file, force).await.map(|()| true)
+            }
             Command::Status { json } => cli::status(&config, json).await.map(|()| true),
             Command::Top => cli::top(&config).await.map(|()| true),
             Command::Chat { bot, text } => cli::chat(&config, bot, text).await,

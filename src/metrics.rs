@@ -33,6 +33,10 @@ pub struct Metrics {
     /// bot to its endpoints' `inference_up`.
     pub bot_endpoint_info: IntGaugeVec,
     pub db_up: IntGauge,
+    pub backup_last_success: prometheus::Gauge,
+    pub backup_duration: prometheus::Gauge,
+    pub backup_size_bytes: IntGauge,
+    pub backup_failures: prometheus::IntCounter,
     pub db_pool_connections: IntGaugeVec,
     pub db_pool_max_connections: IntGauge,
     pub db_query_duration: HistogramVec,
@@ -150,6 +154,26 @@ impl Metrics {
             "1 when the database answered its last probe (every 5 s), else 0",
         )?;
         registry.register(Box::new(db_up.clone()))?;
+        let backup_last_success = prometheus::Gauge::new(
+            "backup_last_success_timestamp_seconds",
+            "When the last backup succeeded (Unix time); 0 before the first",
+        )?;
+        registry.register(Box::new(backup_last_success.clone()))?;
+        let backup_duration = prometheus::Gauge::new(
+            "backup_duration_seconds",
+            "How long the last successful backup took",
+        )?;
+        registry.register(Box::new(backup_duration.clone()))?;
+        let backup_size_bytes = IntGauge::new(
+            "backup_size_bytes",
+            "The size of the last successful backup's file",
+        )?;
+        registry.register(Box::new(backup_size_bytes.clone()))?;
+        let backup_failures = prometheus::IntCounter::new(
+            "backup_failures_total",
+            "Scheduled backups that failed (the log says why)",
+        )?;
+        registry.register(Box::new(backup_failures.clone()))?;
         let bot_endpoint_info = gauge(
             "bot_endpoint_info",
             "1 for each inference endpoint the bot calls",
@@ -247,6 +271,10 @@ impl Metrics {
             host_rss_bytes,
             bot_endpoint_info,
             db_up,
+            backup_last_success,
+            backup_duration,
+            backup_size_bytes,
+            backup_failures,
             db_pool_connections,
             db_pool_max_connections,
             db_query_duration,

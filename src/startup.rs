@@ -87,6 +87,7 @@ impl Host {
         let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
 
         let db_probe = store.spawn_probe(Duration::from_secs(5));
+        crate::backup::spawn_schedule(config.clone(), metrics.clone());
         let auth = Auth::new(&jwt_secret(&config), config.auth.token_ttl);
         let state = web::Data::new(AppState::new(
             &config,

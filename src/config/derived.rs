@@ -76,6 +76,11 @@ impl Config {
         parse_schedule(&self.supervisor.restart_schedule)
     }
 
+    /// The backup schedule, or `None` when off.
+    pub fn backup_schedule(&self) -> Result<Option<croner::Cron>, String> {
+        parse_schedule(&self.backup.schedule)
+    }
+
     /// The memory rules for `bot`.
     pub fn memory_policy(&self, bot: &BotConfig) -> MemoryPolicy {
         let s = &self.supervisor;

@@ -89,6 +89,10 @@ impl Config {
             }
         };
         anchor(&mut self.supervisor.runtime_dir);
+        anchor(&mut self.backup.dir);
+        if let Some(p) = self.backup.pg_bin_dir.as_mut() {
+            anchor(p);
+        }
         if let Some(p) = self.supervisor.worker_binary.as_mut() {
             anchor(p);
         }

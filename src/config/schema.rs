@@ -20,6 +20,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub supervisor: SupervisorConfig,
     pub logging: LoggingConfig,
+    pub backup: BackupConfig,
     /// Model servers, primary first.
     pub inference: Vec<InferenceConfig>,
     pub bots: Vec<BotConfig>,
@@ -267,6 +268,32 @@ impl Default for SupervisorConfig {
             leak_horizon: Duration::from_secs(3600),
             leak_min_growth: ByteSize::mb(4),
             restart_schedule: "0 3 * * *".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// When the host backs the database up (cron, local time), or "off".
+    /// Hourly by default: at most an hour of chat lost (the old system's RPO).
+    pub schedule: String,
+    /// Where backups go (relative to this file).
+    pub dir: PathBuf,
+    /// How many backups are kept; older ones are deleted after each backup.
+    pub keep: u32,
+    /// Where `pg_dump` and `pg_restore` are; default: the `PATH`. Their
+    /// major version must be at least the server's.
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            schedule: "0 * * * *".into(),
+            dir: PathBuf::from("data/backups"),
+            keep: 48,
+            pg_bin_dir: None,
         }
     }
 }

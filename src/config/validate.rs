@@ -147,6 +147,12 @@ impl Config {
         if let Err(e) = self.restart_schedule() {
             return bad("supervisor.restart_schedule", e);
         }
+        if let Err(e) = self.backup_schedule() {
+            return bad("backup.schedule", e);
+        }
+        if self.backup.keep == 0 {
+            return bad("backup.keep", "must keep at least 1 backup".into());
+        }
         let longest_socket = self.runtime_dir().join(format!(
             "{}.sock",
             worker_socket_stem(&"x".repeat(MAX_BOT_NAME), u64::MAX)

@@ -18,6 +18,7 @@
 //! the other. Errors are classified into what a caller can act on
 //! ([`StoreError`]): unavailable (503), conflict, not found.
 
+pub mod dump;
 mod error;
 mod migrate;
 mod models;

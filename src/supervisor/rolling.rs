@@ -95,15 +95,10 @@ async fn restart_one(
 pub fn spawn_schedule(supervisor: Addr<Supervisor>, cron: croner::Cron) {
     actix_rt::spawn(async move {
         loop {
-            let now = chrono::Local::now();
-            let next = match cron.find_next_occurrence(&now, false) {
-                Ok(next) => next,
-                Err(e) => {
-                    error!("restart_schedule '{}' has no next time: {e}", cron.pattern);
-                    return;
-                }
-            };
-            tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
+            if let Err(e) = crate::schedule::sleep_until_next(&cron).await {
+                error!("restart_schedule {e}");
+                return;
+            }
             if !supervisor.connected() {
                 return;
             }

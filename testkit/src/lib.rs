@@ -16,7 +16,7 @@ mod pg;
 mod wait;
 
 pub use host::{binary_dir, http_get, HostProcess};
-pub use pg::{bench_database_url, test_database_url, PgSchema};
+pub use pg::{bench_database_url, test_database_url, PgDatabase, PgSchema};
 pub use wait::{eventually, eventually_async, TimedOut};
 
 /// A current-thread runtime with I/O and timers, for a synchronous test

@@ -62,6 +62,50 @@ impl PgSchema {
     }
 }
 
+/// A throwaway database of its own, for what works on a whole database
+/// (`pg_dump`, `pg_restore`); [`PgDatabase::drop_database`] removes it.
+pub struct PgDatabase {
+    base: String,
+    pub name: String,
+    /// `base` with this database's name in place of its own.
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create(base: &str, prefix: &str) -> anyhow::Result<Self> {
+        let name = format!("{prefix}_{}", unique());
+        let mut admin = AsyncPgConnection::establish(base).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let (address, query) = base.split_once('?').unwrap_or((base, ""));
+        let server = address
+            .rsplit_once('/')
+            .map_or(address, |(server, _)| server);
+        let url = if query.is_empty() {
+            format!("{server}/{name}")
+        } else {
+            format!("{server}/{name}?{query}")
+        };
+        Ok(Self {
+            base: base.to_owned(),
+            name,
+            url,
+        })
+    }
+
+    pub async fn drop_database(&self) -> anyhow::Result<()> {
+        let mut admin = AsyncPgConnection::establish(&self.base).await?;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
 /// Unique across processes and within one: time, pid and a counter.
 fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

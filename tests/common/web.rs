@@ -37,6 +37,26 @@ pub fn register(base: &str, name: &str) -> ApiUser {
     }
 }
 
+/// Logs `name` in (registered with the tests' password); `None` when the
+/// host refuses.
+pub fn login(base: &str, name: &str) -> Option<ApiUser> {
+    let client = client();
+    let res = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": name, "password": "correct horse battery"}))
+        .send()
+        .expect("login");
+    if res.status() != 200 {
+        return None;
+    }
+    let body: Value = res.json().expect("json");
+    Some(ApiUser {
+        base: base.to_owned(),
+        token: body["token"].as_str().expect("token").to_owned(),
+        client,
+    })
+}
+
 impl ApiUser {
     pub fn get(&self, path: &str) -> Response {
         self.client
