@@ -47,6 +47,21 @@ pub enum Command {
     Top,
     /// One chat turn through the running host; the reply streams to stdout.
     Chat { bot: String, text: String },
+    /// The production checklist: every check PASS, WARN or FAIL with why
+    /// and how to fix; exit 1 on any FAIL. Run it before every deploy.
+    CheckConfig {
+        /// Machine-readable output: {"checks": [{"name", "status", "detail"}]}.
+        #[arg(long)]
+        json: bool,
+        /// Prometheus and Alertmanager files (default: monitoring/ beside
+        /// the configuration).
+        #[arg(long)]
+        monitoring: Option<PathBuf>,
+        /// The playbooks alerts point at (default: playbooks/ beside the
+        /// configuration).
+        #[arg(long)]
+        playbooks: Option<PathBuf>,
+    },
     /// Back the database up (SQLite: a consistent copy while the host
     /// serves; PostgreSQL: pg_dump) with a manifest; prints the backup's
     /// path on the last line.
@@ -92,6 +107,29 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         println!("applied {version}");
     }
     Ok(())
+}
+
+/// `bothost check-config`: true when nothing failed.
+pub async fn check_config(
+    path: &std::path::Path,
+    json: bool,
+    monitoring: Option<PathBuf>,
+    playbooks: Option<PathBuf>,
+) -> anyhow::Result<bool> {
+    let mut paths = crate::checks::Paths::beside(path);
+    if let Some(dir) = monitoring {
+        paths.monitoring = dir;
+    }
+    if let Some(dir) = playbooks {
+        paths.playbooks = dir;
+    }
+    let report = crate::checks::run(path, &paths).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(!report.failed())
 }
 
 /// `bothost backup`.

@@ -190,7 +190,10 @@ fn log_change(config: &InferenceConfig, status: &EndpointStatus) {
 }
 
 /// The health check: the models the server lists, or why it failed.
-async fn check(client: &reqwest::Client, config: &InferenceConfig) -> Result<Vec<String>, String> {
+pub async fn check(
+    client: &reqwest::Client,
+    config: &InferenceConfig,
+) -> Result<Vec<String>, String> {
     let base = config.url.trim_end_matches('/');
     let (url, list, field) = match config.kind {
         InferenceKind::Ollama => (format!("{base}/api/tags"), "models", "name"),

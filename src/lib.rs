@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod backup;
 pub mod cgroup;
 pub mod chat;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod control;

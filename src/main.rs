@@ -19,6 +19,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
+    // check-config reports a configuration that does not load as a check.
+    if let Command::CheckConfig {
+        json,
+        monitoring,
+        playbooks,
+    } = cli.command
+    {
+        telemetry::init_client();
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(cli::check_config(&cli.config, json, monitoring, playbooks));
+    }
     let config = Config::load(&cli.config)?;
     if let Command::Serve = cli.command {
         telemetry::init_server(&config.logging);
@@ -31,7 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Serve => unreachable!("handled above"),
+            Command::Serve | Command::CheckConfig { .. } => unreachable!("handled above"),
             Command::Migrate => cli::migrate(&config).await.map(|()| true),
             Command::User {
                 action: UserAction::Add { name, admin },

@@ -18,6 +18,11 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .init();
 
+    // For `bothost check-config`: which protocol this build speaks.
+    if std::env::args().nth(1).as_deref() == Some("--protocol-version") {
+        println!("{}", bot_worker::PROTOCOL_VERSION);
+        return ExitCode::SUCCESS;
+    }
     let Some(socket) = socket_arg(std::env::args().skip(1)) else {
         eprintln!("usage: bot-worker --socket PATH   (started by `bothost serve`, not by hand)");
         return ExitCode::from(2);

@@ -49,6 +49,65 @@ pub async fn migrate(target: &DatabaseTarget) -> Result<Vec<String>, StoreError>
     .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
 }
 
+/// Migrations this build has that the database lacks, and ones the
+/// database has that this build does not know (a newer build ran there).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationStatus {
+    pub applied: Vec<String>,
+    pub pending: Vec<String>,
+    pub unknown: Vec<String>,
+}
+
+/// Compares the database's migrations with this build's, changing nothing.
+pub async fn migration_status(target: &DatabaseTarget) -> Result<MigrationStatus, StoreError> {
+    let target = target.clone();
+    tokio::task::spawn_blocking(move || match target {
+        DatabaseTarget::Postgres(url) => {
+            let mut conn =
+                AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            status(&mut conn, POSTGRES)
+        }
+        DatabaseTarget::Sqlite(path) => {
+            let mut conn = SqliteConnection::establish(&path.display().to_string())
+                .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
+            status(&mut conn, SQLITE)
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
+}
+
+fn status<DB: diesel::backend::Backend>(
+    conn: &mut impl MigrationHarness<DB>,
+    migrations: EmbeddedMigrations,
+) -> Result<MigrationStatus, StoreError> {
+    let known: Vec<String> = diesel::migration::MigrationSource::<DB>::migrations(&migrations)
+        .map_err(|e| StoreError::Setup(e.to_string()))?
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .collect();
+    let applied: Vec<String> = conn
+        .applied_migrations()
+        .map_err(|e| StoreError::Setup(e.to_string()))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(MigrationStatus {
+        pending: known
+            .iter()
+            .filter(|v| !applied.contains(v))
+            .cloned()
+            .collect(),
+        unknown: applied
+            .iter()
+            .filter(|v| !known.contains(v))
+            .cloned()
+            .collect(),
+        applied,
+    })
+}
+
 fn run<DB: diesel::backend::Backend>(
     conn: &mut impl MigrationHarness<DB>,
     migrations: EmbeddedMigrations,

@@ -20,6 +20,7 @@
 
 pub mod dump;
 mod error;
+pub mod inspect;
 mod migrate;
 mod models;
 mod pool;
@@ -34,7 +35,7 @@ use diesel_async::RunQueryDsl;
 use pool::Pools;
 
 pub use error::StoreError;
-pub use migrate::migrate;
+pub use migrate::{migrate, migration_status, MigrationStatus};
 pub use models::{Conversation, Message, MessageRole, ReplyStatus, User, UserRole};
 pub use pool::{PoolGrowth, PoolSnapshot};
 

@@ -1,0 +1,190 @@
+//! `bothost check-config`: the production checklist an operator runs before
+//! every deploy. Each check reads the same configuration `serve` would and
+//! answers PASS, WARN or FAIL with one line saying why and what to do.
+//!
+//! Owns the checks and how their report reads (a table, or JSON for
+//! scripts). It never changes anything it inspects: no migration, no file
+//! created, no port kept, no database written (a SQLite write lock is taken
+//! and rolled back). Each rule is a plain function of what was read, so unit
+//! tests call it without a database or a network.
+//!
+//! The checks, in order: `configuration`, `database`, `migrations`,
+//! `database_writable`, `jwt_secret`, `tls`, `rate_limits`, `logging`,
+//! `bind_address`, `runtime_dir`, `worker_binary`, `memory_headroom`,
+//! `inference`, `api_keys`, `restart_schedule`, `pool_size`, `monitoring`,
+//! `alert_receivers`, `playbooks`, `backups`, then `registration` and
+//! `admin_user`.
+
+mod database;
+mod files;
+mod host;
+mod security;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Config;
+
+crate::names::named_enum! {
+    /// A check's verdict.
+    pub enum Status {
+        Pass = "pass",
+        Warn = "warn",
+        Fail = "fail",
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+impl Check {
+    pub fn pass(name: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(name, Status::Pass, detail)
+    }
+
+    pub fn warn(name: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(name, Status::Warn, detail)
+    }
+
+    pub fn fail(name: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(name, Status::Fail, detail)
+    }
+
+    fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// `bothost check-config --json` prints this.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.status == Status::Fail)
+    }
+
+    /// The report for a terminal: one aligned line per check, then a tally.
+    pub fn table(&self) -> String {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for c in &self.checks {
+            let status = c.status.as_str().to_uppercase();
+            out.push_str(&format!("{status:<4}  {:<width$}  {}\n", c.name, c.detail));
+        }
+        let count = |s| self.checks.iter().filter(|c| c.status == s).count();
+        out.push_str(&format!(
+            "\n{} passed, {} warnings, {} failed\n",
+            count(Status::Pass),
+            count(Status::Warn),
+            count(Status::Fail)
+        ));
+        out
+    }
+}
+
+/// Where the files the checks read beside the configuration live.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `monitoring/` (Prometheus and Alertmanager files).
+    pub monitoring: PathBuf,
+    /// `playbooks/`.
+    pub playbooks: PathBuf,
+}
+
+impl Paths {
+    /// `monitoring/` and `playbooks/` beside the configuration file.
+    pub fn beside(config: &Path) -> Self {
+        let dir = config
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self {
+            monitoring: dir.join("monitoring"),
+            playbooks: dir.join("playbooks"),
+        }
+    }
+}
+
+/// Runs every check against the configuration file at `path`.
+pub async fn run(path: &Path, paths: &Paths) -> Report {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            return Report {
+                checks: vec![Check::fail(
+                    "configuration",
+                    format!("{e}; fix that key (every other check needs a valid file)"),
+                )],
+            }
+        }
+    };
+    let mut checks = vec![Check::pass(
+        "configuration",
+        format!(
+            "{} parses and validates ({} bots)",
+            path.display(),
+            config.bots.len()
+        ),
+    )];
+    let db = database::check(&config).await;
+    checks.extend(db.checks);
+    checks.push(security::jwt_secret(&config));
+    checks.push(security::tls(&config, chrono::Utc::now()));
+    checks.push(security::rate_limits(&config));
+    checks.push(host::logging(&config));
+    checks.push(host::bind_address(&config).await);
+    checks.push(host::runtime_dir(&config));
+    checks.push(host::worker_binary(&config).await);
+    checks.push(host::memory_headroom(&config, host::available_memory()));
+    checks.push(host::inference(&config).await);
+    checks.push(host::api_keys(&config, |k| std::env::var(k).ok()));
+    checks.push(host::restart_schedule(&config));
+    checks.push(db.pool_size);
+    checks.push(files::monitoring(&paths.monitoring));
+    checks.push(files::alert_receivers(&paths.monitoring));
+    checks.push(files::playbooks(&paths.monitoring, &paths.playbooks));
+    checks.push(files::backups(&config, chrono::Utc::now()));
+    checks.push(security::registration(&config));
+    checks.push(db.admin_user);
+    Report { checks }
+}
+
+/// The configured HTTP address is reachable from other machines.
+fn public_bind(config: &Config) -> bool {
+    !config.server.bind.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fail_fails_the_report_and_the_table_tallies() {
+        let report = Report {
+            checks: vec![
+                Check::pass("a", "fine"),
+                Check::warn("bb", "hm"),
+                Check::fail("c", "broken"),
+            ],
+        };
+        assert!(report.failed());
+        let table = report.table();
+        assert!(table.contains("FAIL  c   broken"), "{table}");
+        assert!(table.contains("1 passed, 1 warnings, 1 failed"), "{table}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["checks"][2]["status"], "fail");
+    }
+}
