@@ -46,13 +46,7 @@ pub async fn check(config: &Config) -> DatabaseChecks {
             };
         }
     }
-    let reached = tokio::time::timeout(timeout, async {
-        let inspection = inspect(&target).await?;
-        let migrations = migration_status(&target).await?;
-        Ok::<_, crate::store::StoreError>((inspection, migrations))
-    })
-    .await;
-    let (inspection, migrations) = match reached {
+    let inspection = match tokio::time::timeout(timeout, inspect(&target)).await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => return unreachable_db(config, &format!("{e}")),
         Err(_) => {
@@ -64,6 +58,13 @@ pub async fn check(config: &Config) -> DatabaseChecks {
                 ),
             )
         }
+    };
+    let migrations = match migration_status(&target).await {
+        Ok(m) => migrations_check(&m),
+        Err(e) => Check::fail(
+            "migrations",
+            format!("cannot read the applied migrations: {e}"),
+        ),
     };
     let reached = match &target {
         DatabaseTarget::Sqlite(path) => format!("SQLite at {}", path.display()),
@@ -83,7 +84,7 @@ pub async fn check(config: &Config) -> DatabaseChecks {
     DatabaseChecks {
         checks: vec![
             Check::pass("database", format!("{reached} (database.url)")),
-            migrations_check(&migrations),
+            migrations,
             writable,
         ],
         pool_size: pool_size(config, inspection.connection_limit),

@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use files::runbooks;
+pub use host::available_memory;
+
 use crate::config::Config;
 
 crate::names::named_enum! {
