@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::Check;
+use super::report::Check;
 use crate::config::{Config, DatabaseTarget};
 use crate::store::inspect::{inspect, Inspection};
 use crate::store::{migration_status, MigrationStatus};
@@ -221,7 +221,7 @@ pub fn admin_user(admins: Option<i64>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::Status;
+    use crate::checks::report::Status;
 
     #[test]
     fn unknown_migrations_fail_and_pending_ones_warn() {

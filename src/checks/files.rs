@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::Check;
+use super::report::Check;
 use crate::config::Config;
 
 /// Prometheus's and Alertmanager's files, checked by their own tools when

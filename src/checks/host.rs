@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{Datelike, Offset, TimeZone, Timelike};
 
-use super::Check;
+use super::report::Check;
 use crate::config::{Config, InferenceKind};
 
 /// The level and format are validated when the file loads; what is left
@@ -391,7 +391,7 @@ fn dst_note(runs: &[chrono::DateTime<chrono::Local>]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::Status;
+    use crate::checks::report::Status;
 
     fn config(text: &str) -> Config {
         Config::parse(

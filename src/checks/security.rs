@@ -4,7 +4,7 @@
 use secrecy::ExposeSecret;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{public_bind, Check};
+use super::report::{public_bind, Check};
 use crate::config::{Config, TlsConfig};
 
 /// The shortest signing secret accepted: HS256's own key size.
@@ -220,7 +220,7 @@ pub fn registration(config: &Config) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::Status;
+    use crate::checks::report::Status;
 
     #[test]
     fn secrets_must_be_long_random_and_not_from_an_example() {
