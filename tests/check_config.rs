@@ -242,24 +242,21 @@ fn a_configuration_that_does_not_load_fails_naming_the_key() {
 fn secrets_tls_and_registration() {
     let site = Site::new();
     site.write_config("");
-    std::fs::write(
-        site.config(),
-        std::fs::read_to_string(site.config())
-            .unwrap()
-            .replace(GOOD_SECRET, "short"),
-    )
-    .unwrap();
-    site.expect("jwt_secret", "fail", "at least 32");
-    // No secret at all on a public address.
-    std::fs::write(
-        site.config(),
-        std::fs::read_to_string(site.config())
-            .unwrap()
-            .replace("jwt_secret = \"short\"", "")
-            .replace("127.0.0.1:0", "0.0.0.0:0"),
-    )
-    .unwrap();
-    site.expect("jwt_secret", "fail", "public bind");
+    let edit = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(site.config()).unwrap();
+        std::fs::write(site.config(), text.replace(from, to)).unwrap();
+    };
+    edit(GOOD_SECRET, "short");
+    site.expect("configuration", "fail", "auth.jwt_secret");
+    // No secret at all: refused on a public address, a warning on loopback.
+    edit("jwt_secret = \"short\"", "");
+    site.expect("jwt_secret", "warn", "not set");
+    edit("127.0.0.1:0", "0.0.0.0:0");
+    site.expect("configuration", "fail", "reachable from other machines");
+    // A public address with a secret: plain HTTP and open registration warn.
+    site.write_config("");
+    edit("127.0.0.1:0", "0.0.0.0:0");
+    site.expect("jwt_secret", "pass", "set (35 bytes)");
     site.expect("tls", "warn", "plain HTTP on a public address");
     site.expect("registration", "warn", "open registration");
 

@@ -9,7 +9,7 @@ use common::web::{client, register};
 use common::*;
 use serde_json::{json, Value};
 
-const SECRET: &str = "test-signing-secret";
+const SECRET: &str = "tests-sign-with-this-32-byte-key!";
 
 fn web_host(extra: &str) -> TestHost {
     let bots = "[[bots]]\nname = \"fast\"\n[bots.builtin]\ntoken_delay = \"0s\"\n\

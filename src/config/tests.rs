@@ -87,6 +87,35 @@ fn bad_inference_settings_are_named() {
 }
 
 #[test]
+fn signing_secrets_must_be_long_and_not_an_example_and_set_on_a_public_bind() {
+    for (text, needle) in [
+        ("[auth]\njwt_secret = \"short\"\n", "at least 32"),
+        (
+            "[auth]\njwt_secret = \"please-change-me-please-change-me-now\"\n",
+            "example value",
+        ),
+        (
+            "[auth]\njwt_secret = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n",
+            "one character",
+        ),
+        (
+            "[server]\nbind = \"0.0.0.0:8080\"\n",
+            "reachable from other machines",
+        ),
+    ] {
+        let e = err(&format!("{text}[[bots]]\nname = \"a\"\n"));
+        assert!(e.contains("auth.jwt_secret: "), "{e}");
+        assert!(e.contains(needle), "{e}");
+    }
+    parse(
+        "[server]\nbind = \"0.0.0.0:8080\"\n[auth]\njwt_secret = \"q8Zr1pX0vN4mK7tL2sB9wY6cH3jD5fG0aE1\"\n\
+         [[bots]]\nname = \"a\"\n",
+    )
+    .expect("a long random secret on a public bind");
+    parse("[[bots]]\nname = \"a\"\n").expect("no secret on loopback: a random one per start");
+}
+
+#[test]
 fn every_key_has_a_default_but_the_bot_name() {
     let c = parse(ONE_BOT).unwrap();
     assert_eq!(c.server.bind.to_string(), "127.0.0.1:8080");
@@ -169,7 +198,7 @@ fn impossible_values_are_refused() {
         ),
     ];
     for (text, key) in cases {
-        let e = err(&format!("{text}{ONE_BOT}"));
+        let e = err(&format!("{text}[[bots]]\nname = \"a\"\n"));
         assert!(e.contains(&format!("{key}: ")), "{key}: {e}");
     }
     let e = err("[[bots]]\nname = \"a\"\n[bots.builtin]\nfail_rate = 1.5\n");
@@ -309,6 +338,10 @@ fn long_runtime_dir_is_refused_before_a_socket_fails_to_bind() {
 fn environment_overrides_the_file() {
     let env = vec![
         ("BOTHOST_SERVER__BIND".to_owned(), "0.0.0.0:9000".to_owned()),
+        (
+            "BOTHOST_JWT_SECRET".to_owned(),
+            "q8Zr1pX0vN4mK7tL2sB9wY6cH3jD5fG0aE1".to_owned(),
+        ),
         ("BOTHOST_SUPERVISOR__CRASH_LIMIT".to_owned(), "9".to_owned()),
         (
             "BOTHOST_CONFIG".to_owned(),

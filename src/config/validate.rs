@@ -23,6 +23,9 @@ impl Config {
         if let Err(reason) = self.database_target() {
             return bad("database.url", reason);
         }
+        if let Some(reason) = self.jwt_secret_problem() {
+            return bad("auth.jwt_secret", reason);
+        }
         let l = &self.limits;
         for (key, value) in [
             (
@@ -283,6 +286,53 @@ impl Config {
 const MAX_BOT_NAME: usize = 32;
 
 /// Bot names appear in socket paths, metric labels and URLs.
+/// The shortest signing secret accepted: HS256's own key size.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Secrets copied from examples and tutorials are no secret.
+const EXAMPLE_SECRETS: [&str; 6] = [
+    "change-me",
+    "changeme",
+    "secret",
+    "example",
+    "your-secret",
+    "replace-me",
+];
+
+impl Config {
+    /// Why the signing secret (or its absence) is refused, if it is. Unset
+    /// is allowed on loopback only: a random secret per start logs
+    /// everyone out at each restart, and hosts behind one balancer would
+    /// reject each other's tokens.
+    fn jwt_secret_problem(&self) -> Option<String> {
+        use secrecy::ExposeSecret;
+        let secret = self.auth.jwt_secret.expose_secret();
+        const FIX: &str = "set BOTHOST_JWT_SECRET to 32+ random bytes (`openssl rand -base64 48`)";
+        if secret.is_empty() {
+            return (!self.server.bind.ip().is_loopback()).then(|| {
+                format!(
+                    "not set, and server.bind {} is reachable from other machines; {FIX}",
+                    self.server.bind
+                )
+            });
+        }
+        let lower = secret.to_ascii_lowercase();
+        let why = if EXAMPLE_SECRETS.iter().any(|e| lower.contains(e)) {
+            "it is an example value, known to everyone who read the example".to_owned()
+        } else if secret.len() < MIN_SECRET_BYTES {
+            format!(
+                "it is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                secret.len()
+            )
+        } else if secret.chars().all(|c| secret.starts_with(c)) {
+            "it is one character repeated".to_owned()
+        } else {
+            return None;
+        };
+        Some(format!("{why}; {FIX}"))
+    }
+}
+
 fn check_bot_name(name: &str) -> Result<(), String> {
     let ok_chars = name
         .chars()
