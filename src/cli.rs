@@ -29,7 +29,14 @@ pub enum Command {
     /// Run the host: workers, control socket and HTTP.
     Serve,
     /// Apply pending database migrations and exit (`serve` also does).
-    Migrate,
+    Migrate {
+        /// Instead, revert every migration newer than VERSION (with its
+        /// down.sql), for a rollback to the build that had VERSION last.
+        /// Back up first: a down migration may drop what the newer build
+        /// stored.
+        #[arg(long, value_name = "VERSION")]
+        down_to: Option<String>,
+    },
     /// Manage user accounts in the database.
     User {
         #[command(subcommand)]
@@ -94,11 +101,21 @@ pub enum Command {
     },
 }
 
-/// `bothost migrate`.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+/// `bothost migrate [--down-to VERSION]`.
+pub async fn migrate(config: &Config, down_to: Option<&str>) -> anyhow::Result<()> {
     let target = config
         .database_target()
         .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    if let Some(version) = down_to {
+        let reverted = crate::store::revert_to(&target, version).await?;
+        if reverted.is_empty() {
+            println!("nothing newer than {version} is applied");
+        }
+        for version in reverted {
+            println!("reverted {version}");
+        }
+        return Ok(());
+    }
     let applied = crate::store::migrate(&target).await?;
     if applied.is_empty() {
         println!("the database schema is current");

@@ -45,7 +45,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve | Command::CheckConfig { .. } => unreachable!("handled above"),
-            Command::Migrate => cli::migrate(&config).await.map(|()| true),
+            Command::Migrate { down_to } => cli::migrate(&config, down_to.as_deref())
+                .await
+                .map(|()| true),
             Command::User {
                 action: UserAction::Add { name, admin },
             } => cli::user_add(&config, &name, admin).await.map(|()| true),

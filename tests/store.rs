@@ -424,7 +424,7 @@ async fn both_backends_have_the_same_schema() {
     assert_eq!(pg_columns, lite_columns, "columns and nullability");
     assert_eq!(pg_indexes, lite_indexes, "indexes");
     assert_eq!(pg_fks, lite_fks, "foreign keys");
-    assert_eq!(lite_indexes.len(), 5, "{lite_indexes:?}");
+    assert_eq!(lite_indexes.len(), 6, "{lite_indexes:?}");
     pg.cleanup().await;
 }
 

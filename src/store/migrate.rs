@@ -49,6 +49,70 @@ pub async fn migrate(target: &DatabaseTarget) -> Result<Vec<String>, StoreError>
     .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
 }
 
+/// Reverts every applied migration newer than `version` (which must be
+/// applied), newest first, with its `down.sql`; returns the reverted ones.
+pub async fn revert_to(target: &DatabaseTarget, version: &str) -> Result<Vec<String>, StoreError> {
+    let (target, version) = (target.clone(), version.to_owned());
+    tokio::task::spawn_blocking(move || match target {
+        DatabaseTarget::Postgres(url) => {
+            let mut conn =
+                AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            revert(&mut conn, || POSTGRES, &version)
+        }
+        DatabaseTarget::Sqlite(path) => {
+            let mut conn = SqliteConnection::establish(&path.display().to_string())
+                .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
+            revert(&mut conn, || SQLITE, &version)
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
+}
+
+/// `migrations` makes the (const) source anew for each revert, which
+/// consumes it.
+fn revert<DB: diesel::backend::Backend>(
+    conn: &mut impl MigrationHarness<DB>,
+    migrations: fn() -> EmbeddedMigrations,
+    version: &str,
+) -> Result<Vec<String>, StoreError> {
+    // Diesel records "2026-11-25-000001_init" as 20261125000001; take either.
+    let version: &str = &version
+        .split('_')
+        .next()
+        .unwrap_or(version)
+        .replace('-', "");
+    let before = applied_sorted(conn)?;
+    if !before.iter().any(|v| v == version) {
+        return Err(StoreError::Setup(format!(
+            "migration {version} is not applied here; applied: {}",
+            before.join(", ")
+        )));
+    }
+    let mut reverted = Vec::new();
+    while let Some(newest) = applied_sorted(conn)?.pop().filter(|v| v.as_str() > version) {
+        conn.revert_last_migration(migrations())
+            .map_err(|e| StoreError::Setup(format!("reverting {newest}: {e}")))?;
+        reverted.push(newest);
+    }
+    Ok(reverted)
+}
+
+/// Applied versions, oldest first (the version strings sort by time).
+fn applied_sorted<DB: diesel::backend::Backend>(
+    conn: &mut impl MigrationHarness<DB>,
+) -> Result<Vec<String>, StoreError> {
+    let mut versions: Vec<String> = conn
+        .applied_migrations()
+        .map_err(|e| StoreError::Setup(e.to_string()))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    versions.sort();
+    Ok(versions)
+}
+
 /// Migrations this build has that the database lacks, and ones the
 /// database has that this build does not know (a newer build ran there).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,12 +151,7 @@ fn status<DB: diesel::backend::Backend>(
         .iter()
         .map(|m| m.name().version().to_string())
         .collect();
-    let applied: Vec<String> = conn
-        .applied_migrations()
-        .map_err(|e| StoreError::Setup(e.to_string()))?
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let applied = applied_sorted(conn)?;
     Ok(MigrationStatus {
         pending: known
             .iter()

@@ -35,7 +35,13 @@ use diesel_async::RunQueryDsl;
 use pool::Pools;
 
 pub use error::StoreError;
-pub use migrate::{migrate, migration_status, MigrationStatus};
+
+diesel::define_sql_function! {
+    /// SQL's `lower()`, the same on both backends for ASCII (all a
+    /// username may hold).
+    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+pub use migrate::{migrate, migration_status, revert_to, MigrationStatus};
 pub use models::{Conversation, Message, MessageRole, ReplyStatus, User, UserRole};
 pub use pool::{PoolGrowth, PoolSnapshot};
 
@@ -193,9 +199,11 @@ impl Store {
         })
     }
 
+    /// The user whose name is `username` in any letter case (names are
+    /// unique regardless of case).
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
         with_conn!(self, "user_by_name", |conn| users::table
-            .filter(users::username.eq(username))
+            .filter(lower(users::username).eq(lower(username)))
             .select(User::as_select())
             .first(conn)
             .await
