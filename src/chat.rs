@@ -15,6 +15,12 @@
 //! A turn whose bot cannot take it at all (unknown, failed, restarting)
 //! stores no reply, so the same message can simply be sent again.
 //!
+//! Turns run as tasks of their own ([`Chats::spawn`]) on the host's main
+//! arbiter, tracked: the HTTP workers that took the request can stop first
+//! and the reply is still stored. At shutdown [`Chats::close`] refuses new
+//! turns (`restarting`, nothing stored) and [`Chats::wait`] waits for the
+//! tracked ones to be stored.
+//!
 //! It never decides who may use a conversation: callers pass one they have
 //! already checked belongs to the user.
 
@@ -25,6 +31,8 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use bot_worker::{ChatMessage, Role};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::backoff::Backoff;
@@ -61,6 +69,9 @@ pub struct Chats {
     metrics: Metrics,
     /// User messages being answered now.
     in_flight: Arc<Mutex<HashSet<i64>>>,
+    /// Cancelled when the host starts shutting down.
+    closing: CancellationToken,
+    turns: TaskTracker,
 }
 
 /// Removes its message from the in-flight set when the turn ends.
@@ -84,7 +95,70 @@ impl Chats {
             supervisor,
             metrics,
             in_flight: Arc::default(),
+            closing: CancellationToken::new(),
+            turns: TaskTracker::new(),
         }
+    }
+
+    /// Runs [`Chats::send`] as a tracked task of its own on the host's
+    /// main arbiter, so it outlives the HTTP worker that asked for it.
+    pub fn spawn(
+        &self,
+        conversation: Conversation,
+        client_msg_id: String,
+        content: String,
+        history_window: u32,
+        events: mpsc::UnboundedSender<ChatEvent>,
+    ) {
+        let chats = self.clone();
+        let turn = self.turns.track_future(async move {
+            chats
+                .send(
+                    &conversation,
+                    &client_msg_id,
+                    &content,
+                    history_window,
+                    events,
+                )
+                .await;
+        });
+        actix_rt::System::current().arbiter().spawn(turn);
+    }
+
+    /// The host is shutting down: new turns are refused from now on.
+    pub fn close(&self) {
+        self.closing.cancel();
+        self.turns.close();
+    }
+
+    /// Cancelled when the host starts shutting down.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Waits up to `limit` for every turn to end and its reply to be
+    /// stored; answers how many were still running.
+    pub async fn wait(&self, limit: Duration) -> usize {
+        if tokio::time::timeout(limit, self.turns.wait())
+            .await
+            .is_err()
+        {
+            return self.turns.len();
+        }
+        0
+    }
+
+    /// The error a turn gets while the host shuts down.
+    pub fn restarting() -> TurnError {
+        TurnError::new(
+            ErrorCode::Restarting,
+            "the server is restarting; your message was not sent and goes out again \
+             once you are reconnected",
+        )
     }
 
     fn claim(&self, id: i64) -> Option<Claim> {
@@ -111,6 +185,10 @@ impl Chats {
             outcome("unavailable");
             ChatEvent::Failed { error, reply: None }
         };
+        if self.is_closing() {
+            let _ = events.send(fail(Self::restarting()));
+            return;
+        }
         let (message, created) = match store
             .append_user_message(conversation.id, client_msg_id, content)
             .await

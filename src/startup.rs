@@ -130,10 +130,33 @@ impl Host {
         self.stop().await
     }
 
-    /// Stops HTTP, then drains and stops every worker, then removes the
-    /// control socket.
+    /// Shuts down without losing a turn: stops accepting connections (with
+    /// an inherited socket they wait in the kernel for the next host),
+    /// refuses new turns (`restarting`), lets the turns in flight finish
+    /// and each WebSocket close with 1012 once its last turn ends (at most
+    /// `drain_timeout`; a turn cut then is stored `partial`), waits for
+    /// every reply to be stored, stops HTTP, then drains and stops every
+    /// worker, then removes the control socket.
     pub async fn stop(self) -> anyhow::Result<()> {
-        info!("shutting down: stopping HTTP, then draining workers");
+        let drain = self.state.drain_timeout;
+        info!(
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: no new turns; those in flight finish, then WebSockets close (1012)"
+        );
+        self.http.pause().await;
+        self.state.chats.close();
+        let sockets = &self.state.metrics.ws_connections;
+        let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(1);
+        while sockets.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let unfinished = self.state.chats.wait(Duration::from_secs(5)).await;
+        if unfinished > 0 {
+            warn!(
+                unfinished,
+                "turns still running at shutdown; their replies may be lost"
+            );
+        }
         self.http.stop(true).await;
         self.control_task.abort();
         self.db_probe.abort();

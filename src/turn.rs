@@ -39,6 +39,9 @@ named_enum! {
         UnknownBot = "unknown_bot",
         /// Starting, restarting or failed: no worker can take the turn now.
         BotUnavailable = "bot_unavailable",
+        /// The host is shutting down for a restart: the message was not
+        /// taken; send it again once reconnected.
+        Restarting = "restarting",
         /// The worker died (crash, kill, hang) with the turn in flight.
         WorkerDied = "worker_died",
         EngineFailed = "engine_failed",

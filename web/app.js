@@ -11,6 +11,7 @@ const state = {
   pending: new Map(),       // client_msg_id -> {conversationId, content, acked}
   ws: null,
   retry: 0,
+  restarting: false,
   reconnectTimer: null,
 };
 
@@ -214,18 +215,24 @@ function connect() {
   state.ws = ws;
   ws.onopen = () => {
     state.retry = 0;
+    state.restarting = false;
     $("banner").hidden = true;
     for (const id of state.pending.keys()) sendOverWs(id);
     loadBots().catch(() => {});
   };
   ws.onmessage = (e) => onFrame(JSON.parse(e.data));
-  ws.onclose = () => {
+  ws.onclose = (e) => {
     if (state.ws !== ws) return;
     state.ws = null;
     $("banner").hidden = false;
-    // About 5 s, then backing off to 30 s, with jitter so a restarted host
-    // is not hit by every browser in the same instant.
-    const base = Math.min(5000 * Math.pow(1.5, state.retry++), 30000);
+    // 1012, "service restart": the host finished our turns and restarts;
+    // try again within about a second, doubling to 5 s while it comes back.
+    // Otherwise about 5 s, backing off to 30 s. Jitter either way, so a
+    // host is not hit by every browser in the same instant.
+    if (e.code === 1012) state.restarting = true;
+    const base = state.restarting
+      ? Math.min(250 * Math.pow(2, state.retry++), 5000) + Math.random() * 1000
+      : Math.min(5000 * Math.pow(1.5, state.retry++), 30000);
     const delay = base * (0.8 + Math.random() * 0.4);
     clearTimeout(state.reconnectTimer);
     state.reconnectTimer = setTimeout(connect, delay);
@@ -258,7 +265,9 @@ function onFrame(f) {
       break;
     }
     case "error": {
-      if (f.code === "in_progress") break;
+      // Still being answered, or not taken because the host restarts: it
+      // stays pending and goes out again on the next connection.
+      if (f.code === "in_progress" || f.code === "restarting") break;
       state.pending.delete(id);
       const r = id && document.querySelector(`[data-client="${CSS.escape(id)}"]`);
       const target = r || (id ? bubble("u:" + id, "user") : null);

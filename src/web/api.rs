@@ -295,14 +295,11 @@ async fn post_message(
     let _slot = state.limits.start_turn(user.id)?;
     let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let chats = state.chats.clone();
-    let (conv2, body) = (conv.clone(), body.into_inner());
+    let body = body.into_inner();
     // Its own task: a client that hangs up still gets its reply stored.
-    actix_rt::spawn(async move {
-        chats
-            .send(&conv2, &body.client_msg_id, &body.content, window, tx)
-            .await;
-    });
+    state
+        .chats
+        .spawn(conv.clone(), body.client_msg_id, body.content, window, tx);
     let mut message = None;
     while let Some(event) = rx.recv().await {
         match event {

@@ -114,6 +114,7 @@ fn turn_status(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::UnknownBot => StatusCode::NOT_FOUND,
         ErrorCode::BotUnavailable
+        | ErrorCode::Restarting
         | ErrorCode::InferenceUnavailable
         | ErrorCode::Overloaded
         | ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,

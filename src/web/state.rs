@@ -26,6 +26,9 @@ pub struct AppState {
     pub history_windows: HashMap<String, u32>,
     pub ws_heartbeat: std::time::Duration,
     pub ws_timeout: std::time::Duration,
+    /// At shutdown, how long a connection's turns may take to finish
+    /// before it is closed anyway (`supervisor.drain_timeout`).
+    pub drain_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -51,6 +54,7 @@ impl AppState {
                 .collect(),
             ws_heartbeat: config.server.ws_heartbeat,
             ws_timeout: config.server.ws_timeout,
+            drain_timeout: config.supervisor.drain_timeout,
         }
     }
 }

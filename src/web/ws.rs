@@ -19,6 +19,11 @@
 //! and the connection carries on; only frames over 1 MiB (the codec's limit)
 //! close it. The server pings every `ws_heartbeat` and drops a client silent
 //! for `ws_timeout`.
+//!
+//! When the host shuts down, a connection takes no new turns (`restarting`:
+//! the page keeps the message and sends it again once reconnected), lets
+//! the ones in flight finish (up to `drain_timeout`), then closes with code
+//! 1012, *service restart*, which tells the page to reconnect at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -115,6 +120,7 @@ pub async fn connect(
         last_heard: Instant::now(),
         turns: HashMap::new(),
         status_task: None,
+        closing: false,
     };
     // A plain GET is told to upgrade (426), in the API's JSON error shape.
     if let Err(e) = ws::handshake(&req) {
@@ -143,6 +149,8 @@ struct WsSession {
     /// Turns of this connection, by client message id.
     turns: HashMap<String, AbortHandle>,
     status_task: Option<AbortHandle>,
+    /// The host is shutting down: no new turns, close when the last ends.
+    closing: bool,
 }
 
 #[derive(Message)]
@@ -188,6 +196,12 @@ impl Actor for WsSession {
             }
         });
         self.status_task = Some(task.abort_handle());
+        let closing = self.state.chats.closing();
+        ctx.spawn(
+            async move { closing.cancelled_owned().await }
+                .into_actor(self)
+                .map(|(), act, ctx| act.begin_closing(ctx)),
+        );
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -216,8 +230,11 @@ impl Handler<Push> for WsSession {
 impl Handler<TurnEnded> for WsSession {
     type Result = ();
 
-    fn handle(&mut self, TurnEnded(id): TurnEnded, _: &mut Self::Context) {
+    fn handle(&mut self, TurnEnded(id): TurnEnded, ctx: &mut Self::Context) {
         self.turns.remove(&id);
+        if self.closing && self.turns.is_empty() {
+            Self::close_for_restart(ctx);
+        }
     }
 }
 
@@ -304,6 +321,26 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
 }
 
 impl WsSession {
+    /// The host is shutting down: close once the turns in flight end, or
+    /// after `drain_timeout` (their replies are stored `partial` then).
+    fn begin_closing(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        self.closing = true;
+        if self.turns.is_empty() {
+            return Self::close_for_restart(ctx);
+        }
+        ctx.run_later(self.state.drain_timeout, |_, ctx| {
+            Self::close_for_restart(ctx)
+        });
+    }
+
+    fn close_for_restart(ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Restart,
+            description: Some("the server is restarting; reconnect".into()),
+        }));
+        ctx.stop();
+    }
+
     /// Checks and starts one turn, forwarding its events to this actor.
     fn start(
         &mut self,
@@ -312,6 +349,9 @@ impl WsSession {
         content: String,
         ctx: &mut ws::WebsocketContext<Self>,
     ) -> Result<(), ApiError> {
+        if self.closing {
+            return Err(crate::chat::Chats::restarting().into());
+        }
         self.state.limits.check_message(client_msg_id, &content)?;
         if self.turns.contains_key(client_msg_id) {
             return Err(ApiError::new(
@@ -344,10 +384,9 @@ impl WsSession {
             };
             let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let (chats, id) = (state.chats.clone(), cid.clone());
             // Detached: the reply is stored even if this forwarder is
             // aborted (cancel) or the connection dies.
-            actix_rt::spawn(async move { chats.send(&conv, &id, &content, window, tx).await });
+            state.chats.spawn(conv, cid.clone(), content, window, tx);
             while let Some(event) = rx.recv().await {
                 me.do_send(Push(frame(&cid, event)));
             }

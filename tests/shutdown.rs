@@ -1,0 +1,157 @@
+//! A host stopped with SIGTERM (a deploy, a restart) as its users see it:
+//! turns in flight finish and are stored, a message sent meanwhile is
+//! refused as `restarting` (the page keeps it and sends it again), every
+//! WebSocket closes with 1012 so the page reconnects at once, and a turn
+//! longer than `drain_timeout` is cut and stored `partial` with exactly
+//! what was shown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::web::{login, register};
+use common::*;
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(db: &std::path::Path, token_delay: &str) -> String {
+    format!(
+        "{FAST_SUPERVISOR}\n[database]\nurl = \"sqlite://{}\"\n[backup]\nschedule = \"off\"\n\
+         [[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"{token_delay}\"\n",
+        db.display()
+    )
+}
+
+/// Reads frames until the server closes the socket; answers the text
+/// frames before it and the close code.
+async fn until_close(ws: &mut common::web::Ws) -> (Vec<Value>, Option<CloseCode>) {
+    let mut frames = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), ws.stream.next())
+            .await
+            .expect("the server closes within 10 s");
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if v["type"] != "bot_status" {
+                    frames.push(v);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => return (frames, frame.map(|f| f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (frames, None),
+        }
+    }
+}
+
+#[test]
+fn sigterm_finishes_the_turns_in_flight_then_closes_websockets_with_1012() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bothost.db");
+    let mut host = TestHost::start_with_config(&config(&db, "15ms"));
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    let (frames, code, shown) = runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(
+            conv,
+            "long",
+            "tell me about the restart that nobody noticed",
+        )
+        .await;
+        let ack = ws.next().await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        let first = ws.next().await;
+        assert_eq!(first["type"], "delta", "{first}");
+        host.signal(Signal::SIGTERM);
+        // Sent after the signal: not taken, to be sent again later.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ws.chat(conv, "late", "one more thing").await;
+        let (frames, code) = until_close(&mut ws).await;
+        let shown: String = std::iter::once(&first)
+            .chain(&frames)
+            .filter(|f| f["type"] == "delta")
+            .map(|f| f["text"].as_str().unwrap())
+            .collect();
+        (frames, code, shown)
+    });
+    let done = frames
+        .iter()
+        .find(|f| f["type"] == "done")
+        .unwrap_or_else(|| panic!("the turn in flight finished: {frames:?}"));
+    assert_eq!(done["status"], "complete");
+    let late = frames
+        .iter()
+        .find(|f| f["client_msg_id"] == "late")
+        .unwrap_or_else(|| panic!("the late message was answered: {frames:?}"));
+    assert_eq!(late["type"], "error");
+    assert_eq!(late["code"], "restarting", "{late}");
+    assert_eq!(code, Some(CloseCode::Restart), "1012: service restart");
+    let status = host
+        .wait_exit(Duration::from_secs(10))
+        .expect("the host exits");
+    assert!(status.success(), "{status:?}");
+
+    // A new host on the same database: the whole reply, nothing from "late".
+    let again = TestHost::start_with_config(&config(&db, "15ms"));
+    let alice = login(&again.url, "alice").unwrap();
+    let history = alice.history(conv);
+    assert_eq!(history.len(), 2, "{history:?}");
+    let reply = history.iter().find(|m| m["role"] == "assistant").unwrap();
+    assert_eq!(reply["status"], "complete");
+    assert_eq!(reply["content"].as_str().unwrap(), shown);
+}
+
+#[test]
+fn a_turn_longer_than_the_drain_is_cut_and_stored_partial_with_what_was_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bothost.db");
+    // drain_timeout is 2 s in FAST_SUPERVISOR; this reply takes ~10 s.
+    let mut host = TestHost::start_with_config(&config(&db, "100ms"));
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    let started = Instant::now();
+    let (shown, code, last) = runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "long", "tell me a very long story about a restart")
+            .await;
+        assert_eq!(ws.next().await["type"], "ack");
+        let first = ws.next().await;
+        host.signal(Signal::SIGTERM);
+        let (frames, code) = until_close(&mut ws).await;
+        let shown: String = std::iter::once(&first)
+            .chain(&frames)
+            .filter(|f| f["type"] == "delta")
+            .map(|f| f["text"].as_str().unwrap())
+            .collect();
+        (shown, code, frames.last().cloned())
+    });
+    assert_eq!(code, Some(CloseCode::Restart));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "closed at the drain, not at the end of the reply: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        last.as_ref().is_none_or(|f| f["type"] == "delta"),
+        "cut, not finished: {last:?}"
+    );
+    host.wait_exit(Duration::from_secs(15))
+        .expect("the host exits");
+    let again = TestHost::start_with_config(&config(&db, "100ms"));
+    let alice = login(&again.url, "alice").unwrap();
+    let history = alice.history(conv);
+    let reply = history
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .unwrap_or_else(|| panic!("a reply row: {history:?}"));
+    assert_eq!(reply["status"], "partial", "{reply}");
+    assert_eq!(
+        reply["content"].as_str().unwrap(),
+        shown,
+        "exactly what was shown"
+    );
+}
