@@ -254,9 +254,11 @@ fn start_http(
     // each waited for the client's delayed ACK, 40 ms a turn.
     .tcp_nodelay(true)
     .shutdown_timeout(5);
-    let server = match &config.server.tls {
-        Some(tls) => server.bind_rustls_0_23(config.server.bind, tls_config(tls)?),
-        None => server.bind(config.server.bind),
+    let server = match (inherited_listener(), &config.server.tls) {
+        (Some(listener), Some(tls)) => server.listen_rustls_0_23(listener, tls_config(tls)?),
+        (Some(listener), None) => server.listen(listener),
+        (None, Some(tls)) => server.bind_rustls_0_23(config.server.bind, tls_config(tls)?),
+        (None, None) => server.bind(config.server.bind),
     }
     .with_context(|| format!("server.bind: cannot listen on {}", config.server.bind))?;
     let scheme = if config.server.tls.is_some() {
@@ -273,6 +275,34 @@ fn start_http(
     let handle = server.handle();
     actix_rt::spawn(server);
     Ok((handle, format!("{scheme}://{addr}")))
+}
+
+/// The listening socket systemd (or any supervisor speaking its
+/// `sd_listen_fds` protocol) passed us as fd 3: `LISTEN_PID` is our pid and
+/// `LISTEN_FDS` at least 1. Whoever holds that socket keeps it open across
+/// our restarts, so connections made meanwhile wait in its queue for the
+/// next host instead of being refused. `server.bind` is then not used.
+fn inherited_listener() -> Option<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    const SD_LISTEN_FDS_START: i32 = 3;
+    let ours = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
+    let count: i32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if !ours || count < 1 {
+        return None;
+    }
+    // SAFETY: the protocol hands fd 3 to this process alone, and nothing
+    // else here opens or owns it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(SD_LISTEN_FDS_START) };
+    // Workers must not inherit it: they would hold the port open after us.
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .ok()?;
+    listener.set_nonblocking(true).ok()?;
+    let addr = listener.local_addr().ok()?;
+    info!(%addr, "listening on the inherited socket (socket activation)");
+    Some(listener)
 }
 
 /// Runs pending migrations, then builds the pool.

@@ -1,4 +1,5 @@
-//! The shipped systemd unit is one systemd accepts, hardened as the deploy
+//! The shipped systemd units (service, and the optional socket) are ones
+//! systemd accepts, hardened as the deploy
 //! playbook promises: `systemd-analyze verify` passes on it (with the
 //! binary path pointed at this build), its offline security exposure stays
 //! low, and a broken unit is caught by the same check.
