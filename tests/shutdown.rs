@@ -156,53 +156,18 @@ fn a_turn_longer_than_the_drain_is_cut_and_stored_partial_with_what_was_shown() 
     );
 }
 
-/// `bothost serve` given `listener` as fd 3 the way systemd's socket
-/// activation does (`LISTEN_PID`, `LISTEN_FDS`); returns once it listens.
-fn serve_on(listener: &std::net::TcpListener, config: &std::path::Path) -> std::process::Child {
-    use std::io::BufRead;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let fd = listener.as_raw_fd();
-    let mut command = std::process::Command::new("sh");
-    command
-        .args([
-            "-c",
-            "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\" serve",
-            BOTHOST,
-        ])
-        .arg(config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("start bothost");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let listening = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.starts_with("bothost listening on "));
-    assert!(listening, "the host did not start");
-    std::thread::spawn(move || lines.for_each(drop));
-    child
-}
-
 #[test]
 fn with_an_inherited_socket_a_restart_refuses_no_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("supervisor.toml");
-    std::fs::write(&config, self::config(&dir.path().join("bothost.db"), "0s")).unwrap();
     // This test plays systemd: it holds the socket across the restart.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/healthz", listener.local_addr().unwrap());
-    let mut first = serve_on(&listener, &config);
+    let mut host = HostProcess::start_on(
+        std::path::Path::new(BOTHOST),
+        &config(&dir.path().join("bothost.db"), "0s"),
+        listener,
+    )
+    .unwrap();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let prober = {
@@ -227,16 +192,11 @@ fn with_an_inherited_socket_a_restart_refuses_no_connection() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(first.id()).unwrap());
-    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
-    assert!(first.wait().unwrap().success());
-    let mut second = serve_on(&listener, &config);
+    host.restart().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = prober.join().unwrap();
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
     assert!(ok > 20, "{ok} requests answered");
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(second.id()).unwrap());
-    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
-    assert!(second.wait().unwrap().success());
+    assert!(host.stop().unwrap().success());
 }

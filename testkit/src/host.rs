@@ -4,6 +4,11 @@
 //!
 //! Start-up is over when the host prints `bothost listening on URL`, the
 //! line scripts wait for; nothing is assumed ready before it.
+//!
+//! [`HostProcess::start_on`] plays systemd's socket activation: the caller's
+//! listening socket becomes the host's fd 3 (`LISTEN_PID`, `LISTEN_FDS`), and
+//! stays open across [`HostProcess::restart`], so connections made while no
+//! host runs wait in its queue.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -48,6 +53,8 @@ pub struct HostProcess {
     pub url: String,
     bothost: PathBuf,
     child: Child,
+    /// The socket handed to the host as fd 3, when socket-activated.
+    listener: Option<std::net::TcpListener>,
 }
 
 impl HostProcess {
@@ -55,42 +62,56 @@ impl HostProcess {
     /// temporary directory, starts `bothost serve` there, and returns once
     /// it listens.
     pub fn start(bothost: &Path, config_text: &str) -> anyhow::Result<Self> {
+        Self::launch(bothost, config_text, None)
+    }
+
+    /// [`HostProcess::start`], serving `listener` as if systemd had passed
+    /// it (`server.bind` is then ignored).
+    pub fn start_on(
+        bothost: &Path,
+        config_text: &str,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<Self> {
+        Self::launch(bothost, config_text, Some(listener))
+    }
+
+    fn launch(
+        bothost: &Path,
+        config_text: &str,
+        listener: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("supervisor.toml");
         std::fs::write(&config, config_text)?;
-        let log = std::fs::File::create(dir.path().join("host.log"))?;
-        let mut child = Command::new(bothost)
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bothost.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("bothost listening on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let mut host = Self {
+        let (child, url) = spawn(bothost, &config, dir.path(), listener.as_ref())?;
+        Ok(Self {
             dir,
             config,
-            url: String::new(),
+            url,
             bothost: bothost.to_owned(),
             child,
-        };
-        match rx.recv_timeout(START_LIMIT) {
-            Ok(url) => host.url = url,
-            Err(_) => bail!(
-                "bothost did not start within {START_LIMIT:?}; log:\n{}",
-                host.log()
-            ),
+            listener,
+        })
+    }
+
+    /// SIGTERM, wait for the host to drain and exit, then start it again
+    /// with the same directory and configuration (and socket). Returns the
+    /// time from the signal to the new host listening.
+    pub fn restart(&mut self) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
+        let status = self.terminate()?;
+        if !status.success() {
+            bail!("the host exited with {status} at restart");
         }
-        Ok(host)
+        let (child, url) = spawn(
+            &self.bothost,
+            &self.config,
+            self.dir.path(),
+            self.listener.as_ref(),
+        )?;
+        self.child = child;
+        self.url = url;
+        Ok(started.elapsed())
     }
 
     pub fn pid(&self) -> u32 {
@@ -210,6 +231,74 @@ impl HostProcess {
 impl Drop for HostProcess {
     fn drop(&mut self) {
         let _ = self.terminate();
+    }
+}
+
+/// Starts `bothost --config CONFIG serve` with its log appended to
+/// `dir/host.log` (on `listener` as fd 3 when given); returns it and its
+/// URL once it prints `bothost listening on URL`.
+fn spawn(
+    bothost: &Path,
+    config: &Path,
+    dir: &Path,
+    listener: Option<&std::net::TcpListener>,
+) -> anyhow::Result<(Child, String)> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("host.log"))?;
+    let mut command = match listener {
+        None => {
+            let mut c = Command::new(bothost);
+            c.arg("--config").arg(config).arg("serve");
+            c
+        }
+        Some(listener) => {
+            use std::os::fd::AsRawFd;
+            let fd = listener.as_raw_fd();
+            let mut c = Command::new("sh");
+            // `exec` keeps the shell's pid, so `$$` is the host's.
+            c.args([
+                "-c",
+                "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\" serve",
+            ])
+            .arg(bothost)
+            .arg(config);
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                c.pre_exec(move || {
+                    if nix::libc::dup2(fd, 3) < 0 || nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            c
+        }
+    };
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bothost.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("bothost listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(START_LIMIT) {
+        Ok(url) => Ok((child, url)),
+        Err(_) => {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.join("host.log")).unwrap_or_default();
+            bail!("bothost did not start within {START_LIMIT:?}; log:\n{log}")
+        }
     }
 }
 
