@@ -23,7 +23,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context as _};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cgroup::Ceilings;
 use crate::chat::Chats;
@@ -98,6 +98,7 @@ impl Host {
         ));
         spawn_limits_sweeper(state.clone());
         let (http, url) = start_http(&config, state.clone())?;
+        log_checks(&config);
         info!(%url, control = %control_path.display(), "serving");
         Ok(Self {
             supervisor,
@@ -277,6 +278,20 @@ fn start_http(
     Ok((handle, format!("{scheme}://{addr}")))
 }
 
+/// What `check-config` would say about this start, in the log: every
+/// warning and failure of the quick checks (the full list: `bothost
+/// check-config`).
+fn log_checks(config: &Config) {
+    use crate::checks::Status;
+    for check in crate::checks::at_start(config) {
+        match check.status {
+            Status::Pass => {}
+            Status::Warn => warn!(check = check.name, "check-config: {}", check.detail),
+            Status::Fail => error!(check = check.name, "check-config: {}", check.detail),
+        }
+    }
+}
+
 /// The listening socket systemd (or any supervisor speaking its
 /// `sd_listen_fds` protocol) passed us as fd 3: `LISTEN_PID` is our pid and
 /// `LISTEN_FDS` at least 1. Whoever holds that socket keeps it open across
@@ -325,16 +340,13 @@ pub async fn open_store(config: &Config, metrics: Metrics) -> anyhow::Result<Sto
     Ok(store)
 }
 
-/// The configured signing secret, or a random one for this run only.
+/// The configured signing secret, or a random one for this run only (the
+/// start-up checks log that everyone must log in again after a restart).
 fn jwt_secret(config: &Config) -> Vec<u8> {
     let configured = config.auth.jwt_secret.expose_secret();
     if !configured.is_empty() {
         return configured.as_bytes().to_vec();
     }
-    warn!(
-        "auth.jwt_secret is not set (nor BOTHOST_JWT_SECRET): using a random secret; \
-         everyone must log in again after a restart"
-    );
     let mut secret = vec![0u8; 32];
     rand::fill(&mut secret[..]);
     secret

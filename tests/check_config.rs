@@ -277,6 +277,36 @@ fn secrets_tls_and_registration() {
         ));
         site.expect("tls", status, needle);
     }
+    // A chain in the wrong order: the issuer first.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let stranger_ca = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let (chain, key) = (site.path("chain.pem"), site.path("leaf-key.pem"));
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    for (order, status, needle) in [
+        ([leaf.pem(), ca.pem()], "pass", "matches its key"),
+        ([ca.pem(), leaf.pem()], "fail", "does not belong"),
+        ([leaf.pem(), stranger_ca.pem()], "fail", "is not signed by"),
+    ] {
+        std::fs::write(&chain, order.concat()).unwrap();
+        site.write_config(&format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            chain.display(),
+            key.display()
+        ));
+        site.expect("tls", status, needle);
+    }
     let (cert, _) = certificate(&site, now - day, now + day * 90);
     let stranger = site.path("stranger.pem");
     std::fs::write(
@@ -333,6 +363,15 @@ fn limits_logging_and_the_schedule() {
     let detail = &checks["restart_schedule"].1;
     assert_eq!(detail.matches("Mon ").count(), 3, "{detail}");
     assert!(detail.contains("04:30"), "{detail}");
+    assert!(
+        !detail.contains("daylight saving"),
+        "UTC has none: {detail}"
+    );
+    // The 3 AM default, in a zone that changes its clocks at night.
+    site.write_config("");
+    let (_, checks) = site.check_env(&[("TZ", "Europe/Berlin")]);
+    let detail = &checks["restart_schedule"].1;
+    assert!(detail.contains("daylight saving"), "{detail}");
 }
 
 #[test]
@@ -389,6 +428,17 @@ fn the_machine_address_runtime_dir_worker_and_memory() {
     )
     .unwrap();
     site.expect("worker_binary", "fail", "is not a bot-worker");
+    // A worker from another build, speaking another protocol.
+    let old_worker = site.path("old-bot-worker");
+    std::fs::write(&old_worker, "#!/bin/sh\necho 1\n").unwrap();
+    chmod(&old_worker, 0o755);
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        text.replace("/bin/true", old_worker.to_str().unwrap()),
+    )
+    .unwrap();
+    site.expect("worker_binary", "fail", "speaks protocol 1");
 
     // Budgets the machine cannot hold.
     let budget = sysinfo_available() / 2 / 1_000_000 + 1;
@@ -542,4 +592,28 @@ fn which(tool: &str) -> bool {
         .arg("--version")
         .output()
         .is_ok()
+}
+
+#[test]
+fn serve_logs_what_the_quick_checks_warn_about() {
+    let host = TestHost::start_with_config(&format!(
+        "{}\n[auth]\njwt_secret = \"{GOOD_SECRET}\"\n{}",
+        FAST_SUPERVISOR.replace("127.0.0.1:0", "0.0.0.0:0"),
+        bots(&["helper"])
+    ));
+    let log = host.log();
+    let warned = |check: &str, needle: &str| {
+        log.lines().any(|l| {
+            l.contains(&format!("\"check\":\"{check}\""))
+                && l.contains(needle)
+                && l.contains("WARN")
+        })
+    };
+    assert!(warned("tls", "plain HTTP on a public address"), "{log}");
+    assert!(warned("registration", "open registration"), "{log}");
+    assert!(warned("backups", "no backup"), "{log}");
+    assert!(
+        !log.contains("\"check\":\"jwt_secret\""),
+        "a set secret is not news: {log}"
+    );
 }

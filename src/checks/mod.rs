@@ -52,6 +52,19 @@ impl Paths {
     }
 }
 
+/// The checks `serve` runs at start and logs (those that need no network
+/// and take no time): what an operator should not have to remember to ask.
+pub fn at_start(config: &Config) -> Vec<Check> {
+    vec![
+        security::jwt_secret(config),
+        security::tls(config, chrono::Utc::now()),
+        security::registration(config),
+        host::memory_headroom(config, host::available_memory()),
+        host::api_keys(config, |k| std::env::var(k).ok()),
+        files::backups(config, chrono::Utc::now()),
+    ]
+}
+
 /// Runs every check against the configuration file at `path`.
 pub async fn run(path: &Path, paths: &Paths) -> Report {
     let config = match Config::load(path) {
