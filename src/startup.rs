@@ -327,11 +327,12 @@ pub async fn open_store(config: &Config, metrics: Metrics) -> anyhow::Result<Sto
         .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
     let applied = store::migrate(&target)
         .await
-        .context("database migrations failed")?;
+        .context("database.url: cannot open and migrate the database")?;
     for version in &applied {
         info!(version = %version, "migration applied");
     }
-    let store = Store::connect(&config.database, &target, metrics)?;
+    let store = Store::connect(&config.database, &target, metrics)
+        .context("database.url: cannot open the database")?;
     info!(
         backend = store.backend(),
         migrations_applied = applied.len(),

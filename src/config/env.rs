@@ -20,6 +20,11 @@ pub fn apply_env(
 ) -> Result<(), (String, String)> {
     for (name, value) in env {
         let alias = ENV_ALIASES.iter().find(|(n, _)| *n == name);
+        // `BOTHOST_JWT_SECRET=` (set but empty, a slip in an env file) must
+        // not quietly replace a secret the file sets.
+        if alias.is_some() && value.is_empty() {
+            continue;
+        }
         let Some(rest) = alias.map(|(_, key)| *key).or(name.strip_prefix(ENV_PREFIX)) else {
             continue;
         };

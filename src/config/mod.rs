@@ -18,6 +18,7 @@
 //! touches the runtime: it only reads and checks.
 
 mod derived;
+mod duration;
 mod env;
 mod load;
 mod schema;
@@ -28,3 +29,4 @@ mod validate;
 pub use derived::{millis, parse_schedule, worker_socket_stem};
 pub use load::{ConfigError, DEFAULT_PATH};
 pub use schema::*;
+pub use validate::{MAX_BOTS, MIN_SECRET_BYTES};

@@ -34,10 +34,10 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate and key (PEM files).
     pub tls: Option<TlsConfig>,
     /// How often the server pings each WebSocket client.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub ws_heartbeat: Duration,
     /// A WebSocket client silent for this long is dropped.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub ws_timeout: Duration,
 }
 
@@ -65,7 +65,7 @@ pub struct AuthConfig {
     /// HS256 signing secret (also `BOTHOST_JWT_SECRET`). Empty: a random one
     /// per start, so tokens do not survive a restart (a warning says so).
     pub jwt_secret: Secret,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub token_ttl: Duration,
     /// Anyone may register; when false, `bothost user add` creates users.
     pub open_registration: bool,
@@ -128,15 +128,15 @@ pub struct DatabaseConfig {
     /// The limit the pool may grow to by itself under sustained load.
     pub pool_max: usize,
     /// Utilisation at or above 80% for this long grows the pool.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub pool_grow_window: Duration,
     /// Waiting longer than this for a connection is an error (503).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub acquire_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub connect_timeout: Duration,
     /// PostgreSQL statements running longer are cancelled.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub statement_timeout: Duration,
 }
 
@@ -183,7 +183,7 @@ impl MemoryMeasure {
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
     /// How often every worker's RSS is read.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub sample_interval: Duration,
     /// Default per-bot memory budget; a bot may set its own.
     pub memory_budget: ByteSize,
@@ -192,32 +192,32 @@ pub struct SupervisorConfig {
     /// The worker executable; by default `bot-worker` next to `bothost`.
     pub worker_binary: Option<PathBuf>,
     /// Spawn to `Ready`: longer than this and the start counts as a crash.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub start_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub heartbeat_interval: Duration,
     /// Silence longer than this marks a worker hung; it is then replaced.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub heartbeat_timeout: Duration,
     /// How long a draining worker may take to finish its turns.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub drain_timeout: Duration,
     /// SIGTERM to SIGKILL.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub stop_grace: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub backoff_initial: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub backoff_max: Duration,
     /// This many crashes within `crash_window` mark the bot failed.
     pub crash_limit: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub crash_window: Duration,
     /// A `failed` bot is tried again after this, then after twice as
     /// long, up to `quarantine_max`.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub quarantine_initial: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub quarantine_max: Duration,
     /// Fraction of the budget at which a warning is logged and shown.
     pub memory_warn_ratio: f64,
@@ -227,13 +227,13 @@ pub struct SupervisorConfig {
     /// Readings in a row over budget before a `memory` restart.
     pub over_budget_samples: u32,
     /// The span of readings the leak trend is fitted over.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub leak_window: Duration,
     /// Readings this soon after a worker is ready are left out of the trend.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub leak_warmup: Duration,
     /// A leak projected to reach the budget sooner than this is restarted.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub leak_horizon: Duration,
     /// A rise of the memory floor smaller than this is not called a leak.
     pub leak_min_growth: ByteSize,
@@ -407,26 +407,26 @@ pub struct InferenceConfig {
     /// Start this server and keep it running, e.g. `["ollama", "serve"]`.
     pub command: Vec<String>,
     /// Health check period while the endpoint is up (the seed's 60 s) ...
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub health_interval: Duration,
     /// ... and while it is down, so it is back in use soon after it returns.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub health_interval_down: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub health_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub connect_timeout: Duration,
     /// Request to first token; generous, as a model may have to load.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub first_token_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub token_gap_timeout: Duration,
     /// A turn that failed here prefers other endpoints this long.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub cooldown: Duration,
     /// A supervised server with no passing check this long after its start
     /// is restarted ...
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub start_timeout: Duration,
     /// ... and so is one failing this many checks in a row.
     pub restart_after_failed_checks: u32,
@@ -456,7 +456,7 @@ impl Default for InferenceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuiltinConfig {
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "super::duration::deserialize")]
     pub token_delay: Duration,
     pub fail_rate: f64,
     pub leak_per_message: ByteSize,

@@ -116,6 +116,58 @@ fn signing_secrets_must_be_long_and_not_an_example_and_set_on_a_public_bind() {
 }
 
 #[test]
+fn absurd_and_zero_values_are_refused_naming_the_key() {
+    for (text, key, needle) in [
+        (
+            "[supervisor]\ndrain_timeout = \"500000000000y\"\n",
+            "supervisor.drain_timeout",
+            "longer than a year",
+        ),
+        (
+            "[server]\nws_heartbeat = \"0s\"\n",
+            "server.ws_heartbeat",
+            "greater than 0",
+        ),
+        (
+            "[limits]\nmax_body = \"0B\"\n",
+            "limits.max_body",
+            "greater than 0",
+        ),
+        (
+            "[limits]\nmax_ws_frame = \"0B\"\n",
+            "limits.max_ws_frame",
+            "greater than 0",
+        ),
+        (
+            "[limits]\nmax_message_chars = 0\n",
+            "limits.max_message_chars",
+            "at least 1",
+        ),
+    ] {
+        let e = err(&format!("{text}{ONE_BOT}"));
+        assert!(e.contains(&format!("{key}: ")), "{e}");
+        assert!(e.contains(needle), "{e}");
+    }
+    let many: String = (0..=MAX_BOTS)
+        .map(|i| format!("[[bots]]\nname = \"b{i}\"\n"))
+        .collect();
+    let e = err(&many);
+    assert!(e.contains("bots: ") && e.contains("at most 256"), "{e}");
+}
+
+#[test]
+fn an_empty_secret_in_the_environment_does_not_replace_the_files() {
+    let file =
+        "[auth]\njwt_secret = \"q8Zr1pX0vN4mK7tL2sB9wY6cH3jD5fG0aE1\"\n[[bots]]\nname = \"a\"\n";
+    let env = vec![("BOTHOST_JWT_SECRET".to_owned(), String::new())];
+    let c = Config::parse(file, Path::new("x.toml"), env).unwrap();
+    assert_eq!(
+        c.auth.jwt_secret.expose_secret(),
+        "q8Zr1pX0vN4mK7tL2sB9wY6cH3jD5fG0aE1"
+    );
+}
+
+#[test]
 fn every_key_has_a_default_but_the_bot_name() {
     let c = parse(ONE_BOT).unwrap();
     assert_eq!(c.server.bind.to_string(), "127.0.0.1:8080");

@@ -10,6 +10,10 @@ use bytesize::ByteSize;
 use super::derived::worker_socket_stem;
 use super::schema::{default_model, BotConfig, Config};
 
+/// The most bots one host runs: each is a child process with a socket pair,
+/// a log pipe and a memory budget, and a handover briefly doubles that.
+pub const MAX_BOTS: usize = 256;
+
 /// Longest path a Unix socket address can hold, less the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -46,6 +50,20 @@ impl Config {
                 return bad(key, "must be at least 1".into());
             }
         }
+        for (key, size) in [
+            ("limits.max_body", l.max_body),
+            ("limits.max_ws_frame", l.max_ws_frame),
+        ] {
+            if size.as_u64() == 0 {
+                return bad(key, "must be greater than 0".into());
+            }
+        }
+        if l.max_message_chars == 0 {
+            return bad("limits.max_message_chars", "must be at least 1".into());
+        }
+        if self.server.ws_heartbeat.is_zero() {
+            return bad("server.ws_heartbeat", "must be greater than 0".into());
+        }
         if self.server.ws_timeout <= self.server.ws_heartbeat {
             return bad(
                 "server.ws_timeout",
@@ -73,6 +91,16 @@ impl Config {
         }
         if self.bots.is_empty() {
             return bad("bots", "at least one [[bots]] entry is required".into());
+        }
+        if self.bots.len() > MAX_BOTS {
+            return bad(
+                "bots",
+                format!(
+                    "{} bots; one host runs at most {MAX_BOTS} (each is a process with its \
+                     sockets and memory budget): spread them over more hosts",
+                    self.bots.len()
+                ),
+            );
         }
         if s.sample_interval < Duration::from_millis(100) {
             return bad(
