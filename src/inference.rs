@@ -76,14 +76,26 @@ pub fn start(
     supervisor: Recipient<EndpointChecked>,
     rechecks: &Rechecks,
 ) {
+    let keys: Vec<&String> = endpoints
+        .iter()
+        .filter_map(|e| e.api_key_env.as_ref())
+        .collect();
     for config in endpoints {
         metrics
             .inference_up
             .with_label_values(&[&config.name])
             .set(0);
         let recheck = rechecks.of(&config.name);
+        // A supervised server sees neither the host's settings nor the
+        // other servers' keys.
+        let hidden = keys
+            .iter()
+            .filter(|k| config.api_key_env.as_ref() != Some(**k))
+            .map(|k| (*k).clone())
+            .collect();
         actix_rt::spawn(monitor(
             config.clone(),
+            hidden,
             metrics.clone(),
             supervisor.clone(),
             recheck,
@@ -93,6 +105,7 @@ pub fn start(
 
 async fn monitor(
     config: InferenceConfig,
+    hidden: Vec<String>,
     metrics: Metrics,
     supervisor: Recipient<EndpointChecked>,
     recheck: Arc<Notify>,
@@ -108,7 +121,7 @@ async fn monitor(
         }
     };
     let mut status = EndpointStatus::unchecked(&config.name, config.kind);
-    let mut server = Server::new(&config);
+    let mut server = Server::new(&config, hidden);
     server.start(&mut status).await;
     let mut failed_in_a_row = 0u32;
     let mut last_check: Option<Instant> = None;
@@ -239,6 +252,8 @@ pub async fn check(
 /// The model server process bothost runs for an endpoint with a `command`.
 struct Server {
     command: Vec<String>,
+    /// Variables of the host's environment it must not see.
+    hidden: Vec<String>,
     name: String,
     child: Option<tokio::process::Child>,
     started: Instant,
@@ -251,9 +266,10 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Server {
-    fn new(config: &InferenceConfig) -> Self {
+    fn new(config: &InferenceConfig, hidden: Vec<String>) -> Self {
         Self {
             command: config.command.clone(),
+            hidden,
             name: config.name.clone(),
             child: None,
             started: Instant::now(),
@@ -272,6 +288,15 @@ impl Server {
             return;
         };
         let mut cmd = tokio::process::Command::new(program);
+        // A model server has settings of its own (OLLAMA_*, CUDA_*) to
+        // keep, so it loses only what is known secret: the host's BOTHOST_*
+        // settings and the other servers' keys.
+        for (name, _) in std::env::vars_os() {
+            let name_str = name.to_string_lossy();
+            if name_str.starts_with("BOTHOST_") || self.hidden.iter().any(|h| *h == name_str) {
+                cmd.env_remove(&name);
+            }
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,8 +1,9 @@
 //! Child processes the host starts: workers and supervised model servers.
 //!
 //! Owns the rules every such child follows: it runs in its own process
-//! group (so it is signalled as a whole, grandchildren included) and dies
-//! with the host (parent-death signal SIGKILL, set between fork and exec).
+//! group (so it is signalled as a whole, grandchildren included), dies
+//! with the host (parent-death signal SIGKILL, set between fork and exec),
+//! and inherits none of the host's secrets ([`scrub_env`]).
 //! A leaf module: it starts and signals processes and decides nothing about
 //! them.
 //!
@@ -32,6 +33,38 @@ pub fn bind_to_host(cmd: &mut tokio::process::Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// Variables every child keeps: what a program needs to run at all.
+const BASIC_ENV: [&str; 9] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "RUST_BACKTRACE",
+];
+
+/// Whether a child keeps the host's variable `name`: the basic ones, the
+/// locale (`LC_*`), and those in `own` (its own API keys). Nothing else: the
+/// host's environment holds the signing secret, the database URL and every
+/// model server's key.
+pub fn child_keeps(name: &str, own: &[String]) -> bool {
+    BASIC_ENV.contains(&name) || name.starts_with("LC_") || own.iter().any(|o| o == name)
+}
+
+/// Gives `cmd` only the variables [`child_keeps`] allows (`own`: the
+/// child's own API-key variables), from the host's environment.
+pub fn scrub_env(cmd: &mut tokio::process::Command, own: &[String]) {
+    cmd.env_clear();
+    for (name, value) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| child_keeps(n, own)) {
+            cmd.env(name, value);
+        }
     }
 }
 
@@ -81,4 +114,25 @@ fn proc_bytes(pid: u32, file: &str, key: &str) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_keep_what_they_need_and_their_own_keys_only() {
+        let own = ["OPENAI_KEY".to_owned()];
+        for kept in ["PATH", "HOME", "LC_ALL", "TZ", "OPENAI_KEY"] {
+            assert!(child_keeps(kept, &own), "{kept}");
+        }
+        for dropped in [
+            "BOTHOST_JWT_SECRET",
+            "BOTHOST_DATABASE_URL",
+            "OTHER_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            assert!(!child_keeps(dropped, &own), "{dropped}");
+        }
+    }
 }

@@ -29,13 +29,16 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
 
 /// Starts `bot-worker --socket SOCKET`, in the memory cgroup whose
 /// `cgroup.procs` is `cgroup` when there is one (joined before exec, so
-/// the whole worker is counted).
+/// the whole worker is counted), with the host's environment scrubbed to
+/// the basics and `keys` (its own endpoints' API-key variables).
 pub fn spawn_child(
     binary: &Path,
     socket: &Path,
     cgroup: Option<std::ffi::CString>,
+    keys: &[String],
 ) -> io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(binary);
+    crate::process::scrub_env(&mut cmd, keys);
     cmd.arg("--socket")
         .arg(socket)
         .stdin(Stdio::null())

@@ -133,8 +133,9 @@ impl WorkerHandle {
             .map_err(|e| format!("cannot listen on {}: {e}", self.socket_path.display()))?;
         self.group = self.make_group();
         let procs = self.group.as_ref().and_then(|g| g.procs_path());
-        let mut child =
-            spawn_child(&self.settings.binary, &self.socket_path, procs).map_err(|e| {
+        let keys = api_key_vars(&self.settings.spec.engine);
+        let mut child = spawn_child(&self.settings.binary, &self.socket_path, procs, &keys)
+            .map_err(|e| {
                 format!(
                     "cannot start the worker {}: {e}",
                     self.settings.binary.display()
@@ -536,6 +537,19 @@ impl Handler<StartTurn> for WorkerHandle {
         let _ = msg
             .reply
             .send(started.map(|id| (id, ctx.address().recipient())));
+    }
+}
+
+/// The environment variables holding the API keys of the model servers a
+/// bot's engine calls: the only secrets its worker is given.
+fn api_key_vars(engine: &bot_worker::EngineSpec) -> Vec<String> {
+    match engine {
+        bot_worker::EngineSpec::Ollama(remote) | bot_worker::EngineSpec::Openai(remote) => remote
+            .endpoints
+            .iter()
+            .filter_map(|e| e.api_key_env.clone())
+            .collect(),
+        bot_worker::EngineSpec::Builtin(_) => Vec::new(),
     }
 }
 
