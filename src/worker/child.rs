@@ -124,7 +124,12 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async { spawn_child(&fake, &socket, None).unwrap().id().unwrap() })
+            rt.block_on(async {
+                spawn_child(&fake, &socket, None, &[])
+                    .unwrap()
+                    .id()
+                    .unwrap()
+            })
         })
         .join()
         .unwrap();
