@@ -57,6 +57,20 @@ impl Ceilings {
         }
     }
 
+    /// What [`Ceilings::detect`] would find, changing nothing (no probe
+    /// group, no cleanup): for `check-config`.
+    pub fn inspect() -> Self {
+        match v1_parent() {
+            Ok(parent) => match nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK) {
+                Ok(()) => Ceilings::V1 { parent },
+                Err(e) => Ceilings::Unavailable {
+                    why: format!("cannot create a memory cgroup in {}: {e}", parent.display()),
+                },
+            },
+            Err(why) => Ceilings::Unavailable { why },
+        }
+    }
+
     /// One line for the log and `bothost status`.
     pub fn describe(&self) -> String {
         match self {

@@ -221,6 +221,22 @@ pub fn memory_headroom(config: &Config, available: Option<u64>) -> Check {
     }
 }
 
+/// Who stops a worker at its memory ceiling here: the kernel (a cgroup per
+/// worker) or only the Supervisor's sampling.
+pub fn memory_ceiling(ceilings: &crate::cgroup::Ceilings) -> Check {
+    match ceilings.enforcer() {
+        "kernel" => Check::pass("memory_ceiling", ceilings.describe()),
+        _ => Check::warn(
+            "memory_ceiling",
+            format!(
+                "{}; a runaway can pass its budget between two samples (run bothost where it \
+                 may create memory cgroups, e.g. systemd's Delegate=memory)",
+                ceilings.describe()
+            ),
+        ),
+    }
+}
+
 pub async fn inference(config: &Config) -> Check {
     let remote: Vec<_> = config
         .bots

@@ -11,7 +11,7 @@
 //! The checks, in order: `configuration`, `database`, `migrations`,
 //! `database_writable`, `jwt_secret`, `tls`, `rate_limits`, `logging`,
 //! `bind_address`, `runtime_dir`, `worker_binary`, `memory_headroom`,
-//! `inference`, `api_keys`, `restart_schedule`, `pool_size`, `monitoring`,
+//! `memory_ceiling`, `inference`, `api_keys`, `restart_schedule`, `pool_size`, `monitoring`,
 //! `alert_receivers`, `playbooks`, `backups`, then `registration` and
 //! `admin_user`.
 
@@ -96,6 +96,7 @@ pub async fn run(path: &Path, paths: &Paths) -> Report {
     checks.push(host::runtime_dir(&config));
     checks.push(host::worker_binary(&config).await);
     checks.push(host::memory_headroom(&config, host::available_memory()));
+    checks.push(host::memory_ceiling(&crate::cgroup::Ceilings::inspect()));
     checks.push(host::inference(&config).await);
     checks.push(host::api_keys(&config, |k| std::env::var(k).ok()));
     checks.push(host::restart_schedule(&config));
