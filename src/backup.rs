@@ -94,7 +94,14 @@ pub async fn create(config: &Config, dir: Option<&Path>) -> Result<Backup, Backu
     let started = Instant::now();
     let target = config.database_target().map_err(BackupError::Config)?;
     let dir = dir.unwrap_or(&config.backup.dir);
-    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_at(dir))?;
+    }
     let now = chrono::Utc::now();
     let (backend, extension) = match target {
         DatabaseTarget::Sqlite(_) => ("sqlite", "sqlite"),

@@ -493,8 +493,18 @@ fn model_servers_their_models_and_keys() {
 fn the_sqlite_database_migrations_and_admin() {
     let site = Site::new();
     site.expect("migrations", "pass", "current");
-    // A newer build ran here.
+    // Created private: the file 0600 (its -wal and -shm follow it), the
+    // directory 0700.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let db = site.path("data/bothost.db");
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&site.path("data")), 0o700);
+    site.expect("database", "pass", "readable by its owner only");
+    chmod(&db, 0o644);
+    site.expect("database", "warn", "chmod 600");
+    chmod(&db, 0o600);
+    // A newer build ran here.
     sqlite(
         &db,
         "INSERT INTO __diesel_schema_migrations (version) VALUES ('29991231000000')",

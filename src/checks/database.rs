@@ -66,30 +66,49 @@ pub async fn check(config: &Config) -> DatabaseChecks {
             format!("cannot read the applied migrations: {e}"),
         ),
     };
-    let reached = match &target {
-        DatabaseTarget::Sqlite(path) => format!("SQLite at {}", path.display()),
-        DatabaseTarget::Postgres(_) => "PostgreSQL answers".to_owned(),
+    let database = match &target {
+        DatabaseTarget::Sqlite(path) => match readable_by_others(path) {
+            Some(mode) => Check::warn(
+                "database",
+                format!(
+                    "{} is mode {mode:o}: other users can read every conversation; \
+                     `chmod 600` it (and its -wal and -shm files)",
+                    path.display()
+                ),
+            ),
+            None => Check::pass(
+                "database",
+                format!("SQLite at {}, readable by its owner only", path.display()),
+            ),
+        },
+        DatabaseTarget::Postgres(_) => Check::pass("database", "PostgreSQL answers (database.url)"),
     };
-    let writable = match (&target, &inspection.read_only) {
+    DatabaseChecks {
+        checks: vec![database, migrations, writable_check(&target, &inspection)],
+        pool_size: pool_size(config, inspection.connection_limit),
+        admin_user: admin_user(inspection.admins),
+    }
+}
+
+fn writable_check(target: &DatabaseTarget, inspection: &Inspection) -> Check {
+    match (target, &inspection.read_only) {
         (_, Some(why)) => Check::fail(
             "database_writable",
             format!("writes would fail: {why}; point database.url at a writable database"),
         ),
-        (DatabaseTarget::Sqlite(path), None) => sqlite_space(path, Some(&inspection)),
+        (DatabaseTarget::Sqlite(path), None) => sqlite_space(path, Some(inspection)),
         (DatabaseTarget::Postgres(_), None) => Check::pass(
             "database_writable",
             "the server takes writes (not a standby)",
         ),
-    };
-    DatabaseChecks {
-        checks: vec![
-            Check::pass("database", format!("{reached} (database.url)")),
-            migrations,
-            writable,
-        ],
-        pool_size: pool_size(config, inspection.connection_limit),
-        admin_user: admin_user(inspection.admins),
     }
+}
+
+/// The file's mode, when users other than its owner may read it.
+fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then_some(mode)
 }
 
 fn unreachable_db(config: &Config, why: &str) -> DatabaseChecks {

@@ -28,11 +28,7 @@ pub async fn migrate(target: &DatabaseTarget) -> Result<Vec<String>, StoreError>
             run(&mut conn, POSTGRES)
         }
         DatabaseTarget::Sqlite(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Setup(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
+            create_private(&path)?;
             let mut conn = SqliteConnection::establish(&path.display().to_string())
                 .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
             // A host serving this file may hold its lock for a moment (a new
@@ -47,6 +43,32 @@ pub async fn migrate(target: &DatabaseTarget) -> Result<Vec<String>, StoreError>
     })
     .await
     .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
+}
+
+/// Creates a new SQLite database's directory (0700) and file (0600) before
+/// SQLite does: it would make them world-readable, and its `-wal` and
+/// `-shm` files take the database file's mode. Existing ones are left as
+/// they are (`check-config` warns when others can read them).
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let failed = |p: &std::path::Path, e: std::io::Error| {
+        StoreError::Setup(format!("cannot create {}: {e}", p.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| failed(dir, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed(path, e))?;
+    Ok(())
 }
 
 /// Reverts every applied migration newer than `version` (which must be
