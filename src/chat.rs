@@ -358,7 +358,14 @@ fn store_error(e: &StoreError, what: &str) -> TurnError {
             ErrorCode::StoreUnavailable,
             format!("{what}: the database is unavailable; please try again shortly"),
         ),
-        other => TurnError::new(ErrorCode::Internal, format!("{what}: {other}")),
+        // The cause is for the operator's log, never for the user.
+        other => {
+            tracing::error!("{what}: {other}");
+            TurnError::new(
+                ErrorCode::Internal,
+                format!("{what}: an internal error occurred"),
+            )
+        }
     }
 }
 

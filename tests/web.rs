@@ -701,3 +701,47 @@ fn a_rolling_restart_outlives_the_request_that_started_it() {
             .then_some(())
     });
 }
+
+/// NUL characters (which PostgreSQL cannot store) are refused with the same
+/// 400 on both backends, a login with one is a plain 401, and nothing of a
+/// database's own error text reaches the user or the log as an error.
+#[test]
+fn nul_characters_are_refused_alike_on_both_backends() {
+    let mut urls = vec![None];
+    let pg = bothost_testkit::test_database_url().map(|base| {
+        runtime()
+            .block_on(bothost_testkit::PgSchema::create(&base, "nul"))
+            .unwrap()
+    });
+    urls.extend(pg.as_ref().map(|s| Some(s.url.clone())));
+    for url in urls {
+        let extra = url.map_or(String::new(), |u| format!("[database]\nurl = \"{u}\"\n"));
+        let host = web_host(&extra);
+        let alice = register(&host.url, "alice");
+        let conv = alice.conversation("fast");
+        for body in [
+            json!({"client_msg_id": "a", "content": "hi\u{0}there"}),
+            json!({"client_msg_id": "a\u{0}b", "content": "hi"}),
+        ] {
+            let res = alice.post(&format!("/api/v1/conversations/{conv}/messages"), body);
+            assert_eq!(error_code(res), (400, "invalid_text".into()));
+        }
+        let res = alice.post(
+            "/api/v1/conversations",
+            json!({"bot": "fast", "title": "a\u{0}"}),
+        );
+        assert_eq!(error_code(res), (400, "invalid_text".into()));
+        let res = common::web::client()
+            .post(format!("{}/api/v1/auth/login", host.url))
+            .json(&json!({"username": "al\u{0}ice", "password": "correct horse battery"}))
+            .send()
+            .unwrap();
+        assert_eq!(error_code(res), (401, "invalid_credentials".into()));
+        assert_eq!(alice.history(conv).len(), 0, "nothing stored");
+        let log = host.log();
+        assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
+    }
+    if let Some(schema) = pg {
+        runtime().block_on(schema.drop_schema()).unwrap();
+    }
+}

@@ -121,7 +121,13 @@ async fn login(
 ) -> Result<HttpResponse, ApiError> {
     state.limits.login(req.peer_addr().map(|a| a.ip()))?;
     let Credentials { username, password } = body.into_inner();
-    let user = state.store.user_by_name(&username).await?;
+    // A name no account can have (NUL, spaces...) is not looked up: it
+    // would only make the database complain.
+    let user = if check_credentials(&username, "any valid password").is_ok() {
+        state.store.user_by_name(&username).await?
+    } else {
+        None
+    };
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let ok = hashing(move || verify_password(&password, hash.as_deref())).await?;
     match user {
@@ -176,6 +182,7 @@ async fn create_conversation(
             format!("there is no bot named '{}'", body.bot),
         ));
     }
+    super::limits::no_nul("title", &body.title)?;
     let title: String = body.title.chars().take(200).collect();
     let conv = state
         .store

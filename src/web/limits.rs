@@ -53,6 +53,8 @@ impl Limits {
     /// Checks a message before anything is stored: a usable client id, some
     /// text, and no more than `max_message_chars`.
     pub fn check_message(&self, client_msg_id: &str, content: &str) -> Result<(), ApiError> {
+        no_nul("client_msg_id", client_msg_id)?;
+        no_nul("content", content)?;
         if client_msg_id.is_empty() || client_msg_id.chars().count() > 64 {
             return Err(ApiError::bad_request(
                 "invalid_client_msg_id",
@@ -147,6 +149,18 @@ fn check<K: std::hash::Hash + Eq + Clone>(
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         ApiError::too_many(message, wait.as_secs_f64().ceil() as u64)
     })
+}
+
+/// Text with a NUL character is refused, the same on both backends:
+/// PostgreSQL cannot store one, and no person types it.
+pub fn no_nul(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::bad_request(
+            "invalid_text",
+            format!("{field} must not contain a NUL character"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
