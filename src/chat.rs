@@ -10,7 +10,9 @@
 //! 3. the bot sees its context window (the last `history_window` messages);
 //! 4. the reply is stored when the turn ends, however it ends: `complete`,
 //!    or `partial` / `failed` with exactly the text the user was shown,
-//!    including when the caller goes away (which also cancels the turn).
+//!    including when the caller goes away (which also cancels the turn);
+//!    while it streams it is written down as `partial` every 250 ms, so a
+//!    host killed outright keeps what was shown (see [`write_reply`]).
 //!
 //! A turn whose bot cannot take it at all (unknown, failed, restarting)
 //! stores no reply, so the same message can simply be sent again.
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use bot_worker::{ChatMessage, Role};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -206,6 +208,15 @@ impl Chats {
             replay: !created,
         });
 
+        // Claimed first: a reply stored while the turn still streams is
+        // `partial` and must not be replayed as if it were the answer.
+        let Some(_claim) = self.claim(user_message_id) else {
+            let _ = events.send(fail(TurnError::new(
+                ErrorCode::InProgress,
+                "this message is still being answered",
+            )));
+            return;
+        };
         if !created {
             match store.reply_to(user_message_id).await {
                 Ok(Some(reply)) => {
@@ -222,13 +233,6 @@ impl Chats {
                 }
             }
         }
-        let Some(_claim) = self.claim(user_message_id) else {
-            let _ = events.send(fail(TurnError::new(
-                ErrorCode::InProgress,
-                "this message is still being answered",
-            )));
-            return;
-        };
 
         let context = match store.context(conversation.id, history_window).await {
             Ok(context) => context,
@@ -245,6 +249,13 @@ impl Chats {
             }
         };
 
+        let (progress, watched) = watch::channel(Progress::default());
+        let writer = actix_rt::spawn(write_reply(
+            store.clone(),
+            conversation.id,
+            user_message_id,
+            watched,
+        ));
         let mut text = String::new();
         let ended = loop {
             tokio::select! {
@@ -254,6 +265,7 @@ impl Chats {
                             self.metrics.chat_first_token.observe(stored_at.elapsed().as_secs_f64());
                         }
                         text.push_str(&delta);
+                        progress.send_modify(|p| p.text.push_str(&delta));
                         let _ = events.send(ChatEvent::Delta(delta));
                     }
                     Some(TurnEvent::Done(usage)) => break Ok(usage),
@@ -274,15 +286,17 @@ impl Chats {
             Err(_) if text.is_empty() => (ReplyStatus::Failed, None),
             Err(_) => (ReplyStatus::Partial, None),
         };
-        let reply = NewReply {
-            conversation_id: conversation.id,
-            reply_to: user_message_id,
-            content: &text,
-            status,
-            prompt_tokens: usage.map(|u| clamp_i32(u.prompt_tokens)),
-            completion_tokens: usage.map(|u| clamp_i32(u.completion_tokens)),
+        progress.send_modify(|p| {
+            p.end = Some(End {
+                status,
+                prompt_tokens: usage.map(|u| clamp_i32(u.prompt_tokens)),
+                completion_tokens: usage.map(|u| clamp_i32(u.completion_tokens)),
+            })
+        });
+        let stored = match writer.await {
+            Ok(stored) => stored,
+            Err(e) => Err(StoreError::Setup(format!("the reply writer stopped: {e}"))),
         };
-        let stored = store_reply(store, reply).await;
         self.metrics
             .chat_reply
             .observe(stored_at.elapsed().as_secs_f64());
@@ -315,13 +329,92 @@ fn note_saved(message: &mut String) {
     message.push_str(" Your message is saved.");
 }
 
+/// How often a reply being streamed is written down: what the user was
+/// shown survives even a `kill -9` of the host, less at most this much.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// A turn's reply as it streams, and how it ended once it has.
+#[derive(Default)]
+struct Progress {
+    text: String,
+    end: Option<End>,
+}
+
+#[derive(Clone, Copy)]
+struct End {
+    status: ReplyStatus,
+    prompt_tokens: Option<i32>,
+    completion_tokens: Option<i32>,
+}
+
+/// The one writer of a turn's reply: the text so far as `partial` at the
+/// first token and then every [`FLUSH_EVERY`] (one UPDATE, not a row per
+/// token), and the final reply as soon as the turn ends. Being the only
+/// writer, a late flush can never overwrite the final reply.
+async fn write_reply(
+    store: Store,
+    conversation_id: i64,
+    reply_to: i64,
+    mut progress: watch::Receiver<Progress>,
+) -> Result<Message, StoreError> {
+    loop {
+        if progress.changed().await.is_err() {
+            return Err(StoreError::Setup("the turn ended without a reply".into()));
+        }
+        let (text, end) = snapshot(&mut progress);
+        if let Some(end) = end {
+            return store_reply(&store, end.reply(conversation_id, reply_to, &text)).await;
+        }
+        let partial = NewReply {
+            conversation_id,
+            reply_to,
+            content: &text,
+            status: ReplyStatus::Partial,
+            prompt_tokens: None,
+            completion_tokens: None,
+        };
+        if let Err(e) = store.save_reply(partial).await {
+            warn!(reply_to, "cannot write the reply so far: {e}");
+        }
+        // Rest until the next flush, unless the turn ends first.
+        let ended = tokio::time::timeout(FLUSH_EVERY, progress.wait_for(|p| p.end.is_some()))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if ended {
+            let (text, end) = snapshot(&mut progress);
+            if let Some(end) = end {
+                return store_reply(&store, end.reply(conversation_id, reply_to, &text)).await;
+            }
+        }
+    }
+}
+
+/// The text so far and the end, if the turn has ended; marks it seen.
+fn snapshot(progress: &mut watch::Receiver<Progress>) -> (String, Option<End>) {
+    let p = progress.borrow_and_update();
+    (p.text.clone(), p.end)
+}
+
+impl End {
+    fn reply<'a>(self, conversation_id: i64, reply_to: i64, text: &'a str) -> NewReply<'a> {
+        NewReply {
+            conversation_id,
+            reply_to,
+            content: text,
+            status: self.status,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+        }
+    }
+}
+
 /// A reply the user has seen must not be lost to a brief database hiccup:
 /// a few retries before giving up.
 async fn store_reply(store: &Store, reply: NewReply<'_>) -> Result<Message, StoreError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     let mut attempt = 1;
     loop {
-        match store.append_reply(reply.clone()).await {
+        match store.save_reply(reply.clone()).await {
             Err(StoreError::Unavailable(why)) if attempt < 4 => {
                 let delay = backoff.next_delay();
                 warn!(

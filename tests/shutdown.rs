@@ -200,3 +200,55 @@ fn with_an_inherited_socket_a_restart_refuses_no_connection() {
     assert!(ok > 20, "{ok} requests answered");
     assert!(host.stop().unwrap().success());
 }
+
+/// `kill -9` of the host mid-reply: what the user was shown is stored as it
+/// streams (at most [a flush interval] behind), the next host shows it as
+/// `partial`, and sending the message again returns that stored reply, not
+/// a second answer.
+#[test]
+fn after_a_host_kill_the_reply_shown_so_far_is_kept_and_a_resend_returns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bothost.db");
+    let host = TestHost::start_with_config(&config(&db, "50ms"));
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    let shown = runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "m1", "tell me a very long story about a crash")
+            .await;
+        assert_eq!(ws.next().await["type"], "ack");
+        let mut shown = String::new();
+        // About a second of streaming, then the host is killed outright.
+        for _ in 0..20 {
+            let f = ws.next().await;
+            assert_eq!(f["type"], "delta", "{f}");
+            shown.push_str(f["text"].as_str().unwrap());
+        }
+        host.signal(Signal::SIGKILL);
+        shown
+    });
+    drop(host);
+    let again = TestHost::start_with_config(&config(&db, "50ms"));
+    let alice = login(&again.url, "alice").unwrap();
+    let history = alice.history(conv);
+    let reply = history
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .unwrap_or_else(|| panic!("the reply so far was kept: {history:?}"));
+    assert_eq!(reply["status"], "partial", "{reply}");
+    let kept = reply["content"].as_str().unwrap();
+    assert!(
+        !kept.is_empty() && shown.starts_with(kept),
+        "{kept:?} of {shown:?}"
+    );
+    // Sent again (the page does after reconnecting): the stored reply.
+    let res = alice.post(
+        &format!("/api/v1/conversations/{conv}/messages"),
+        serde_json::json!({"client_msg_id": "m1", "content": "tell me a very long story about a crash"}),
+    );
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().unwrap();
+    assert_eq!(body["reply"]["id"], reply["id"], "{body}");
+    assert_eq!(body["reply"]["content"], reply["content"]);
+    assert_eq!(alice.history(conv).len(), 2, "no second answer");
+}

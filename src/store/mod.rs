@@ -365,6 +365,36 @@ impl Store {
         })
     }
 
+    /// Stores `reply` as the answer to its user message while the turn runs
+    /// and when it ends: brings an unfinished (`partial`) stored reply up to
+    /// date, or stores a first one. A finished reply is never overwritten:
+    /// then the stored one comes back.
+    pub async fn save_reply(&self, reply: NewReply<'_>) -> Result<Message, StoreError> {
+        let now = now_ms();
+        let updated = with_conn!(self, write "save_reply", |conn| {
+            diesel::update(
+                messages::table
+                    .filter(messages::reply_to.eq(reply.reply_to))
+                    .filter(messages::status.eq(ReplyStatus::Partial.as_str())),
+            )
+            .set((
+                messages::content.eq(reply.content),
+                messages::status.eq(reply.status.as_str()),
+                messages::prompt_tokens.eq(reply.prompt_tokens),
+                messages::completion_tokens.eq(reply.completion_tokens),
+                messages::updated_at.eq(now),
+            ))
+            .returning(Message::as_returning())
+            .get_result(conn)
+            .await
+            .optional()
+        })?;
+        match updated {
+            Some(message) => Ok(message),
+            None => self.append_reply(reply).await,
+        }
+    }
+
     /// The reply to user message `id`, if one was stored.
     pub async fn reply_to(&self, id: i64) -> Result<Option<Message>, StoreError> {
         with_conn!(self, "reply_to", |conn| messages::table
