@@ -12,7 +12,7 @@
 //!    or `partial` / `failed` with exactly the text the user was shown,
 //!    including when the caller goes away (which also cancels the turn);
 //!    while it streams it is written down as `partial` every 250 ms, so a
-//!    host killed outright keeps what was shown (see [`write_reply`]).
+//!    host killed outright keeps what was shown (see `write_reply`).
 //!
 //! A turn whose bot cannot take it at all (unknown, failed, restarting)
 //! stores no reply, so the same message can simply be sent again.
