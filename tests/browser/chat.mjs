@@ -1,7 +1,8 @@
 // Drives the bothost page in headless Chromium like a user would:
 // register, chat and watch the reply stream, lose the WebSocket (banner at
 // once), send through the REST fallback, send while nothing gets through,
-// get the connection back and see the queued message answered, and check
+// get the connection back and see the queued message answered, live through
+// a host restart (1012) in about a second, and check
 // that nothing shows or is stored twice and that message text stays text.
 //
 // Usage: node chat.mjs BASE_URL SCREENSHOT_DIR   (exit 0 on success)
@@ -20,12 +21,27 @@ const page = await browser.newPage();
 page.on("pageerror", (e) => console.log("page error:", e.message));
 page.on("console", (m) => console.log("console:", m.text()));
 
-// Every WebSocket goes through this proxy, so the test can cut it.
+// Every WebSocket goes through this proxy, so the test can cut it, or play
+// a host restart: refuse the next message as `restarting` and close with
+// 1012, as a host does when it shuts down (tests/shutdown.rs checks the
+// host's side of that).
 let wsBlocked = false;
+let restartNext = false;
 const sockets = [];
 await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
   if (wsBlocked) { ws.close(); return; }
-  ws.connectToServer();
+  const server = ws.connectToServer();
+  ws.onMessage((message) => {
+    const frame = JSON.parse(message);
+    if (restartNext && frame.type === "send") {
+      restartNext = false;
+      ws.send(JSON.stringify({ type: "error", client_msg_id: frame.client_msg_id, code: "restarting",
+                               message: "the server is restarting" }));
+      ws.close({ code: 1012, reason: "the server is restarting; reconnect" });
+      return;
+    }
+    server.send(message);
+  });
   sockets.push(ws);
 });
 let restBlocked = false;
@@ -82,6 +98,20 @@ try {
   await finished("queued while offline").waitFor({ timeout: 10000 });
   step(`reconnected after ${((Date.now() - back) / 1000).toFixed(1)} s; queued message resent and answered`);
 
+  // A host restart: the message is refused as `restarting`, the socket
+  // closes with 1012; the page is back within about a second (not the ~5 s
+  // of a lost connection) and sends the message again.
+  restartNext = true;
+  const restarted = Date.now();
+  await say("sent as the host restarts");
+  // Taken (acknowledged) by the host once the page is back.
+  await page.locator("li.msg.user:not(.pending)", { hasText: "sent as the host restarts" })
+    .waitFor({ timeout: 10000 });
+  const took = Date.now() - restarted;
+  if (took > 2500) fail(`after a 1012 close the page took ${took} ms to come back`);
+  await finished("sent as the host restarts").waitFor({ timeout: 10000 });
+  step(`host restart: back and the message taken again after ${(took / 1000).toFixed(1)} s`);
+
   // Text is text: markup in a message is shown, not run.
   await say('<img src=x onerror="window.pwned=1">');
   await finished('<img src=x onerror="window.pwned=1">').waitFor();
@@ -91,7 +121,8 @@ try {
 
   // Nothing twice, on screen or in the store (reload shows the stored history).
   const count = (sel, text) => page.locator(sel, { hasText: text }).count();
-  for (const text of ["hello browser", "sent during the outage", "queued while offline"]) {
+  for (const text of ["hello browser", "sent during the outage", "queued while offline",
+                      "sent as the host restarts"]) {
     if (await count("li.msg.user", text) !== 1) fail(`"${text}" shown ${await count("li.msg.user", text)} times`);
   }
   await page.reload();
@@ -99,7 +130,7 @@ try {
   await reply("queued while offline").waitFor();
   const users = await page.locator("li.msg.user").count();
   const bots = await page.locator("li.msg.assistant").count();
-  if (users !== 4 || bots !== 4) fail(`stored history has ${users} user and ${bots} bot messages, expected 4 and 4`);
+  if (users !== 5 || bots !== 5) fail(`stored history has ${users} user and ${bots} bot messages, expected 5 and 5`);
   if (await page.locator("li.msg .note").count() !== 0) fail("a finished reply is stored as cut off or failed");
   step("after a reload the stored history holds each message once");
   await page.screenshot({ path: `${shots}/3-history.png` });
