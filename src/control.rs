@@ -157,7 +157,7 @@ async fn restart(
             }
             None if rolling => rolling_restart(&sup, reason, Some(tx)).await.map(drop),
             None => {
-                for outcome in restart_all(&sup, reason).await {
+                for outcome in restart_all(&sup, reason).await? {
                     let _ = tx.send(outcome);
                 }
                 Ok(())

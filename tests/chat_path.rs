@@ -295,3 +295,28 @@ async fn the_bot_sees_only_its_history_window() {
     })
     .await;
 }
+
+/// Restarting every bot of a host whose Supervisor has stopped fails; it
+/// does not report "0 failed" for restarts that never happened.
+#[actix_rt::test]
+async fn restarting_all_bots_without_a_supervisor_fails() {
+    let db = common::db::sqlite(&DatabaseConfig::default()).await;
+    let (_dir, host) = host(&db).await;
+    let supervisor = host.supervisor().clone();
+    let done =
+        bothost::supervisor::restart_all(&supervisor, bothost::status::RestartReason::Operator)
+            .await
+            .expect("a running host restarts every bot");
+    assert_eq!(done.len(), 2);
+    host.stop().await.unwrap();
+    eventually_async("the supervisor stopped", Duration::from_secs(5), || {
+        let s = supervisor.clone();
+        async move { (!s.connected()).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let e = bothost::supervisor::restart_all(&supervisor, bothost::status::RestartReason::Operator)
+        .await
+        .expect_err("nothing to restart with");
+    assert_eq!(e.code, bothost::status::RestartErrorCode::SupervisorGone);
+}

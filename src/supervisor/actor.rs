@@ -668,8 +668,10 @@ impl Handler<SubscribeStatus> for Supervisor {
 }
 
 impl Handler<Shutdown> for Supervisor {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, ()>;
 
+    /// Drains every worker, then stops: a Supervisor without workers has
+    /// nothing left to do, and whoever still asks it is told it is gone.
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
         self.shutting_down = true;
         let mut drains = Vec::new();
@@ -685,8 +687,10 @@ impl Handler<Shutdown> for Supervisor {
             self.apply(idx, actions, ctx);
         }
         info!(workers = drains.len(), "draining all workers");
-        Box::pin(async move {
-            futures_util::future::join_all(drains).await;
-        })
+        Box::pin(
+            futures_util::future::join_all(drains)
+                .into_actor(self)
+                .map(|_, _, ctx| ctx.stop()),
+        )
     }
 }

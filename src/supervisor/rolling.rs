@@ -61,19 +61,27 @@ pub async fn rolling_restart(
     Ok(results)
 }
 
-/// Hands every bot over at the same time.
-pub async fn restart_all(supervisor: &Addr<Supervisor>, reason: RestartReason) -> Vec<BotRestart> {
-    let names: Vec<String> = match supervisor.send(GetStatus).await {
-        Ok(report) => report.bots.into_iter().map(|b| b.name).collect(),
-        Err(_) => return Vec::new(),
-    };
+/// Hands every bot over at the same time. Fails when the Supervisor is
+/// gone: nothing was restarted, and saying "0 failed" would be a lie.
+pub async fn restart_all(
+    supervisor: &Addr<Supervisor>,
+    reason: RestartReason,
+) -> Result<Vec<BotRestart>, RestartError> {
+    let names: Vec<String> = supervisor
+        .send(GetStatus)
+        .await
+        .map_err(|_| RestartError::supervisor_gone())?
+        .bots
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
     let restarts = names.iter().map(|bot| restart_one(supervisor, bot, reason));
     let results = futures_util::future::join_all(restarts).await;
-    names
+    Ok(names
         .into_iter()
         .zip(results)
         .map(|(bot, result)| BotRestart { bot, result })
-        .collect()
+        .collect())
 }
 
 async fn restart_one(

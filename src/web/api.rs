@@ -389,13 +389,16 @@ async fn admin_restart_all(
         if rolling {
             rolling_restart(&supervisor, RestartReason::Operator, None).await
         } else {
-            Ok(restart_all(&supervisor, RestartReason::Operator).await)
+            restart_all(&supervisor, RestartReason::Operator).await
         }
     });
     let results = task
         .await
         .map_err(|_| supervisor_gone())?
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "busy", e.message))?;
+        .map_err(|e| match e.code {
+            RestartErrorCode::Busy => ApiError::new(StatusCode::CONFLICT, "busy", e.message),
+            _ => supervisor_gone(),
+        })?;
     let failed = results.iter().filter(|r| r.result.is_err()).count();
     Ok(HttpResponse::Ok().json(json!({"results": results, "failed": failed})))
 }
