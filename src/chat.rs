@@ -300,10 +300,21 @@ impl Chats {
         self.metrics
             .chat_reply
             .observe(stored_at.elapsed().as_secs_f64());
-        outcome(status.as_str());
+        if let Err(e) = &stored {
+            // Whatever the turn's end, the operator learns the reply is lost.
+            warn!(
+                reply_to = user_message_id,
+                "the reply could not be saved: {e}"
+            );
+        }
+        // Each turn is counted once, as the user saw it end.
         let event = match (ended, stored) {
-            (Ok(_), Ok(reply)) => ChatEvent::Done { reply },
+            (Ok(_), Ok(reply)) => {
+                outcome(status.as_str());
+                ChatEvent::Done { reply }
+            }
             (Err(mut error), stored) => {
+                outcome(status.as_str());
                 if error.code != ErrorCode::Cancelled {
                     // True here, where the question was stored first.
                     note_saved(&mut error.message);

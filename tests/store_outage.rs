@@ -320,3 +320,48 @@ fn readyz_follows_the_database_and_the_host_recovers_without_a_restart() {
         "the database password reached the log"
     );
 }
+
+/// The database goes away while a reply streams: the user is told the
+/// reply could not be saved (their message is), the operator's log says
+/// so, and the turn is counted once, as the user saw it end.
+#[test]
+fn a_reply_that_cannot_be_stored_is_counted_once_and_logged() {
+    let Some(pg) = ThrowawayPg::start() else {
+        return;
+    };
+    let host = TestHost::start_with_config(&format!(
+        "{FAST_SUPERVISOR}\n[[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"60ms\"\n\
+         [database]\nurl = \"{}\"\nacquire_timeout = \"1s\"\nconnect_timeout = \"1s\"\n",
+        pg.url()
+    ));
+    let alice = common::web::register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    let end = runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "m1", "tell me something long while the database goes")
+            .await;
+        assert_eq!(ws.next().await["type"], "ack");
+        assert_eq!(ws.next().await["type"], "delta");
+        pg.stop();
+        loop {
+            let f = ws.next().await;
+            if f["type"] != "delta" {
+                break f;
+            }
+        }
+    });
+    assert_eq!(end["type"], "error", "{end}");
+    assert_eq!(end["code"], "store_unavailable", "{end}");
+    let count = |outcome: &str| {
+        host.metric(&format!(
+            "bothost_chat_messages_total{{outcome=\"{outcome}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (count("complete"), count("unavailable")),
+        (0.0, 1.0),
+        "counted once"
+    );
+    assert!(host.log().contains("the reply could not be saved"));
+}

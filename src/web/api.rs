@@ -59,14 +59,19 @@ struct Credentials {
 
 /// The rules for a new account, as a plain function.
 pub fn check_credentials(username: &str, password: &str) -> Result<(), ApiError> {
+    // The OpenAPI document states this rule as a pattern.
+    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     let name_ok = (3..=32).contains(&username.len())
         && username
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && ends_ok(username.chars().next())
+        && ends_ok(username.chars().last());
     if !name_ok {
         return Err(ApiError::bad_request(
             "invalid_username",
-            "a username is 3 to 32 letters, digits, '.', '-' or '_'",
+            "a username is 3 to 32 letters, digits, '.', '-' or '_', starting and ending \
+             with a letter or digit",
         ));
     }
     if !(8..=256).contains(&password.chars().count()) {
@@ -502,6 +507,14 @@ mod tests {
     #[test]
     fn usernames_and_passwords_are_checked() {
         assert!(check_credentials("alice", "long enough").is_ok());
+        assert!(check_credentials("a.b-c_9", "long enough").is_ok());
+        for odd in ["...", ".alice", "alice-", "_x_"] {
+            assert_eq!(
+                check_credentials(odd, "long enough").unwrap_err().code,
+                "invalid_username",
+                "{odd}"
+            );
+        }
         assert_eq!(
             check_credentials("al", "long enough").unwrap_err().code,
             "invalid_username"
