@@ -47,6 +47,20 @@ async fn until_close(ws: &mut common::web::Ws) -> (Vec<Value>, Option<CloseCode>
     }
 }
 
+/// A new host on `db`, alice logged in there, and the reply to her first
+/// message in `conv` as that host shows it.
+fn stored_reply(db: &std::path::Path, conv: i64) -> (TestHost, common::web::ApiUser, Value) {
+    let again = TestHost::start_with_config(&config(db, "0s"));
+    let alice = login(&again.url, "alice").unwrap();
+    let history = alice.history(conv);
+    let reply = history
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .cloned()
+        .unwrap_or_else(|| panic!("a reply row: {history:?}"));
+    (again, alice, reply)
+}
+
 #[test]
 fn sigterm_finishes_the_turns_in_flight_then_closes_websockets_with_1012() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,11 +110,8 @@ fn sigterm_finishes_the_turns_in_flight_then_closes_websockets_with_1012() {
     assert!(status.success(), "{status:?}");
 
     // A new host on the same database: the whole reply, nothing from "late".
-    let again = TestHost::start_with_config(&config(&db, "15ms"));
-    let alice = login(&again.url, "alice").unwrap();
-    let history = alice.history(conv);
-    assert_eq!(history.len(), 2, "{history:?}");
-    let reply = history.iter().find(|m| m["role"] == "assistant").unwrap();
+    let (_again, alice, reply) = stored_reply(&db, conv);
+    assert_eq!(alice.history(conv).len(), 2);
     assert_eq!(reply["status"], "complete");
     assert_eq!(reply["content"].as_str().unwrap(), shown);
 }
@@ -141,13 +152,7 @@ fn a_turn_longer_than_the_drain_is_cut_and_stored_partial_with_what_was_shown() 
     );
     host.wait_exit(Duration::from_secs(15))
         .expect("the host exits");
-    let again = TestHost::start_with_config(&config(&db, "100ms"));
-    let alice = login(&again.url, "alice").unwrap();
-    let history = alice.history(conv);
-    let reply = history
-        .iter()
-        .find(|m| m["role"] == "assistant")
-        .unwrap_or_else(|| panic!("a reply row: {history:?}"));
+    let (_again, _, reply) = stored_reply(&db, conv);
     assert_eq!(reply["status"], "partial", "{reply}");
     assert_eq!(
         reply["content"].as_str().unwrap(),
@@ -228,13 +233,7 @@ fn after_a_host_kill_the_reply_shown_so_far_is_kept_and_a_resend_returns_it() {
         shown
     });
     drop(host);
-    let again = TestHost::start_with_config(&config(&db, "50ms"));
-    let alice = login(&again.url, "alice").unwrap();
-    let history = alice.history(conv);
-    let reply = history
-        .iter()
-        .find(|m| m["role"] == "assistant")
-        .unwrap_or_else(|| panic!("the reply so far was kept: {history:?}"));
+    let (_again, alice, reply) = stored_reply(&db, conv);
     assert_eq!(reply["status"], "partial", "{reply}");
     let kept = reply["content"].as_str().unwrap();
     assert!(

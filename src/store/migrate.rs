@@ -16,33 +16,49 @@ use crate::config::DatabaseTarget;
 const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
+/// Runs `$body` on a blocking thread with `$conn`, a migration harness on
+/// `$target`'s backend, and `$source`, a `fn()` giving that backend's
+/// migrations; written once, expanded for each backend's connection type.
+macro_rules! with_harness {
+    ($target:expr, |$conn:ident, $source:ident| $body:expr) => {{
+        let target = $target.clone();
+        tokio::task::spawn_blocking(move || match target {
+            DatabaseTarget::Postgres(url) => {
+                let mut conn =
+                    AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let ($conn, $source) = (&mut conn, || POSTGRES);
+                $body
+            }
+            DatabaseTarget::Sqlite(path) => {
+                let at = |e: &dyn std::fmt::Display| {
+                    StoreError::Setup(format!("{}: {e}", path.display()))
+                };
+                let mut conn =
+                    SqliteConnection::establish(&path.display().to_string()).map_err(|e| at(&e))?;
+                // A host serving this file may hold its lock for a moment (a
+                // new pooled connection setting WAL, a write): wait, do not fail.
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut conn,
+                    "PRAGMA busy_timeout = 5000;",
+                )
+                .map_err(|e| at(&e))?;
+                let ($conn, $source) = (&mut conn, || SQLITE);
+                $body
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
+    }};
+}
+
 /// Applies pending migrations; returns the versions applied (empty when the
 /// schema was current).
 pub async fn migrate(target: &DatabaseTarget) -> Result<Vec<String>, StoreError> {
-    let target = target.clone();
-    tokio::task::spawn_blocking(move || match target {
-        DatabaseTarget::Postgres(url) => {
-            let mut conn =
-                AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            run(&mut conn, POSTGRES)
-        }
-        DatabaseTarget::Sqlite(path) => {
-            create_private(&path)?;
-            let mut conn = SqliteConnection::establish(&path.display().to_string())
-                .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
-            // A host serving this file may hold its lock for a moment (a new
-            // pooled connection setting WAL, a write): wait rather than fail.
-            diesel::connection::SimpleConnection::batch_execute(
-                &mut conn,
-                "PRAGMA busy_timeout = 5000;",
-            )
-            .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
-            run(&mut conn, SQLITE)
-        }
-    })
-    .await
-    .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
+    if let DatabaseTarget::Sqlite(path) = target {
+        create_private(path)?;
+    }
+    with_harness!(target, |conn, source| run(conn, source()))
 }
 
 /// Creates a new SQLite database's directory (0700) and file (0600) before
@@ -74,22 +90,8 @@ fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
 /// Reverts every applied migration newer than `version` (which must be
 /// applied), newest first, with its `down.sql`; returns the reverted ones.
 pub async fn revert_to(target: &DatabaseTarget, version: &str) -> Result<Vec<String>, StoreError> {
-    let (target, version) = (target.clone(), version.to_owned());
-    tokio::task::spawn_blocking(move || match target {
-        DatabaseTarget::Postgres(url) => {
-            let mut conn =
-                AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            revert(&mut conn, || POSTGRES, &version)
-        }
-        DatabaseTarget::Sqlite(path) => {
-            let mut conn = SqliteConnection::establish(&path.display().to_string())
-                .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
-            revert(&mut conn, || SQLITE, &version)
-        }
-    })
-    .await
-    .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
+    let version = version.to_owned();
+    with_harness!(target, |conn, source| revert(conn, source, &version))
 }
 
 /// `migrations` makes the (const) source anew for each revert, which
@@ -146,22 +148,7 @@ pub struct MigrationStatus {
 
 /// Compares the database's migrations with this build's, changing nothing.
 pub async fn migration_status(target: &DatabaseTarget) -> Result<MigrationStatus, StoreError> {
-    let target = target.clone();
-    tokio::task::spawn_blocking(move || match target {
-        DatabaseTarget::Postgres(url) => {
-            let mut conn =
-                AsyncConnectionWrapper::<AsyncPgConnection>::establish(url.expose_secret())
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            status(&mut conn, POSTGRES)
-        }
-        DatabaseTarget::Sqlite(path) => {
-            let mut conn = SqliteConnection::establish(&path.display().to_string())
-                .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
-            status(&mut conn, SQLITE)
-        }
-    })
-    .await
-    .map_err(|e| StoreError::Setup(format!("the migration task failed: {e}")))?
+    with_harness!(target, |conn, source| status(conn, source()))
 }
 
 fn status<DB: diesel::backend::Backend>(
