@@ -245,8 +245,13 @@ fn start_http(
     config: &Config,
     state: web::Data<AppState>,
 ) -> anyhow::Result<(actix_web::dev::ServerHandle, String)> {
+    let tls = config.server.tls.is_some();
     let server = HttpServer::new(move || {
+        // Under TLS, browsers are told to come back over HTTPS only.
+        let hsts = actix_web::middleware::DefaultHeaders::new()
+            .add(("Strict-Transport-Security", "max-age=31536000"));
         App::new()
+            .wrap(actix_web::middleware::Condition::new(tls, hsts))
             .wrap_fn(crate::web::record)
             .configure(configure(state.clone()))
     })

@@ -536,10 +536,19 @@ fn the_page_and_its_assets_are_served_from_the_binary() {
     let c = client();
     let page = c.get(format!("{}/", host.url)).send().unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-security-policy"]
+    let csp = page.headers()["content-security-policy"]
         .to_str()
         .unwrap()
-        .contains("script-src 'self'"));
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("connect-src 'self';"),
+        "connections to this host only: {csp}"
+    );
+    assert!(
+        page.headers().get("strict-transport-security").is_none(),
+        "no HSTS over plain HTTP"
+    );
     assert!(page.text().unwrap().contains("/static/app.js"));
     let js = c.get(format!("{}/static/app.js", host.url)).send().unwrap();
     assert_eq!(js.headers()["content-type"], "text/javascript");
@@ -588,6 +597,11 @@ fn https_with_a_configured_certificate() {
         .send()
         .unwrap();
     assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["strict-transport-security"],
+        "max-age=31536000",
+        "browsers come back over HTTPS only"
+    );
     assert!(
         client()
             .get(format!("http://127.0.0.1:{port}/healthz"))
@@ -744,4 +758,23 @@ fn nul_characters_are_refused_alike_on_both_backends() {
     if let Some(schema) = pg {
         runtime().block_on(schema.drop_schema()).unwrap();
     }
+}
+
+/// A token in a URL ends up in logs and browser histories: `?token=` is
+/// taken on the WebSocket only, where a browser cannot set a header.
+#[test]
+fn a_token_in_the_query_is_taken_on_the_websocket_only() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let res = client()
+        .get(format!("{}/api/v1/bots?token={}", host.url, alice.token))
+        .send()
+        .unwrap();
+    assert_eq!(error_code(res), (401, "unauthorized".into()));
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        let conv = off_runtime(|| alice.conversation("fast"));
+        ws.chat(conv, "q1", "hello over the query token").await;
+        assert_eq!(ws.next().await["type"], "ack");
+    });
 }

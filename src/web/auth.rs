@@ -1,7 +1,8 @@
 //! Authentication: argon2id password hashes and HS256 JWTs.
 //!
 //! Owns how a request proves who it is: `Authorization: Bearer <token>`, or
-//! `?token=` for WebSocket clients (browsers cannot set headers there). The
+//! `?token=` on the WebSocket route only (browsers cannot set headers there;
+//! anywhere else a token in the URL would land in logs and histories). The
 //! token itself is never logged. An expired token and a bad one get
 //! different codes (`token_expired`, `unauthorized`) so a client knows to log
 //! in again rather than give up.
@@ -192,8 +193,13 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     let auth = req
         .app_data::<Auth>()
         .ok_or_else(|| unauthorized("authentication is not configured"))?;
-    let token = bearer(req).or_else(|| query_token(req)).ok_or_else(|| {
-        unauthorized("log in first: no token in the Authorization header or ?token=")
+    // `?token=` only where a browser cannot set a header: the WebSocket.
+    // Elsewhere a token in a URL would end up in logs and histories.
+    let from_query = || (req.path() == WS_PATH).then(|| query_token(req)).flatten();
+    let token = bearer(req).or_else(from_query).ok_or_else(|| {
+        unauthorized(
+            "log in first: no token in the Authorization header (or ?token= on the WebSocket)",
+        )
     })?;
     let claims = auth.verify(&token)?;
     Ok(AuthUser {
@@ -202,6 +208,9 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         admin: claims.role == UserRole::Admin,
     })
 }
+
+/// The WebSocket route, the one place a token may come as `?token=`.
+pub const WS_PATH: &str = "/api/v1/ws";
 
 fn bearer(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?;

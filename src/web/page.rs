@@ -9,9 +9,10 @@ use rust_embed::RustEmbed;
 #[folder = "web/"]
 struct Assets;
 
-/// Scripts and connections only from this host: message text that slips
-/// past the page's text-only rendering still cannot run.
-const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+/// Scripts and connections only from this host (`'self'` covers its own
+/// `ws:`/`wss:` too): message text that slips past the page's text-only
+/// rendering still cannot run, nor send anything elsewhere.
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
                    style-src 'self'; script-src 'self'; frame-ancestors 'none'";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
