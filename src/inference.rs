@@ -70,12 +70,35 @@ impl Rechecks {
 /// Starts one monitoring task per endpoint (on the current thread: a
 /// supervised server's parent-death signal follows the thread that forked
 /// it, and this is the host's main thread).
+/// The monitoring tasks [`start`] started; [`Monitors::stop`] ends them.
+pub struct Monitors {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Monitors {
+    /// Ends every monitor: none restarts its server any more, and each
+    /// supervised server gets SIGTERM, then SIGKILL after `grace`. Returns
+    /// once they are all gone.
+    pub async fn stop(self, grace: Duration) {
+        self.stop.cancel();
+        self.tasks.close();
+        // Each waits `grace` at most, then kills.
+        let _ = tokio::time::timeout(grace * 2, self.tasks.wait()).await;
+    }
+}
+
 pub fn start(
     endpoints: &[InferenceConfig],
     metrics: &Metrics,
     supervisor: Recipient<EndpointChecked>,
     rechecks: &Rechecks,
-) {
+    grace: Duration,
+) -> Monitors {
+    let monitors = Monitors {
+        stop: tokio_util::sync::CancellationToken::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
+    };
     let keys: Vec<&String> = endpoints
         .iter()
         .filter_map(|e| e.api_key_env.as_ref())
@@ -93,22 +116,27 @@ pub fn start(
             .filter(|k| config.api_key_env.as_ref() != Some(**k))
             .map(|k| (*k).clone())
             .collect();
-        actix_rt::spawn(monitor(
+        actix_rt::spawn(monitors.tasks.track_future(monitor(
             config.clone(),
             hidden,
             metrics.clone(),
             supervisor.clone(),
             recheck,
-        ));
+            (monitors.stop.clone(), grace),
+        )));
     }
+    monitors
 }
 
+/// Checks one endpoint (and runs its server, when supervised) until
+/// `stop` is cancelled, then stops that server.
 async fn monitor(
     config: InferenceConfig,
     hidden: Vec<String>,
     metrics: Metrics,
     supervisor: Recipient<EndpointChecked>,
     recheck: Arc<Notify>,
+    (stop, grace): (tokio_util::sync::CancellationToken, Duration),
 ) {
     let client = match reqwest::Client::builder()
         .timeout(config.health_timeout)
@@ -120,8 +148,23 @@ async fn monitor(
             return;
         }
     };
-    let mut status = EndpointStatus::unchecked(&config.name, config.kind);
     let mut server = Server::new(&config, hidden);
+    tokio::select! {
+        () = watch(&config, &client, &mut server, &metrics, &supervisor, &recheck) => {}
+        () = stop.cancelled() => {}
+    }
+    server.stop(grace).await;
+}
+
+async fn watch(
+    config: &InferenceConfig,
+    client: &reqwest::Client,
+    server: &mut Server,
+    metrics: &Metrics,
+    supervisor: &Recipient<EndpointChecked>,
+    recheck: &Notify,
+) {
+    let mut status = EndpointStatus::unchecked(&config.name, config.kind);
     server.start(&mut status).await;
     let mut failed_in_a_row = 0u32;
     let mut last_check: Option<Instant> = None;
@@ -132,7 +175,7 @@ async fn monitor(
         }
         last_check = Some(Instant::now());
         let was = (status.checked, status.up);
-        match check(&client, &config).await {
+        match check(client, config).await {
             Ok(models) => {
                 failed_in_a_row = 0;
                 server.passed();
@@ -148,19 +191,19 @@ async fn monitor(
         }
         status.checked = true;
         if was != (true, status.up) {
-            log_change(&config, &status);
+            log_change(config, &status);
         }
-        report(&metrics, &supervisor, &status);
+        report(metrics, supervisor, &status);
 
-        if let Some(why) = server.needs_restart(&config, failed_in_a_row) {
+        if let Some(why) = server.needs_restart(config, failed_in_a_row) {
             warn!(endpoint = %config.name, "restarting the supervised model server: {why}");
             server.restart(&mut status).await;
             failed_in_a_row = 0;
-            report(&metrics, &supervisor, &status);
+            report(metrics, supervisor, &status);
         }
         let wait = if status.up {
             config.health_interval
-        } else if server.starting(&config) {
+        } else if server.starting(config) {
             // A server we just started is polled closely, so it serves as
             // soon as it answers, not up to `health_interval_down` later.
             MIN_CHECK_GAP
@@ -169,12 +212,12 @@ async fn monitor(
         };
         // A supervised server that exits is noticed at once, not at the
         // next check.
-        if server.wait_exit(wait, &recheck).await {
+        if server.wait_exit(wait, recheck).await {
             status.up = false;
             status.error = Some("the supervised server exited".into());
-            report(&metrics, &supervisor, &status);
+            report(metrics, supervisor, &status);
             server.restart(&mut status).await;
-            report(&metrics, &supervisor, &status);
+            report(metrics, supervisor, &status);
         }
     }
 }
@@ -341,6 +384,27 @@ impl Server {
         }
         (self.passed_since_start && failed_in_a_row >= config.restart_after_failed_checks)
             .then(|| format!("{failed_in_a_row} failed health checks in a row"))
+    }
+
+    /// At shutdown: SIGTERM to the server's group, SIGKILL after `grace`.
+    async fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let Some(pid) = child.id() else {
+            return;
+        };
+        signal_group(pid, Signal::SIGTERM);
+        let exit = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                warn!(endpoint = %self.name, "the model server ignored SIGTERM; killing it");
+                signal_group(pid, Signal::SIGKILL);
+                child.wait().await
+            }
+        };
+        let how = exit.map_or_else(|e| e.to_string(), |s| s.to_string());
+        info!(endpoint = %self.name, "the supervised model server stopped: {how}");
     }
 
     /// Stops what runs (SIGKILL to its group), waits the backoff, starts

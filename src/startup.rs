@@ -58,6 +58,9 @@ pub struct Host {
     control_path: PathBuf,
     control_task: actix_rt::task::JoinHandle<()>,
     db_probe: tokio::task::JoinHandle<()>,
+    /// Health checks and supervised model servers.
+    monitors: inference::Monitors,
+    stop_grace: Duration,
 }
 
 impl Host {
@@ -77,7 +80,7 @@ impl Host {
 
         let metrics = Metrics::new().context("cannot create the metrics registry")?;
         let store = open_store(&config, metrics.clone()).await?;
-        let supervisor = start_supervisor(&config, &metrics)?;
+        let (supervisor, monitors) = start_supervisor(&config, &metrics)?;
         settle(&config, &supervisor).await?;
 
         let _ = std::fs::remove_file(&control_path);
@@ -108,6 +111,8 @@ impl Host {
             control_path,
             control_task,
             db_probe,
+            monitors,
+            stop_grace: config.supervisor.stop_grace,
         })
     }
 
@@ -137,7 +142,8 @@ impl Host {
     /// and each WebSocket close with 1012 once its last turn ends (at most
     /// `drain_timeout`; a turn cut then is stored `partial`), waits for
     /// every reply to be stored, stops HTTP, then drains and stops every
-    /// worker, then removes the control socket.
+    /// worker, then stops supervised model servers (SIGTERM, then SIGKILL
+    /// after `stop_grace`), then removes the control socket.
     pub async fn stop(self) -> anyhow::Result<()> {
         let drain = self.state.drain_timeout;
         info!(
@@ -162,6 +168,9 @@ impl Host {
         self.control_task.abort();
         self.db_probe.abort();
         self.supervisor.send(Shutdown).await?;
+        // Last: the workers no longer call them, and no monitor restarts
+        // one mid-shutdown.
+        self.monitors.stop(self.stop_grace).await;
         let _ = std::fs::remove_file(&self.control_path);
         info!("stopped");
         Ok(())
@@ -172,7 +181,10 @@ impl Host {
 /// restart schedule. Started on the current thread, the System arbiter's:
 /// WorkerHandles live on it, and every worker's parent-death signal is tied
 /// to it (see `worker`).
-fn start_supervisor(config: &Config, metrics: &Metrics) -> anyhow::Result<Addr<Supervisor>> {
+fn start_supervisor(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<(Addr<Supervisor>, inference::Monitors)> {
     let sampler = Sampler::new()
         .context("cannot read process memory (sysinfo)")?
         .with_pss(config.supervisor.memory_measure == crate::config::MemoryMeasure::Pss);
@@ -180,17 +192,18 @@ fn start_supervisor(config: &Config, metrics: &Metrics) -> anyhow::Result<Addr<S
     let supervisor = Supervisor::new(config, metrics.clone(), sampler, Ceilings::detect())
         .with_rechecks(rechecks.clone())
         .start();
-    inference::start(
+    let monitors = inference::start(
         &config.inference,
         metrics,
         supervisor.clone().recipient(),
         &rechecks,
+        config.supervisor.stop_grace,
     );
     // Validated at load: an invalid expression cannot reach here.
     if let Ok(Some(cron)) = config.restart_schedule() {
         spawn_schedule(supervisor.clone(), cron);
     }
-    Ok(supervisor)
+    Ok((supervisor, monitors))
 }
 
 /// Waits until every bot is ready or failed (at most `start_timeout` plus

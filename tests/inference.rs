@@ -433,6 +433,49 @@ fn a_supervised_model_server_is_restarted_when_it_dies() {
     assert_eq!(answered_by(&host, "llama", "once more"), "supervised");
 }
 
+/// At shutdown a supervised model server is asked to stop (SIGTERM) after
+/// the workers have drained, before the host exits, and is not restarted
+/// meanwhile; it used to get only the parent-death SIGKILL.
+#[test]
+fn a_supervised_model_server_is_stopped_with_sigterm_at_shutdown() {
+    let port = free_port();
+    let command = format!(
+        "command = [\"{}\", \"--port\", \"{port}\", \"--name\", \"supervised\"]\nstart_timeout = \"5s\"\n",
+        fake_binary().display()
+    );
+    let mut host = host(
+        &endpoint(
+            "local",
+            "ollama",
+            &format!("http://127.0.0.1:{port}"),
+            &command,
+        ),
+        LLAMA,
+    );
+    let pid = host.wait_for("the supervised server up", Duration::from_secs(10), || {
+        let e = host.status().inference.remove(0);
+        (e.up && e.checked).then_some(e.pid?)
+    });
+    host.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = host
+        .wait_exit(Duration::from_secs(15))
+        .expect("the host exits");
+    assert!(status.success(), "{status:?}");
+    let log = host.log();
+    let stopped_server = log
+        .find("the supervised model server stopped: exit status: 0")
+        .unwrap_or_else(|| panic!("stopped by SIGTERM, exiting cleanly: {log}"));
+    let host_stopped = log
+        .rfind("\"message\":\"stopped\"")
+        .expect("the host's last line");
+    assert!(stopped_server < host_stopped, "before the host exits");
+    assert!(
+        !log.contains("restarting the supervised model server"),
+        "{log}"
+    );
+    assert!(process_gone(pid));
+}
+
 #[test]
 fn an_openai_compatible_server_streams_and_reports_its_errors() {
     let fake = FakeServer::start("vllm", &["--models", "qwen2.5-7b"]);
