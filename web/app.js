@@ -265,9 +265,17 @@ function onFrame(f) {
       break;
     }
     case "error": {
-      // Still being answered, or not taken because the host restarts: it
-      // stays pending and goes out again on the next connection.
-      if (f.code === "in_progress" || f.code === "restarting") break;
+      // Not taken because the host restarts: it stays pending and goes out
+      // again on the next connection.
+      if (f.code === "restarting") break;
+      // Still being answered (a resend raced the first try): ask again in a
+      // moment, when the stored answer can be replayed.
+      if (f.code === "in_progress") {
+        setTimeout(() => {
+          if (state.pending.has(id) && state.ws && state.ws.readyState === WebSocket.OPEN) sendOverWs(id);
+        }, 1000 + Math.random() * 500);
+        break;
+      }
       state.pending.delete(id);
       const r = id && document.querySelector(`[data-client="${CSS.escape(id)}"]`);
       const target = r || (id ? bubble("u:" + id, "user") : null);

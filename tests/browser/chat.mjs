@@ -27,12 +27,20 @@ page.on("console", (m) => console.log("console:", m.text()));
 // host's side of that).
 let wsBlocked = false;
 let restartNext = false;
+let busyNext = false;
 const sockets = [];
 await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
   if (wsBlocked) { ws.close(); return; }
   const server = ws.connectToServer();
   ws.onMessage((message) => {
     const frame = JSON.parse(message);
+    // As if a first try of this message were still being answered.
+    if (busyNext && frame.type === "send") {
+      busyNext = false;
+      ws.send(JSON.stringify({ type: "error", client_msg_id: frame.client_msg_id, code: "in_progress",
+                               message: "this message is still being answered" }));
+      return;
+    }
     if (restartNext && frame.type === "send") {
       restartNext = false;
       ws.send(JSON.stringify({ type: "error", client_msg_id: frame.client_msg_id, code: "restarting",
@@ -112,6 +120,13 @@ try {
   await finished("sent as the host restarts").waitFor({ timeout: 10000 });
   step(`host restart: back and the message taken again after ${(took / 1000).toFixed(1)} s`);
 
+  // A resend that races the first try is told `in_progress`: the page asks
+  // again a moment later instead of leaving the message pending for ever.
+  busyNext = true;
+  await say("asked while busy");
+  await finished("asked while busy").waitFor({ timeout: 10000 });
+  step("a message told in_progress is sent again and answered");
+
   // Text is text: markup in a message is shown, not run.
   await say('<img src=x onerror="window.pwned=1">');
   await finished('<img src=x onerror="window.pwned=1">').waitFor();
@@ -122,7 +137,7 @@ try {
   // Nothing twice, on screen or in the store (reload shows the stored history).
   const count = (sel, text) => page.locator(sel, { hasText: text }).count();
   for (const text of ["hello browser", "sent during the outage", "queued while offline",
-                      "sent as the host restarts"]) {
+                      "sent as the host restarts", "asked while busy"]) {
     if (await count("li.msg.user", text) !== 1) fail(`"${text}" shown ${await count("li.msg.user", text)} times`);
   }
   await page.reload();
@@ -130,7 +145,7 @@ try {
   await reply("queued while offline").waitFor();
   const users = await page.locator("li.msg.user").count();
   const bots = await page.locator("li.msg.assistant").count();
-  if (users !== 5 || bots !== 5) fail(`stored history has ${users} user and ${bots} bot messages, expected 5 and 5`);
+  if (users !== 6 || bots !== 6) fail(`stored history has ${users} user and ${bots} bot messages, expected 6 and 6`);
   if (await page.locator("li.msg .note").count() !== 0) fail("a finished reply is stored as cut off or failed");
   step("after a reload the stored history holds each message once");
   await page.screenshot({ path: `${shots}/3-history.png` });
