@@ -256,15 +256,15 @@ impl Chats {
             user_message_id,
             watched,
         ));
-        let mut text = String::new();
+        // Nothing shown yet: the reply so far lives in `progress` alone.
+        let shown_nothing = |p: &watch::Sender<Progress>| p.borrow().text.is_empty();
         let ended = loop {
             tokio::select! {
                 event = turn.next() => match event {
                     Some(TurnEvent::Delta(delta)) => {
-                        if text.is_empty() {
+                        if shown_nothing(&progress) {
                             self.metrics.chat_first_token.observe(stored_at.elapsed().as_secs_f64());
                         }
-                        text.push_str(&delta);
                         progress.send_modify(|p| p.text.push_str(&delta));
                         let _ = events.send(ChatEvent::Delta(delta));
                     }
@@ -283,7 +283,7 @@ impl Chats {
 
         let (status, usage) = match &ended {
             Ok(usage) => (ReplyStatus::Complete, Some(usage)),
-            Err(_) if text.is_empty() => (ReplyStatus::Failed, None),
+            Err(_) if shown_nothing(&progress) => (ReplyStatus::Failed, None),
             Err(_) => (ReplyStatus::Partial, None),
         };
         progress.send_modify(|p| {
@@ -368,10 +368,9 @@ async fn write_reply(
     reply_to: i64,
     mut progress: watch::Receiver<Progress>,
 ) -> Result<Message, StoreError> {
+    let gone = || StoreError::Setup("the turn ended without a reply".into());
+    progress.changed().await.map_err(|_| gone())?;
     loop {
-        if progress.changed().await.is_err() {
-            return Err(StoreError::Setup("the turn ended without a reply".into()));
-        }
         let (text, end) = snapshot(&mut progress);
         if let Some(end) = end {
             return store_reply(&store, end.reply(conversation_id, reply_to, &text)).await;
@@ -387,15 +386,13 @@ async fn write_reply(
         if let Err(e) = store.save_reply(partial).await {
             warn!(reply_to, "cannot write the reply so far: {e}");
         }
-        // Rest until the next flush, unless the turn ends first.
+        // Rest until the next flush, unless the turn ends first; then wait
+        // for more text (or the end) before writing again.
         let ended = tokio::time::timeout(FLUSH_EVERY, progress.wait_for(|p| p.end.is_some()))
             .await
             .is_ok_and(|r| r.is_ok());
-        if ended {
-            let (text, end) = snapshot(&mut progress);
-            if let Some(end) = end {
-                return store_reply(&store, end.reply(conversation_id, reply_to, &text)).await;
-            }
+        if !ended {
+            progress.changed().await.map_err(|_| gone())?;
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::report::Check;
+use super::report::{can_write, nearest_existing, Check};
 use crate::config::{Config, DatabaseTarget};
 use crate::store::inspect::{inspect, Inspection};
 use crate::store::{migration_status, MigrationStatus};
@@ -162,11 +162,7 @@ pub fn migrations_check(m: &MigrationStatus) -> Check {
 }
 
 fn sqlite_space(path: &Path, inspection: Option<&Inspection>) -> Check {
-    let dir = path
-        .ancestors()
-        .skip(1)
-        .find(|d| d.exists())
-        .unwrap_or(Path::new("/"));
+    let dir = nearest_existing(path.parent().unwrap_or(path));
     let free = match nix::sys::statvfs::statvfs(dir) {
         Ok(s) => s.blocks_available().saturating_mul(s.fragment_size()),
         Err(e) => {
@@ -176,7 +172,7 @@ fn sqlite_space(path: &Path, inspection: Option<&Inspection>) -> Check {
             )
         }
     };
-    if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() && inspection.is_none() {
+    if !can_write(dir) && inspection.is_none() {
         return Check::fail(
             "database_writable",
             format!(

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::report::Check;
+use super::report::{can_write, nearest_existing, Check};
 use crate::config::Config;
 
 /// Prometheus's and Alertmanager's files, checked by their own tools when
@@ -166,11 +166,8 @@ pub fn backups(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Check {
             .map(|t| t.format("%H:%M").to_string()),
         _ => None,
     };
-    let writable_at = dir
-        .ancestors()
-        .find(|d| d.exists())
-        .unwrap_or(Path::new("/"));
-    if nix::unistd::access(writable_at, nix::unistd::AccessFlags::W_OK).is_err() {
+    let writable_at = nearest_existing(dir);
+    if !can_write(writable_at) {
         return Check::fail(
             "backups",
             format!(

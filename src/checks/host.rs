@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{Datelike, Offset, TimeZone, Timelike};
 
-use super::report::Check;
+use super::report::{can_write, nearest_existing, Check};
 use crate::config::{Config, InferenceKind};
 
 /// The level and format are validated when the file loads; what is left
@@ -97,12 +97,8 @@ pub fn runtime_dir(config: &Config) -> Check {
             }
         }
         Err(_) => {
-            let parent = dir
-                .ancestors()
-                .skip(1)
-                .find(|d| d.exists())
-                .unwrap_or(Path::new("/"));
-            if nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_ok() {
+            let parent = nearest_existing(dir);
+            if can_write(parent) {
                 Check::pass(
                     "runtime_dir",
                     format!("{} will be created 0700 at start", dir.display()),

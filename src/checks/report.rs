@@ -1,8 +1,8 @@
 //! What a check answers and how the report reads: shared by every check.
 
-use serde::Serialize;
+use std::path::Path;
 
-use crate::config::Config;
+use serde::Serialize;
 
 crate::names::named_enum! {
     /// A check's verdict.
@@ -73,9 +73,17 @@ impl Report {
     }
 }
 
-/// The configured HTTP address is reachable from other machines.
-pub fn public_bind(config: &Config) -> bool {
-    !config.server.bind.ip().is_loopback()
+/// The directory where `path` exists or would be created: its nearest
+/// existing ancestor (itself, when it exists).
+pub fn nearest_existing(path: &Path) -> &Path {
+    path.ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"))
+}
+
+/// This user may create files in `dir`.
+pub fn can_write(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 #[cfg(test)]

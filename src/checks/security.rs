@@ -4,7 +4,7 @@
 use secrecy::ExposeSecret;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::report::{public_bind, Check};
+use super::report::Check;
 use crate::config::{Config, TlsConfig};
 
 /// Short, example or (on a public bind) missing secrets are refused when
@@ -23,7 +23,7 @@ pub fn jwt_secret(config: &Config) -> Check {
 
 pub fn tls(config: &Config, now: chrono::DateTime<chrono::Utc>) -> Check {
     match &config.server.tls {
-        None if public_bind(config) => Check::warn(
+        None if config.public_bind() => Check::warn(
             "tls",
             format!(
                 "plain HTTP on a public address ({}): passwords and chats cross the network \
@@ -154,7 +154,7 @@ pub fn rate_limits(config: &Config) -> Check {
 }
 
 pub fn registration(config: &Config) -> Check {
-    if config.auth.open_registration && public_bind(config) {
+    if config.auth.open_registration && config.public_bind() {
         return Check::warn(
             "registration",
             format!(

@@ -76,6 +76,11 @@ impl Config {
         parse_schedule(&self.supervisor.restart_schedule)
     }
 
+    /// The HTTP address is reachable from other machines.
+    pub fn public_bind(&self) -> bool {
+        !self.server.bind.ip().is_loopback()
+    }
+
     /// The backup schedule, or `None` when off.
     pub fn backup_schedule(&self) -> Result<Option<croner::Cron>, String> {
         parse_schedule(&self.backup.schedule)

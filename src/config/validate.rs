@@ -337,7 +337,7 @@ impl Config {
         let secret = self.auth.jwt_secret.expose_secret();
         const FIX: &str = "set BOTHOST_JWT_SECRET to 32+ random bytes (`openssl rand -base64 48`)";
         if secret.is_empty() {
-            return (!self.server.bind.ip().is_loopback()).then(|| {
+            return self.public_bind().then(|| {
                 format!(
                     "not set, and server.bind {} is reachable from other machines; {FIX}",
                     self.server.bind
