@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::control::{Client, ControlRequest, ControlResponse};
+use crate::store::{Store, UserChange, UserRole};
 use crate::view;
 
 #[derive(Debug, Parser)]
@@ -198,24 +199,145 @@ pub enum UserAction {
         #[arg(long)]
         admin: bool,
     },
+    /// Every account: id, name, role, created, disabled.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a new password, read from the first line of stdin; the user's
+    /// sessions end.
+    Passwd { name: String },
+    /// Make the user an admin or a plain user; the user's sessions end.
+    Role {
+        name: String,
+        #[arg(value_parser = ["user", "admin"])]
+        role: String,
+    },
+    /// Refuse the user's log-ins and end their sessions (data is kept).
+    Disable { name: String },
+    /// Let a disabled user log in again.
+    Enable { name: String },
+    /// End every session of the user (they log in again).
+    Logout { name: String },
+    /// Delete the user with every conversation and message they own.
+    Delete {
+        name: String,
+        /// Required: this cannot be undone (but by restoring a backup).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
-/// `bothost user add`.
-pub async fn user_add(config: &Config, name: &str, admin: bool) -> anyhow::Result<()> {
-    let mut password = String::new();
-    std::io::stdin().read_line(&mut password)?;
-    let password = password.trim_end_matches(['\n', '\r']);
-    crate::web::check_credentials(name, password).map_err(|e| anyhow::anyhow!(e.message))?;
+/// `bothost user …`. Changes reach a running host's sessions within
+/// `web::sessions::RECHECK` (it checks accounts in the database).
+pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
     let metrics = crate::metrics::Metrics::new()?;
     let store = crate::startup::open_store(config, metrics).await?;
-    let hash = crate::web::auth::hash_password(password).map_err(|e| anyhow::anyhow!(e.message))?;
-    let role = if admin {
-        crate::store::UserRole::Admin
-    } else {
-        crate::store::UserRole::User
+    let change = match action {
+        UserAction::Add { name, admin } => return user_add(&store, &name, admin).await,
+        UserAction::List { json } => return user_list(&store, json).await,
+        UserAction::Delete { name, yes } => {
+            let user = find_user(&store, &name).await?;
+            anyhow::ensure!(
+                yes,
+                "deleting '{}' deletes every conversation and message they own; \
+                 run again with --yes to do it",
+                user.username
+            );
+            store.delete_user(user.id).await?;
+            println!("deleted '{}' (id {}) and all their data", user.username, user.id);
+            return Ok(());
+        }
+        UserAction::Passwd { name } => {
+            let password = read_password()?;
+            crate::web::check_credentials(&name, &password)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let hash = crate::web::auth::hash_password(&password)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            (name, "password changed", UserChange {
+                password_hash: Some(hash),
+                ..UserChange::default()
+            })
+        }
+        UserAction::Role { name, role } => {
+            let role = role.parse::<UserRole>().map_err(anyhow::Error::msg)?;
+            (name, "role set", UserChange {
+                role: Some(role.as_str()),
+                ..UserChange::default()
+            })
+        }
+        UserAction::Disable { name } => (name, "disabled", UserChange {
+            disabled_at: Some(Some(crate::store::now_ms())),
+            ..UserChange::default()
+        }),
+        UserAction::Enable { name } => (name, "enabled", UserChange {
+            disabled_at: Some(None),
+            ..UserChange::default()
+        }),
+        UserAction::Logout { name } => (name, "logged out", UserChange::default()),
     };
+    let (name, done, change) = change;
+    let user = find_user(&store, &name).await?;
+    let user = store
+        .update_user(user.id, change)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no user '{name}'"))?;
+    println!(
+        "{}: {done}; their sessions have ended (role {}, {})",
+        user.username,
+        user.role,
+        if user.disabled_at.is_some() { "disabled" } else { "enabled" }
+    );
+    Ok(())
+}
+
+async fn find_user(store: &Store, name: &str) -> anyhow::Result<crate::store::User> {
+    store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no user '{name}' (see `bothost user list`)"))
+}
+
+/// The first line of stdin, without its line ending.
+fn read_password() -> anyhow::Result<String> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    Ok(password.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+async fn user_add(store: &Store, name: &str, admin: bool) -> anyhow::Result<()> {
+    let password = read_password()?;
+    crate::web::check_credentials(name, &password).map_err(|e| anyhow::anyhow!(e.message))?;
+    let hash =
+        crate::web::auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e.message))?;
+    let role = if admin { UserRole::Admin } else { UserRole::User };
     let user = store.create_user(name, &hash, role).await?;
     println!("created {role} '{}' (id {})", user.username, user.id);
+    Ok(())
+}
+
+/// A time stored as ms since the epoch, to the minute, in UTC.
+fn utc_minute(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+async fn user_list(store: &Store, json: bool) -> anyhow::Result<()> {
+    let users = store.users().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&users)?);
+        return Ok(());
+    }
+    println!("{:>6}  {:<32}  {:<5}  {:<24}  STATE", "ID", "NAME", "ROLE", "CREATED");
+    for u in &users {
+        let created = utc_minute(u.created_at);
+        let state = match u.disabled_at {
+            Some(at) => format!("disabled {}", utc_minute(at)),
+            None => "enabled".to_owned(),
+        };
+        println!("{:>6}  {:<32}  {:<5}  {:<24}  {state}", u.id, u.username, u.role.as_str(), created);
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use bothost::cli::{self, Cli, Command, UserAction};
+use bothost::cli::{self, Cli, Command};
 use bothost::{config::Config, startup, telemetry};
 use clap::Parser;
 
@@ -48,9 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             Command::Migrate { down_to } => cli::migrate(&config, down_to.as_deref())
                 .await
                 .map(|()| true),
-            Command::User {
-                action: UserAction::Add { name, admin },
-            } => cli::user_add(&config, &name, admin).await.map(|()| true),
+            Command::User { action } => cli::user(&config, action).await.map(|()| true),
             Command::Backup { to } => cli::backup(&config, to.as_deref()).await.map(|()| true),
             Command::Restore { file, force } => {
                 cli::restore(&config, &file, force).await.map(|()| true)

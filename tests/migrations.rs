@@ -14,6 +14,7 @@ use serde_json::json;
 
 const INIT: &str = "2026-11-25-000001";
 const USERNAMES_CI: &str = "2026-11-30-000001";
+const SESSIONS: &str = "2026-11-30-000002";
 
 fn config(url: &str) -> String {
     format!(
@@ -41,7 +42,7 @@ fn down_and_up(url: &str, target: DatabaseTarget) {
     assert!(login(&host.url, "Alice").is_some(), "login ignores case");
     let rt = runtime();
     let before = rt.block_on(dump::contents(&target)).unwrap();
-    assert_eq!(before.schema_version, USERNAMES_CI.replace('-', ""));
+    assert_eq!(before.schema_version, SESSIONS.replace('-', ""));
 
     let out = host.cli(&["migrate", "--down-to", INIT]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -50,17 +51,19 @@ fn down_and_up(url: &str, target: DatabaseTarget) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains(&format!("reverted {}", USERNAMES_CI.replace('-', ""))),
-        "{stdout}"
-    );
+    for version in [SESSIONS, USERNAMES_CI] {
+        assert!(
+            stdout.contains(&format!("reverted {}", version.replace('-', ""))),
+            "{stdout}"
+        );
+    }
     let down = rt.block_on(dump::contents(&target)).unwrap();
     assert_eq!(down.rows, before.rows, "every row kept");
     assert_eq!(down.schema_version, INIT.replace('-', ""));
     let status = rt
         .block_on(bothost::store::migration_status(&target))
         .unwrap();
-    assert_eq!(status.pending.len(), 1, "{status:?}");
+    assert_eq!(status.pending.len(), 2, "{status:?}");
 
     // A version that is not applied is refused, naming what is.
     let out = host.cli(&["migrate", "--down-to", "2020-01-01-000000"]);

@@ -25,7 +25,10 @@ async function api(method, path, body) {
   if (state.token) headers.Authorization = "Bearer " + state.token;
   const res = await fetch("/api/v1" + path, { method, headers, body: body ? JSON.stringify(body) : undefined });
   const data = await res.json().catch(() => ({}));
-  if (res.status === 401 && state.token) logout();
+  // Logged out, or the session was ended elsewhere (log out everywhere,
+  // password changed, account disabled): back to the log-in form.
+  const ended = data.error && data.error.code === "account_disabled";
+  if ((res.status === 401 || ended) && state.token) logout();
   if (!res.ok) {
     const err = new Error((data.error && data.error.message) || res.statusText);
     err.code = data.error && data.error.code;
@@ -224,6 +227,8 @@ function connect() {
   ws.onclose = (e) => {
     if (state.ws !== ws) return;
     state.ws = null;
+    // 4401: this session has ended; reconnecting with it would be refused.
+    if (e.code === 4401) { logout(); return; }
     $("banner").hidden = false;
     // 1012, "service restart": the host finished our turns and restarts;
     // try again within about a second, doubling to 5 s while it comes back.

@@ -42,7 +42,7 @@ diesel::define_sql_function! {
     fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
 pub use migrate::{migrate, migration_status, revert_to, MigrationStatus};
-pub use models::{Conversation, Message, MessageRole, ReplyStatus, User, UserRole};
+pub use models::{Conversation, Message, MessageRole, ReplyStatus, User, UserChange, UserRole};
 pub use pool::{PoolGrowth, PoolSnapshot};
 
 use crate::config::{DatabaseConfig, DatabaseTarget};
@@ -217,6 +217,47 @@ impl Store {
             .first(conn)
             .await
             .optional())
+    }
+
+    /// Every account, oldest first (`bothost user list`).
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        with_conn!(self, "users", |conn| users::table
+            .order(users::id.asc())
+            .select(User::as_select())
+            .load(conn)
+            .await)
+    }
+
+    /// Applies `change` to user `id` and ends the user's sessions (the token
+    /// generation goes up in the same statement); `None` when no such user.
+    pub async fn update_user(
+        &self,
+        id: i64,
+        change: UserChange,
+    ) -> Result<Option<User>, StoreError> {
+        with_conn!(self, write "update_user", |conn| diesel::update(
+            users::table.find(id)
+        )
+        .set((
+            change,
+            users::token_generation.eq(users::token_generation + 1),
+        ))
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await
+        .optional())
+    }
+
+    /// Deletes user `id` with everything the user owns (conversations and
+    /// their messages go with it: `ON DELETE CASCADE`). False when no such
+    /// user.
+    pub async fn delete_user(&self, id: i64) -> Result<bool, StoreError> {
+        with_conn!(self, write "delete_user", |conn| diesel::delete(
+            users::table.find(id)
+        )
+        .execute(conn)
+        .await)
+        .map(|n| n > 0)
     }
 
     pub async fn create_conversation(
@@ -458,7 +499,8 @@ pub struct NewReply<'a> {
     pub completion_tokens: Option<i32>,
 }
 
-fn now_ms() -> i64 {
+/// Now, as the store writes times: milliseconds since the epoch.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -47,6 +47,23 @@ pub struct User {
     #[diesel(deserialize_as = String)]
     pub role: UserRole,
     pub created_at: i64,
+    /// Tokens issued before the last bump are refused (see `web::sessions`).
+    #[serde(skip)]
+    pub token_generation: i64,
+    /// When the account was disabled (ms since the epoch); it may neither
+    /// log in nor use a token meanwhile.
+    pub disabled_at: Option<i64>,
+}
+
+/// A change to an account (`Store::update_user`). Every change also ends
+/// the account's sessions: the token generation goes up with it.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct UserChange {
+    pub password_hash: Option<String>,
+    pub role: Option<&'static str>,
+    /// `Some(None)` enables the account again.
+    pub disabled_at: Option<Option<i64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]

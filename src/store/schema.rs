@@ -8,6 +8,8 @@ diesel::table! {
         password_hash -> Text,
         role -> Text,
         created_at -> BigInt,
+        token_generation -> BigInt,
+        disabled_at -> Nullable<BigInt>,
     }
 }
 

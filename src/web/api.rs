@@ -8,12 +8,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::auth::{hash_password, hashing, verify_password, AuthUser};
+use super::auth::{hash_password, hashing, verify_password};
+use super::sessions::AuthUser;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::chat::ChatEvent;
 use crate::status::{RestartErrorCode, RestartReason};
-use crate::store::{Conversation, StoreError, User, UserRole, MAX_PAGE};
+use crate::store::{Conversation, StoreError, User, UserChange, UserRole, MAX_PAGE};
 use crate::supervisor::{restart_all, rolling_restart, GetStatus, RestartBot};
 
 /// One table registers every API route and lists it for the OpenAPI test,
@@ -38,6 +39,8 @@ api_routes! {
     API_ROUTES, routes;
     post "/api/v1/auth/register" => register,
     post "/api/v1/auth/login" => login,
+    post "/api/v1/auth/logout-all" => logout_all,
+    post "/api/v1/auth/password" => change_password,
     get "/api/v1/bots" => bots,
     post "/api/v1/conversations" => create_conversation,
     get "/api/v1/conversations" => conversations,
@@ -136,6 +139,12 @@ async fn login(
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let ok = hashing(move || verify_password(&password, hash.as_deref())).await?;
     match user {
+        // Told only to whoever knows the password.
+        Some(user) if ok && user.disabled_at.is_some() => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "this account is disabled; ask an administrator",
+        )),
         Some(user) if ok => Ok(HttpResponse::Ok().json(session(&state, &user)?)),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -143,6 +152,72 @@ async fn login(
             "wrong username or password",
         )),
     }
+}
+
+/// Applies `change` to the caller's account, which ends all its sessions
+/// (this host forgets its view at once; others within `sessions::RECHECK`).
+async fn change_account(
+    state: &AppState,
+    user: &AuthUser,
+    change: UserChange,
+) -> Result<User, ApiError> {
+    let updated = state.store.update_user(user.id, change).await?;
+    state.sessions.forget(user.id);
+    updated.ok_or_else(super::sessions::session_ended)
+}
+
+/// `POST /auth/logout-all`: every token of the caller stops working,
+/// this one included.
+async fn logout_all(
+    state: web::Data<AppState>,
+    user: AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    change_account(&state, &user, UserChange::default()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /auth/password`: needs the current password; ends every other
+/// session and answers with a fresh one for this client.
+async fn change_password(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: AuthUser,
+    body: web::Json<PasswordChange>,
+) -> Result<HttpResponse, ApiError> {
+    state.limits.login(req.peer_addr().map(|a| a.ip()))?;
+    let PasswordChange {
+        current_password,
+        new_password,
+    } = body.into_inner();
+    check_credentials(&user.name, &new_password)?;
+    let stored = state
+        .store
+        .user(user.id)
+        .await?
+        .ok_or_else(super::sessions::session_ended)?;
+    let hash = stored.password_hash;
+    let ok = hashing(move || verify_password(&current_password, Some(&hash))).await?;
+    if !ok {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_credentials",
+            "the current password is wrong",
+        ));
+    }
+    let hash = hashing(move || hash_password(&new_password)).await??;
+    let change = UserChange {
+        password_hash: Some(hash),
+        ..UserChange::default()
+    };
+    let updated = change_account(&state, &user, change).await?;
+    Ok(HttpResponse::Ok().json(session(&state, &updated)?))
 }
 
 async fn bots(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
@@ -327,11 +402,7 @@ async fn post_message(
             }
         }
     }
-    Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "the turn ended without an answer",
-    ))
+    Err(ApiError::internal("the turn ended without an answer"))
 }
 
 async fn admin_bots(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
@@ -416,11 +487,7 @@ async fn openapi(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     bots.sort_unstable();
     let doc = openapi_for(&bots, state.limits.config.max_message_chars).map_err(|e| {
         tracing::error!("the embedded OpenAPI document is not JSON: {e}");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the API document is broken",
-        )
+        ApiError::internal("the API document is broken")
     })?;
     Ok(HttpResponse::Ok().json(doc))
 }

@@ -6,13 +6,16 @@
 //! token itself is never logged. An expired token and a bad one get
 //! different codes (`token_expired`, `unauthorized`) so a client knows to log
 //! in again rather than give up.
+//!
+//! A valid signature is not enough on its own: `sessions` then checks the
+//! account behind the token (it may be gone, disabled, or have ended its
+//! sessions), and the role comes from there.
 
-use std::future::{ready, Ready};
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
-use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actix_web::{web, HttpRequest};
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
@@ -24,14 +27,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
-use crate::store::{User, UserRole};
+use crate::store::User;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     /// The user's id.
     pub sub: i64,
     pub name: String,
-    pub role: UserRole,
+    /// The account's token generation when this was issued: a token of an
+    /// older generation has been ended (see `sessions`). Tokens issued
+    /// before generations existed read as 0, the first generation.
+    #[serde(rename = "gen", default)]
+    pub generation: i64,
     pub iat: u64,
     pub exp: u64,
 }
@@ -59,17 +66,13 @@ impl Auth {
         let claims = Claims {
             sub: user.id,
             name: user.username.clone(),
-            role: user.role,
+            generation: user.token_generation,
             iat: now,
             exp: now + self.ttl.as_secs(),
         };
         let token = encode(&Header::default(), &claims, &self.encoding).map_err(|e| {
             tracing::error!("cannot sign a token: {e}");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "cannot issue a token",
-            )
+            ApiError::internal("cannot issue a token")
         })?;
         Ok((token, claims.exp))
     }
@@ -112,11 +115,7 @@ pub async fn hashing<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     let internal = || {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "password hashing failed",
-        )
+        ApiError::internal("password hashing failed")
     };
     let _slot = HASH_SLOTS.acquire().await.map_err(|_| internal())?;
     web::block(f).await.map_err(|_| internal())
@@ -135,11 +134,7 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
         .map(|h| h.to_string())
         .map_err(|e| {
             tracing::error!("cannot hash a password: {e}");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "cannot store the password",
-            )
+            ApiError::internal("cannot store the password")
         })
 }
 
@@ -158,54 +153,15 @@ pub fn verify_password(password: &str, hash: Option<&str>) -> bool {
     matches && hash.is_some()
 }
 
-/// The authenticated caller of a request.
-#[derive(Debug, Clone)]
-pub struct AuthUser {
-    pub id: i64,
-    pub name: String,
-    pub admin: bool,
-}
-
-impl AuthUser {
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.admin {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this needs the admin role",
-            ))
-        }
-    }
-}
-
-impl FromRequest for AuthUser {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
-    }
-}
-
-fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let auth = req
-        .app_data::<Auth>()
-        .ok_or_else(|| unauthorized("authentication is not configured"))?;
-    // `?token=` only where a browser cannot set a header: the WebSocket.
-    // Elsewhere a token in a URL would end up in logs and histories.
+/// The token a request carries: `Authorization: Bearer`, or `?token=` on
+/// the WebSocket route only (browsers cannot set headers there; anywhere
+/// else a token in a URL would end up in logs and histories).
+pub fn token(req: &HttpRequest) -> Result<String, ApiError> {
     let from_query = || (req.path() == WS_PATH).then(|| query_token(req)).flatten();
-    let token = bearer(req).or_else(from_query).ok_or_else(|| {
+    bearer(req).or_else(from_query).ok_or_else(|| {
         unauthorized(
             "log in first: no token in the Authorization header (or ?token= on the WebSocket)",
         )
-    })?;
-    let claims = auth.verify(&token)?;
-    Ok(AuthUser {
-        id: claims.sub,
-        name: claims.name,
-        admin: claims.role == UserRole::Admin,
     })
 }
 
@@ -234,8 +190,10 @@ mod tests {
             id: 7,
             username: "alice".into(),
             password_hash: String::new(),
-            role: UserRole::Admin,
+            role: crate::store::UserRole::Admin,
             created_at: 0,
+            token_generation: 3,
+            disabled_at: None,
         }
     }
 
@@ -245,8 +203,8 @@ mod tests {
         let (token, exp) = auth.issue(&user()).unwrap();
         let claims = auth.verify(&token).unwrap();
         assert_eq!(
-            (claims.sub, claims.name.as_str(), claims.exp),
-            (7, "alice", exp)
+            (claims.sub, claims.name.as_str(), claims.generation, claims.exp),
+            (7, "alice", 3, exp)
         );
         let other = Auth::new(b"another secret", Duration::from_secs(60));
         assert_eq!(other.verify(&token).unwrap_err().code, "unauthorized");
@@ -259,7 +217,7 @@ mod tests {
         let old = Claims {
             sub: 1,
             name: "a".into(),
-            role: UserRole::User,
+            generation: 0,
             iat: 0,
             exp: unix_now() - 3600,
         };

@@ -36,6 +36,12 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// A fault of the host, not of the request; `message` must not carry
+    /// internal detail (log that instead).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -93,11 +99,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => Self::not_found("the record"),
             other => {
                 tracing::error!("store error: {other}");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "an internal error occurred",
-                )
+                Self::internal("an internal error occurred")
             }
         }
     }

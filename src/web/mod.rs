@@ -1,16 +1,19 @@
 //! The HTTP front end: REST API, WebSocket, the page, health and metrics.
 //!
 //! Owns translation between HTTP and the rest of the host. Handlers stay
-//! thin: they authenticate (`auth`), apply limits (`limits`), call the store
-//! or the chat service, and map errors (`error`). They hold no rules of
-//! their own. Modules: `api` (REST), `ws` (the WebSocket session), `page`
-//! (the embedded web page).
+//! thin: they authenticate (`auth` checks the token, `sessions` the account
+//! behind it, `caller` is the extractor that runs both), apply limits
+//! (`limits`), call the store or the chat service, and map errors
+//! (`error`). They hold no rules of their own. Modules: `api` (REST), `ws`
+//! (the WebSocket session), `page` (the embedded web page).
 
 mod api;
 pub mod auth;
+mod caller;
 pub mod error;
 mod limits;
 mod page;
+pub mod sessions;
 mod state;
 mod ws;
 
@@ -36,9 +39,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         let json = web::JsonConfig::default()
             .limit(max_body)
             .error_handler(|err, _req| json_error(&err).into());
-        // The `AuthUser` extractor needs only this.
-        cfg.app_data(state.auth.clone())
-            .app_data(state)
+        cfg.app_data(state)
             .app_data(json)
             .app_data(
                 web::PathConfig::default().error_handler(|_, _| ApiError::not_found("that").into()),

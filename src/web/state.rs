@@ -7,6 +7,7 @@ use actix::Addr;
 
 use super::auth::Auth;
 use super::limits::Limits;
+use super::sessions::Sessions;
 use crate::chat::Chats;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -20,6 +21,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub chats: Chats,
     pub auth: Auth,
+    pub sessions: Sessions,
     pub limits: Limits,
     pub open_registration: bool,
     /// Each bot's context window.
@@ -41,6 +43,7 @@ impl AppState {
     ) -> Self {
         Self {
             chats: Chats::new(store.clone(), supervisor.clone(), metrics.clone()),
+            sessions: Sessions::new(store.clone()),
             supervisor,
             store,
             metrics,

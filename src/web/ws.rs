@@ -33,14 +33,14 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
 
-use super::auth::AuthUser;
+use super::sessions::AuthUser;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::chat::ChatEvent;
-use crate::status::BotState;
+use crate::status::{BotState, StatusChange};
 use crate::store::ReplyStatus;
 use crate::supervisor::SubscribeStatus;
 
@@ -161,6 +161,16 @@ struct Push(ServerFrame);
 #[rtype(result = "()")]
 struct TurnEnded(String);
 
+/// A turn refused before it began. When the reason is the session itself
+/// (401/403: it has ended, or the account is disabled), the connection is
+/// closed with [`SESSION_ENDED`] too: nothing more will be taken on it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct TurnRefused(String, ApiError);
+
+/// The close code that tells the page to log in again.
+const SESSION_ENDED: u16 = 4401;
+
 impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
@@ -174,25 +184,10 @@ impl Actor for WsSession {
             }
         });
         let supervisor = self.state.supervisor.clone();
-        let me = ctx.address();
+        let me = ctx.address().recipient();
         let task = actix_rt::spawn(async move {
-            let Ok(mut changes) = supervisor.send(SubscribeStatus).await else {
-                return;
-            };
-            loop {
-                match changes.recv().await {
-                    Ok(change) => {
-                        let frame = ServerFrame::BotStatus {
-                            bot: change.bot,
-                            status: change.state,
-                        };
-                        if me.try_send(Push(frame)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
+            if let Ok(changes) = supervisor.send(SubscribeStatus).await {
+                forward_status(changes, me).await;
             }
         });
         self.status_task = Some(task.abort_handle());
@@ -234,6 +229,24 @@ impl Handler<TurnEnded> for WsSession {
         self.turns.remove(&id);
         if self.closing && self.turns.is_empty() {
             Self::close_for_restart(ctx);
+        }
+    }
+}
+
+impl Handler<TurnRefused> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, TurnRefused(id, e): TurnRefused, ctx: &mut Self::Context) {
+        let ends_session = matches!(e.status.as_u16(), 401 | 403);
+        let description = e.message.clone();
+        Handler::<Push>::handle(self, Push(ServerFrame::error(Some(&id), e)), ctx);
+        Handler::<TurnEnded>::handle(self, TurnEnded(id), ctx);
+        if ends_session {
+            ctx.close(Some(ws::CloseReason {
+                code: ws::CloseCode::Other(SESSION_ENDED),
+                description: Some(description),
+            }));
+            ctx.stop();
         }
     }
 }
@@ -364,8 +377,15 @@ impl WsSession {
         let slot = self.state.limits.start_turn(self.user.id)?;
         let (state, me, owner) = (self.state.clone(), ctx.address(), self.user.id);
         let cid = client_msg_id.to_owned();
+        let claims = self.user.claims.clone();
         let task = actix_rt::spawn(async move {
             let _slot = slot;
+            // The session may have ended since the connection opened
+            // (logged out everywhere, password changed, account removed).
+            if let Err(e) = state.sessions.check(&claims).await {
+                me.do_send(TurnRefused(cid, e));
+                return;
+            }
             let conv = match state.store.conversation(owner, conversation_id).await {
                 Ok(Some(conv)) => conv,
                 Ok(None) => {
@@ -398,6 +418,28 @@ impl WsSession {
     }
 }
 
+/// Sends each bot-status change to the connection `to` until it is gone.
+/// A full mailbox is waited on, never a reason to stop: the page would
+/// show a stale status for the rest of the connection.
+async fn forward_status(mut changes: broadcast::Receiver<StatusChange>, to: Recipient<Push>) {
+    loop {
+        match changes.recv().await {
+            Ok(change) => {
+                let frame = ServerFrame::BotStatus {
+                    bot: change.bot,
+                    status: change.state,
+                };
+                if to.send(Push(frame)).await.is_err() {
+                    return;
+                }
+            }
+            // Missed some: the ones after them still count.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 fn frame(cid: &str, event: ChatEvent) -> ServerFrame {
     let client_msg_id = cid.to_owned();
     match event {
@@ -422,5 +464,51 @@ fn frame(cid: &str, event: ChatEvent) -> ServerFrame {
             retry_after: None,
             reply_id: reply.map(|r| r.id),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the frames it is pushed; its mailbox holds one at a time.
+    struct Counter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Actor for Counter {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Push> for Counter {
+        type Result = ();
+
+        fn handle(&mut self, _: Push, _: &mut Self::Context) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_full_mailbox_delays_status_changes_and_loses_none() {
+        let seen = std::sync::Arc::default();
+        let counter = Counter::create(|ctx| {
+            ctx.set_mailbox_capacity(1);
+            Counter(std::sync::Arc::clone(&seen))
+        });
+        let (tx, rx) = broadcast::channel(16);
+        // All queued before the forwarder runs: it meets a full mailbox
+        // on the second.
+        for n in 0..5 {
+            tx.send(StatusChange {
+                bot: format!("bot{n}"),
+                state: BotState::Ready,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        forward_status(rx, counter.recipient()).await;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while seen.load(std::sync::atomic::Ordering::SeqCst) < 5 && Instant::now() < deadline {
+            actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5);
     }
 }

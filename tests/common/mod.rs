@@ -86,34 +86,43 @@ impl TestHost {
 impl TestHost {
     /// `bothost user add NAME [--admin]` with the tests' password on stdin.
     pub fn add_user(&self, name: &str, admin: bool) {
-        use std::io::Write;
-        let mut args = vec!["user", "add", name];
+        let mut args = vec!["add", name];
         if admin {
             args.push("--admin");
         }
-        let mut child = std::process::Command::new(BOTHOST)
-            .arg("--config")
-            .arg(&self.config)
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("bothost user add");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(b"correct horse battery\n")
-            .expect("password");
-        let out = child.wait_with_output().expect("user add");
+        let out = self.user_cli(&args, PASSWORD);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    /// `bothost user ARGS…` with `stdin` as its input.
+    pub fn user_cli(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new(BOTHOST)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("user")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bothost user");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{stdin}\n").as_bytes())
+            .expect("stdin");
+        child.wait_with_output().expect("bothost user")
+    }
 }
+
+/// The password every test account gets.
+pub const PASSWORD: &str = "correct horse battery";
 
 impl std::ops::Deref for TestHost {
     type Target = HostProcess;

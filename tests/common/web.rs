@@ -125,6 +125,21 @@ impl Ws {
             .await;
     }
 
+    /// Reads until the host closes the connection (10 s at most); the close
+    /// code, if the host sent one.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("closed within 10 s");
+            match msg {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
     /// The next JSON frame other than `bot_status`.
     pub async fn next(&mut self) -> Value {
         loop {

@@ -1,0 +1,235 @@
+//! Sessions: whether a signed token still speaks for its user.
+//!
+//! A signature cannot be taken back, so every authenticated request also
+//! checks the account behind the token: it must still exist, not be
+//! disabled, and still be at the token generation the token was issued at.
+//! The role is the account's role now, never the one a token was issued
+//! with. Bumping the generation (`Store::update_user`: password change, log
+//! out everywhere, role change, disable) therefore ends every older token:
+//! at once on the host that made the change (it forgets its cached view),
+//! within [`RECHECK`] on every other host, and across restarts, because the
+//! generation lives in the database.
+//!
+//! One lookup per user per [`RECHECK`], not per request: the cache keeps
+//! what the database said, so a burst of requests (or a WebSocket's turns)
+//! costs a hash-map read. While the database cannot be reached, a user seen
+//! before is judged by what was seen last; one never seen gets a 503.
+//!
+//! This module never issues tokens (`auth` does) and never decides what a
+//! role may do (handlers do).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+
+use super::auth::Claims;
+use super::error::ApiError;
+use crate::store::{Store, User, UserRole};
+
+/// How long one host trusts what the database said about an account: the
+/// longest a change made elsewhere (another host, `bothost user …`) takes
+/// to end a session here.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// Beyond this many cached accounts, stale ones are dropped on insert.
+const CACHE_PRUNE_AT: usize = 50_000;
+
+/// The authenticated caller of a request, as the account is now.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: i64,
+    pub name: String,
+    pub admin: bool,
+    /// The token's claims, so a long-lived connection (a WebSocket) can
+    /// check its session again later.
+    pub claims: Claims,
+}
+
+impl AuthUser {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs the admin role",
+            ))
+        }
+    }
+}
+
+/// What a session check needs of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub role: UserRole,
+    pub generation: i64,
+    pub disabled: bool,
+}
+
+impl From<&User> for Account {
+    fn from(user: &User) -> Self {
+        Self {
+            name: user.username.clone(),
+            role: user.role,
+            generation: user.token_generation,
+            disabled: user.disabled_at.is_some(),
+        }
+    }
+}
+
+struct Seen {
+    at: Instant,
+    /// `None`: the account does not exist (deleted).
+    account: Option<Account>,
+}
+
+pub struct Sessions {
+    store: Store,
+    cache: Mutex<HashMap<i64, Seen>>,
+}
+
+impl Sessions {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// Who `claims` speak for now, or why they no longer do.
+    pub async fn check(&self, claims: &Claims) -> Result<AuthUser, ApiError> {
+        let fresh = self.cached(claims.sub, |seen| seen.at.elapsed() < RECHECK);
+        let account = match fresh {
+            Some(account) => account,
+            None => match self.store.user(claims.sub).await {
+                Ok(user) => {
+                    let account = user.as_ref().map(Account::from);
+                    self.remember(claims.sub, account.clone());
+                    account
+                }
+                Err(e) => match self.cached(claims.sub, |_| true) {
+                    Some(stale) => {
+                        tracing::warn!(user = claims.sub, "judging a session by a stale view: {e}");
+                        stale
+                    }
+                    None => return Err(e.into()),
+                },
+            },
+        };
+        verdict(claims, account.as_ref())
+    }
+
+    /// Drops what this host knows of user `id`, after this host changed
+    /// the account: the next request reads it again.
+    pub fn forget(&self, id: i64) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(&id);
+        }
+    }
+
+    /// The cached view of `id` when `usable` accepts it (`Some(None)`: the
+    /// account is known to be gone).
+    fn cached(&self, id: i64, usable: impl Fn(&Seen) -> bool) -> Option<Option<Account>> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(&id)
+            .filter(|seen| usable(seen))
+            .map(|seen| seen.account.clone())
+    }
+
+    fn remember(&self, id: i64, account: Option<Account>) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        if cache.len() >= CACHE_PRUNE_AT {
+            cache.retain(|_, seen| seen.at.elapsed() < RECHECK);
+        }
+        cache.insert(
+            id,
+            Seen {
+                at: Instant::now(),
+                account,
+            },
+        );
+    }
+}
+
+/// The rule, as a plain function: a token speaks for an account that
+/// exists, is enabled, and is still at the token's generation.
+pub fn verdict(claims: &Claims, account: Option<&Account>) -> Result<AuthUser, ApiError> {
+    match account {
+        Some(account) if account.disabled => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "this account is disabled; ask an administrator",
+        )),
+        Some(account) if account.generation == claims.generation => Ok(AuthUser {
+            id: claims.sub,
+            name: account.name.clone(),
+            admin: account.role == UserRole::Admin,
+            claims: claims.clone(),
+        }),
+        _ => Err(session_ended()),
+    }
+}
+
+/// The session is over before its token expired: logged out everywhere,
+/// password changed, role changed, or the account deleted.
+pub fn session_ended() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "session_ended",
+        "this session has ended (logged out, password or role changed, or account removed); \
+         please log in again",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(generation: i64) -> Claims {
+        Claims {
+            sub: 7,
+            name: "alice".into(),
+            generation,
+            iat: 0,
+            exp: u64::MAX,
+        }
+    }
+
+    fn account(role: UserRole, generation: i64, disabled: bool) -> Account {
+        Account {
+            name: "alice".into(),
+            role,
+            generation,
+            disabled,
+        }
+    }
+
+    #[test]
+    fn the_role_comes_from_the_account_not_the_token() {
+        let user = verdict(&claims(0), Some(&account(UserRole::Admin, 0, false))).unwrap();
+        assert!(user.admin);
+        let user = verdict(&claims(0), Some(&account(UserRole::User, 0, false))).unwrap();
+        assert!(!user.admin);
+    }
+
+    #[test]
+    fn an_older_generation_a_deleted_or_disabled_account_ends_the_session() {
+        let code = |account: Option<&Account>| verdict(&claims(1), account).unwrap_err().code;
+        assert_eq!(
+            code(Some(&account(UserRole::User, 2, false))),
+            "session_ended"
+        );
+        assert_eq!(code(None), "session_ended");
+        assert_eq!(
+            code(Some(&account(UserRole::User, 1, true))),
+            "account_disabled"
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! Sessions end when they should, not when their token expires: log out
+//! everywhere, a password change, a role change, disabling and deleting an
+//! account (from the API or `bothost user …`) end every older token, on
+//! REST and on an open WebSocket, and the role is always the account's
+//! current one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::web::{client, login, register, ApiUser};
+use common::*;
+use serde_json::{json, Value};
+
+const SECRET: &str = "tests-sign-with-this-32-byte-key!";
+
+/// How long a change made by `bothost user …` (another process) may take
+/// to reach the host: its session view is rechecked every 5 s.
+const RECHECK_LIMIT: Duration = Duration::from_secs(15);
+
+fn host() -> TestHost {
+    TestHost::start_with_config(&format!(
+        "{FAST_SUPERVISOR}\n[auth]\njwt_secret = \"{SECRET}\"\n{}",
+        bots(&["fast"])
+    ))
+}
+
+fn code(res: reqwest::blocking::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: Value = res.json().unwrap_or(Value::Null);
+    (status, body["error"]["code"].as_str().unwrap_or("").to_owned())
+}
+
+/// Waits until `user`'s `GET path` answers `want` (status, error code).
+fn wait_for_answer(host: &TestHost, user: &ApiUser, path: &str, want: (u16, &str)) {
+    host.wait_for(
+        &format!("GET {path} to answer {want:?}"),
+        RECHECK_LIMIT,
+        || {
+            let (status, c) = code(user.get(path));
+            (status == want.0 && c == want.1).then_some(())
+        },
+    );
+}
+
+fn cli_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn logging_out_everywhere_ends_rest_and_websocket_sessions_at_once() {
+    let host = host();
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("fast");
+    let phone = login(&host.url, "alice").expect("a second session");
+    runtime().block_on(async {
+        let mut ws = phone.ws().await;
+        ws.chat(conv, "before", "hello").await;
+        let (_, _, done) = ws.turn().await;
+        assert_eq!(done["status"], "complete");
+
+        let res = std::thread::scope(|s| {
+            s.spawn(|| alice.post("/api/v1/auth/logout-all", json!({})))
+                .join()
+                .unwrap()
+        });
+        assert_eq!(res.status(), 204);
+        // At once on this host, for both tokens.
+        let (a, p) = std::thread::scope(|s| {
+            let a = s.spawn(|| code(alice.get("/api/v1/bots")));
+            let p = s.spawn(|| code(phone.get("/api/v1/conversations")));
+            (a.join().unwrap(), p.join().unwrap())
+        });
+        assert_eq!(a, (401, "session_ended".into()));
+        assert_eq!(p, (401, "session_ended".into()));
+
+        // The open WebSocket takes no more turns and closes with 4401.
+        ws.chat(conv, "after", "still there?").await;
+        let f = ws.next().await;
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("session_ended")),
+            "{f}"
+        );
+        let close = ws.closed().await;
+        assert_eq!(close, Some(4401));
+    });
+    // Nothing was stored for the refused turn; logging in again works.
+    let again = login(&host.url, "alice").expect("log in again");
+    assert_eq!(again.history(conv).len(), 2);
+}
+
+#[test]
+fn a_password_change_needs_the_old_one_and_ends_other_sessions() {
+    let host = host();
+    let alice = register(&host.url, "alice");
+    let other = login(&host.url, "alice").expect("a second session");
+    let res = alice.post(
+        "/api/v1/auth/password",
+        json!({"current_password": "not it at all", "new_password": "a brand new secret"}),
+    );
+    assert_eq!(code(res), (403, "invalid_credentials".into()));
+    let res = alice.post(
+        "/api/v1/auth/password",
+        json!({"current_password": PASSWORD, "new_password": "short"}),
+    );
+    assert_eq!(code(res), (400, "invalid_password".into()));
+    assert_eq!(alice.get("/api/v1/bots").status(), 200, "nothing changed yet");
+
+    let res = alice.post(
+        "/api/v1/auth/password",
+        json!({"current_password": PASSWORD, "new_password": "a brand new secret"}),
+    );
+    assert_eq!(res.status(), 200);
+    let session: Value = res.json().unwrap();
+    let fresh = ApiUser {
+        base: host.url.clone(),
+        token: session["token"].as_str().expect("a new token").to_owned(),
+        client: client(),
+    };
+    assert_eq!(fresh.get("/api/v1/bots").status(), 200);
+    assert_eq!(code(alice.get("/api/v1/bots")), (401, "session_ended".into()));
+    assert_eq!(code(other.get("/api/v1/bots")), (401, "session_ended".into()));
+    assert!(login(&host.url, "alice").is_none(), "the old password");
+    let res = client()
+        .post(format!("{}/api/v1/auth/login", host.url))
+        .json(&json!({"username": "alice", "password": "a brand new secret"}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[test]
+fn operators_demote_disable_enable_reset_and_delete_accounts_from_the_cli() {
+    let host = host();
+    host.add_user("root", true);
+    let root = login(&host.url, "root").expect("root logs in");
+    assert_eq!(root.get("/api/v1/admin/bots").status(), 200);
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("fast");
+    let res = alice.post(
+        &format!("/api/v1/conversations/{conv}/messages"),
+        json!({"client_msg_id": "m1", "content": "hello"}),
+    );
+    assert_eq!(res.status(), 200);
+
+    let list: Value =
+        serde_json::from_str(&cli_ok(&host.user_cli(&["list", "--json"], ""))).unwrap();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["username"].as_str().unwrap(), u["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("root", "admin"), ("alice", "user")]);
+    assert!(
+        list[0].get("password_hash").is_none(),
+        "no hash in the list"
+    );
+
+    // Demoted: the old token is over, and a new one is not an admin's.
+    cli_ok(&host.user_cli(&["role", "root", "user"], ""));
+    wait_for_answer(&host, &root, "/api/v1/admin/bots", (401, "session_ended"));
+    let root = login(&host.url, "root").expect("root logs in again");
+    assert_eq!(
+        code(root.get("/api/v1/admin/bots")),
+        (403, "forbidden".into())
+    );
+
+    // Disabled: refused everywhere, log-in included; enabled again: back.
+    cli_ok(&host.user_cli(&["disable", "alice"], ""));
+    wait_for_answer(&host, &alice, "/api/v1/bots", (403, "account_disabled"));
+    let res = client()
+        .post(format!("{}/api/v1/auth/login", host.url))
+        .json(&json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .unwrap();
+    assert_eq!(code(res), (403, "account_disabled".into()));
+    let table = cli_ok(&host.user_cli(&["list"], ""));
+    assert!(
+        table.lines().any(|l| l.contains("alice") && l.contains("disabled")),
+        "{table}"
+    );
+    cli_ok(&host.user_cli(&["enable", "alice"], ""));
+    let alice = login(&host.url, "alice").expect("alice is back");
+
+    // A password set by the operator; the old one stops working.
+    cli_ok(&host.user_cli(&["passwd", "alice"], "set by the operator"));
+    wait_for_answer(&host, &alice, "/api/v1/bots", (401, "session_ended"));
+    assert!(login(&host.url, "alice").is_none());
+    let res = client()
+        .post(format!("{}/api/v1/auth/login", host.url))
+        .json(&json!({"username": "alice", "password": "set by the operator"}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let alice = ApiUser {
+        base: host.url.clone(),
+        token: res.json::<Value>().unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        client: client(),
+    };
+
+    // Deleted: only with --yes; then the token is refused (not a 500 on a
+    // foreign key) and the data is gone.
+    let out = host.user_cli(&["delete", "alice"], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert_eq!(alice.get("/api/v1/bots").status(), 200, "not deleted");
+    cli_ok(&host.user_cli(&["delete", "alice", "--yes"], ""));
+    wait_for_answer(
+        &host,
+        &alice,
+        "/api/v1/conversations",
+        (401, "session_ended"),
+    );
+    assert_eq!(
+        code(alice.post("/api/v1/conversations", json!({"bot": "fast"}))),
+        (401, "session_ended".into())
+    );
+    let out = host.user_cli(&["disable", "alice"], "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user 'alice'"));
+    let bob = register(&host.url, "bob");
+    assert_eq!(
+        code(bob.get(&format!("/api/v1/conversations/{conv}/messages"))),
+        (404, "not_found".into())
+    );
+}
