@@ -246,7 +246,10 @@ pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
                 user.username
             );
             store.delete_user(user.id).await?;
-            println!("deleted '{}' (id {}) and all their data", user.username, user.id);
+            println!(
+                "deleted '{}' (id {}) and all their data",
+                user.username, user.id
+            );
             return Ok(());
         }
         UserAction::Passwd { name } => {
@@ -255,26 +258,42 @@ pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!(e.message))?;
             let hash = crate::web::auth::hash_password(&password)
                 .map_err(|e| anyhow::anyhow!(e.message))?;
-            (name, "password changed", UserChange {
-                password_hash: Some(hash),
-                ..UserChange::default()
-            })
+            (
+                name,
+                "password changed",
+                UserChange {
+                    password_hash: Some(hash),
+                    ..UserChange::default()
+                },
+            )
         }
         UserAction::Role { name, role } => {
             let role = role.parse::<UserRole>().map_err(anyhow::Error::msg)?;
-            (name, "role set", UserChange {
-                role: Some(role.as_str()),
-                ..UserChange::default()
-            })
+            (
+                name,
+                "role set",
+                UserChange {
+                    role: Some(role.as_str()),
+                    ..UserChange::default()
+                },
+            )
         }
-        UserAction::Disable { name } => (name, "disabled", UserChange {
-            disabled_at: Some(Some(crate::store::now_ms())),
-            ..UserChange::default()
-        }),
-        UserAction::Enable { name } => (name, "enabled", UserChange {
-            disabled_at: Some(None),
-            ..UserChange::default()
-        }),
+        UserAction::Disable { name } => (
+            name,
+            "disabled",
+            UserChange {
+                disabled_at: Some(Some(crate::store::now_ms())),
+                ..UserChange::default()
+            },
+        ),
+        UserAction::Enable { name } => (
+            name,
+            "enabled",
+            UserChange {
+                disabled_at: Some(None),
+                ..UserChange::default()
+            },
+        ),
         UserAction::Logout { name } => (name, "logged out", UserChange::default()),
     };
     let (name, done, change) = change;
@@ -287,7 +306,11 @@ pub async fn user(config: &Config, action: UserAction) -> anyhow::Result<()> {
         "{}: {done}; their sessions have ended (role {}, {})",
         user.username,
         user.role,
-        if user.disabled_at.is_some() { "disabled" } else { "enabled" }
+        if user.disabled_at.is_some() {
+            "disabled"
+        } else {
+            "enabled"
+        }
     );
     Ok(())
 }
@@ -311,7 +334,11 @@ async fn user_add(store: &Store, name: &str, admin: bool) -> anyhow::Result<()> 
     crate::web::check_credentials(name, &password).map_err(|e| anyhow::anyhow!(e.message))?;
     let hash =
         crate::web::auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e.message))?;
-    let role = if admin { UserRole::Admin } else { UserRole::User };
+    let role = if admin {
+        UserRole::Admin
+    } else {
+        UserRole::User
+    };
     let user = store.create_user(name, &hash, role).await?;
     println!("created {role} '{}' (id {})", user.username, user.id);
     Ok(())
@@ -319,8 +346,10 @@ async fn user_add(store: &Store, name: &str, admin: bool) -> anyhow::Result<()> 
 
 /// A time stored as ms since the epoch, to the minute, in UTC.
 fn utc_minute(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+    )
 }
 
 async fn user_list(store: &Store, json: bool) -> anyhow::Result<()> {
@@ -329,14 +358,23 @@ async fn user_list(store: &Store, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&users)?);
         return Ok(());
     }
-    println!("{:>6}  {:<32}  {:<5}  {:<24}  STATE", "ID", "NAME", "ROLE", "CREATED");
+    println!(
+        "{:>6}  {:<32}  {:<5}  {:<24}  STATE",
+        "ID", "NAME", "ROLE", "CREATED"
+    );
     for u in &users {
         let created = utc_minute(u.created_at);
         let state = match u.disabled_at {
             Some(at) => format!("disabled {}", utc_minute(at)),
             None => "enabled".to_owned(),
         };
-        println!("{:>6}  {:<32}  {:<5}  {:<24}  {state}", u.id, u.username, u.role.as_str(), created);
+        println!(
+            "{:>6}  {:<32}  {:<5}  {:<24}  {state}",
+            u.id,
+            u.username,
+            u.role.as_str(),
+            created
+        );
     }
     Ok(())
 }

@@ -28,7 +28,10 @@ fn host() -> TestHost {
 fn code(res: reqwest::blocking::Response) -> (u16, String) {
     let status = res.status().as_u16();
     let body: Value = res.json().unwrap_or(Value::Null);
-    (status, body["error"]["code"].as_str().unwrap_or("").to_owned())
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
 }
 
 /// Waits until `user`'s `GET path` answers `want` (status, error code).
@@ -111,7 +114,11 @@ fn a_password_change_needs_the_old_one_and_ends_other_sessions() {
         json!({"current_password": PASSWORD, "new_password": "short"}),
     );
     assert_eq!(code(res), (400, "invalid_password".into()));
-    assert_eq!(alice.get("/api/v1/bots").status(), 200, "nothing changed yet");
+    assert_eq!(
+        alice.get("/api/v1/bots").status(),
+        200,
+        "nothing changed yet"
+    );
 
     let res = alice.post(
         "/api/v1/auth/password",
@@ -125,8 +132,14 @@ fn a_password_change_needs_the_old_one_and_ends_other_sessions() {
         client: client(),
     };
     assert_eq!(fresh.get("/api/v1/bots").status(), 200);
-    assert_eq!(code(alice.get("/api/v1/bots")), (401, "session_ended".into()));
-    assert_eq!(code(other.get("/api/v1/bots")), (401, "session_ended".into()));
+    assert_eq!(
+        code(alice.get("/api/v1/bots")),
+        (401, "session_ended".into())
+    );
+    assert_eq!(
+        code(other.get("/api/v1/bots")),
+        (401, "session_ended".into())
+    );
     assert!(login(&host.url, "alice").is_none(), "the old password");
     let res = client()
         .post(format!("{}/api/v1/auth/login", host.url))
@@ -184,7 +197,9 @@ fn operators_demote_disable_enable_reset_and_delete_accounts_from_the_cli() {
     assert_eq!(code(res), (403, "account_disabled".into()));
     let table = cli_ok(&host.user_cli(&["list"], ""));
     assert!(
-        table.lines().any(|l| l.contains("alice") && l.contains("disabled")),
+        table
+            .lines()
+            .any(|l| l.contains("alice") && l.contains("disabled")),
         "{table}"
     );
     cli_ok(&host.user_cli(&["enable", "alice"], ""));

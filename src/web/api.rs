@@ -9,8 +9,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::auth::{hash_password, hashing, verify_password};
-use super::sessions::AuthUser;
 use super::error::ApiError;
+use super::sessions::AuthUser;
 use super::state::AppState;
 use crate::chat::ChatEvent;
 use crate::status::{RestartErrorCode, RestartReason};
@@ -168,10 +168,7 @@ async fn change_account(
 
 /// `POST /auth/logout-all`: every token of the caller stops working,
 /// this one included.
-async fn logout_all(
-    state: web::Data<AppState>,
-    user: AuthUser,
-) -> Result<HttpResponse, ApiError> {
+async fn logout_all(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     change_account(&state, &user, UserChange::default()).await?;
     Ok(HttpResponse::NoContent().finish())
 }

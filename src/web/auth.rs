@@ -114,9 +114,7 @@ static HASH_SLOTS: LazyLock<Semaphore> =
 pub async fn hashing<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let internal = || {
-        ApiError::internal("password hashing failed")
-    };
+    let internal = || ApiError::internal("password hashing failed");
     let _slot = HASH_SLOTS.acquire().await.map_err(|_| internal())?;
     web::block(f).await.map_err(|_| internal())
 }
@@ -203,7 +201,12 @@ mod tests {
         let (token, exp) = auth.issue(&user()).unwrap();
         let claims = auth.verify(&token).unwrap();
         assert_eq!(
-            (claims.sub, claims.name.as_str(), claims.generation, claims.exp),
+            (
+                claims.sub,
+                claims.name.as_str(),
+                claims.generation,
+                claims.exp
+            ),
             (7, "alice", 3, exp)
         );
         let other = Auth::new(b"another secret", Duration::from_secs(60));

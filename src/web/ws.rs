@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
 
-use super::sessions::AuthUser;
 use super::error::ApiError;
+use super::sessions::AuthUser;
 use super::state::AppState;
 use crate::chat::ChatEvent;
 use crate::status::{BotState, StatusChange};
