@@ -74,6 +74,10 @@ pub struct Chats {
     /// Cancelled when the host starts shutting down.
     closing: CancellationToken,
     turns: TaskTracker,
+    /// A turn the worker says nothing about for this long is ended
+    /// (`supervisor.turn_idle_timeout`): a backstop for an engine that
+    /// hangs without the worker noticing.
+    idle_timeout: Duration,
 }
 
 /// Removes its message from the in-flight set when the turn ends.
@@ -91,7 +95,12 @@ impl Drop for Claim {
 }
 
 impl Chats {
-    pub fn new(store: Store, supervisor: Addr<Supervisor>, metrics: Metrics) -> Self {
+    pub fn new(
+        store: Store,
+        supervisor: Addr<Supervisor>,
+        metrics: Metrics,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             store,
             supervisor,
@@ -99,6 +108,7 @@ impl Chats {
             in_flight: Arc::default(),
             closing: CancellationToken::new(),
             turns: TaskTracker::new(),
+            idle_timeout,
         }
     }
 
@@ -258,10 +268,13 @@ impl Chats {
         ));
         // Nothing shown yet: the reply so far lives in `progress` alone.
         let shown_nothing = |p: &watch::Sender<Progress>| p.borrow().text.is_empty();
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
         let ended = loop {
             tokio::select! {
                 event = turn.next() => match event {
                     Some(TurnEvent::Delta(delta)) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
                         if shown_nothing(&progress) {
                             self.metrics.chat_first_token.observe(stored_at.elapsed().as_secs_f64());
                         }
@@ -272,6 +285,20 @@ impl Chats {
                     Some(TurnEvent::Failed(error)) => break Err(error),
                     None => break Err(TurnError::new(ErrorCode::WorkerDied, "the reply ended unexpectedly")),
                 },
+                () = &mut idle => {
+                    // Dropping the turn cancels it in the worker.
+                    drop(turn);
+                    warn!(
+                        bot = %conversation.bot,
+                        reply_to = user_message_id,
+                        "a turn was silent for {} (supervisor.turn_idle_timeout): ended",
+                        humantime::format_duration(self.idle_timeout)
+                    );
+                    break Err(TurnError::new(
+                        ErrorCode::EngineTimeout,
+                        "the bot stopped answering",
+                    ));
+                }
                 () = events.closed() => {
                     // The caller went away: dropping the turn cancels it in
                     // the worker; what they were shown is kept.

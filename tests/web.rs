@@ -778,3 +778,81 @@ fn a_token_in_the_query_is_taken_on_the_websocket_only() {
         assert_eq!(ws.next().await["type"], "ack");
     });
 }
+
+#[test]
+fn an_engine_panic_fails_only_its_turn_and_a_silent_turn_ends_at_the_idle_deadline() {
+    let supervisor = FAST_SUPERVISOR.replace(
+        "stop_grace = \"1s\"",
+        "stop_grace = \"1s\"\nturn_idle_timeout = \"2s\"",
+    );
+    let host = TestHost::start_with_config(&format!(
+        "{supervisor}\n[auth]\njwt_secret = \"{SECRET}\"\n\
+         [[bots]]\nname = \"buggy\"\n[bots.builtin]\ntoken_delay = \"0s\"\n\
+         panic_on = \"boom\"\nhang_on = \"stall\"\n"
+    ));
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("buggy");
+    let pid = host.bot("buggy").pid;
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        // The worker reports the panic as its turn's failure, at once
+        // (the host's 2 s idle deadline would say engine_timeout).
+        ws.chat(conv, "p1", "boom goes the engine").await;
+        assert_eq!(ws.next().await["type"], "ack");
+        let f = ws.next().await;
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("engine_failed")),
+            "{f}"
+        );
+        // The same worker answers the next message.
+        ws.chat(conv, "p2", "hello again").await;
+        let (_, text, done) = ws.turn().await;
+        assert_eq!(done["status"], "complete", "{done}");
+        assert!(text.contains("hello again"), "{text}");
+
+        // A turn that never says anything is ended by the host.
+        let asked = std::time::Instant::now();
+        ws.chat(conv, "h1", "please stall for ever").await;
+        assert_eq!(ws.next().await["type"], "ack");
+        let f = ws.next().await;
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("engine_timeout")),
+            "{f}"
+        );
+        assert!(
+            asked.elapsed() >= Duration::from_secs(2),
+            "not before the deadline"
+        );
+    });
+    // The worker was told to stop the hung turn: nothing is left in flight,
+    // and it was neither restarted nor killed for it.
+    host.wait_for("the hung turn cancelled", Duration::from_secs(10), || {
+        (host.bot("buggy").in_flight == 0).then_some(())
+    });
+    assert_eq!(host.bot("buggy").pid, pid, "{}", host.log());
+    let history = alice.history(conv);
+    let statuses: Vec<_> = history
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("assistant", "failed"),
+            ("user", "complete"),
+            ("assistant", "complete"),
+            ("user", "complete"),
+            ("assistant", "failed"),
+            ("user", "complete"),
+        ]
+    );
+    // A resend of either answers with what was stored, not a new turn.
+    let res = alice.post(
+        &format!("/api/v1/conversations/{conv}/messages"),
+        json!({"client_msg_id": "p1", "content": "boom goes the engine"}),
+    );
+    let body: Value = res.json().unwrap();
+    assert_eq!(body["reply"]["status"], "failed", "{body}");
+}

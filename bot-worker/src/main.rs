@@ -17,6 +17,21 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(false)
         .init();
+    // A panic is one log line with where it happened, never a backtrace:
+    // resolving one reads the binary's debug info, tens of MB of memory
+    // that the supervisor would (rightly) count against the bot.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        tracing::error!("panic{location}: {message}");
+    }));
 
     // For `bothost check-config`: which protocol this build speaks.
     if std::env::args().nth(1).as_deref() == Some("--protocol-version") {

@@ -79,6 +79,14 @@ pub struct BuiltinSpec {
     pub leak_per_token: u64,
     /// Upper bound on tokens per reply (0 means no bound).
     pub max_tokens: u32,
+    /// A turn whose last user message contains this text panics in the
+    /// engine: a bug, on purpose.
+    #[serde(default)]
+    pub panic_on: Option<String>,
+    /// A turn whose last user message contains this text never sends a
+    /// token nor ends: an engine hung without the worker noticing.
+    #[serde(default)]
+    pub hang_on: Option<String>,
 }
 
 /// Heartbeat settings the host imposes on the worker in `Hello`.

@@ -10,6 +10,7 @@
 //! or on a frame it cannot decode.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,14 +19,14 @@ use bot_worker::{
     ChatMessage, FailCode, FrameCodec, FrameError, Heartbeat, HostMessage, WorkerMessage,
     PROTOCOL_VERSION,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::engine::Engine;
 
@@ -261,13 +262,26 @@ impl Session {
         let out = self.out.clone();
         let finished = self.finished_tx.clone();
         let task = tokio::spawn(async move {
-            let last = match engine.reply(id, &messages, &out).await {
-                Ok(usage) => WorkerMessage::Done { id, usage },
-                Err(e) => WorkerMessage::Failed {
+            // A panic in the engine is a bug, but it must end this turn
+            // like any failure: otherwise the host waits on it for ever and
+            // a drain never completes. The other turns carry on.
+            let reply = AssertUnwindSafe(engine.reply(id, &messages, &out)).catch_unwind();
+            let last = match reply.await {
+                Ok(Ok(usage)) => WorkerMessage::Done { id, usage },
+                Ok(Err(e)) => WorkerMessage::Failed {
                     id,
                     code: e.code,
                     message: e.message,
                 },
+                Err(_) => {
+                    // The panic hook logged what and where.
+                    error!(id, "the turn ended by a panic in the engine");
+                    WorkerMessage::Failed {
+                        id,
+                        code: FailCode::EngineFailed,
+                        message: "the bot's engine failed (a bug; it is logged)".into(),
+                    }
+                }
             };
             // Both can fail only when the session is ending; nothing to do then.
             let _ = out.send(last).await;

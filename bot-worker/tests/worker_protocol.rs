@@ -31,6 +31,8 @@ fn spec(token_delay_ms: u64) -> BotSpec {
             leak_per_message: 0,
             leak_per_token: 0,
             max_tokens: 0,
+            panic_on: None,
+            hang_on: None,
         }),
     }
 }

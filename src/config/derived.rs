@@ -60,6 +60,8 @@ impl Config {
                     leak_per_message: bot.builtin.leak_per_message.as_u64(),
                     leak_per_token: bot.builtin.leak_per_token.as_u64(),
                     max_tokens: bot.builtin.max_tokens,
+                    panic_on: bot.builtin.panic_on.clone(),
+                    hang_on: bot.builtin.hang_on.clone(),
                 }),
                 EngineKind::Ollama => EngineSpec::Ollama(remote()),
                 EngineKind::Openai => EngineSpec::Openai(remote()),

@@ -205,6 +205,11 @@ pub struct SupervisorConfig {
     /// SIGTERM to SIGKILL.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub stop_grace: Duration,
+    /// A chat turn with no word from its worker for this long is ended
+    /// (`engine_timeout`, the reply kept as far as it got): a backstop for
+    /// an engine that hangs without its worker noticing.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub turn_idle_timeout: Duration,
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub backoff_initial: Duration,
     #[serde(deserialize_with = "super::duration::deserialize")]
@@ -254,6 +259,7 @@ impl Default for SupervisorConfig {
             heartbeat_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
+            turn_idle_timeout: Duration::from_secs(5 * 60),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             crash_limit: 5,
@@ -463,6 +469,10 @@ pub struct BuiltinConfig {
     pub leak_per_token: ByteSize,
     /// 0: no cap.
     pub max_tokens: u32,
+    /// Fault injection: a message containing this makes the engine panic.
+    pub panic_on: Option<String>,
+    /// Fault injection: a message containing this hangs its turn.
+    pub hang_on: Option<String>,
 }
 
 impl Default for BuiltinConfig {
@@ -473,6 +483,8 @@ impl Default for BuiltinConfig {
             leak_per_message: ByteSize::b(0),
             leak_per_token: ByteSize::b(0),
             max_tokens: 0,
+            panic_on: None,
+            hang_on: None,
         }
     }
 }

@@ -150,6 +150,12 @@ impl Config {
         if s.start_timeout.is_zero() {
             return bad("supervisor.start_timeout", "must be greater than 0".into());
         }
+        if s.turn_idle_timeout.is_zero() {
+            return bad(
+                "supervisor.turn_idle_timeout",
+                "must be greater than 0".into(),
+            );
+        }
         check_budget("supervisor.memory_budget", s.memory_budget)?;
         if !(s.memory_warn_ratio > 0.0 && s.memory_warn_ratio < 1.0) {
             return bad(
@@ -233,6 +239,20 @@ impl Config {
                     key("restart_after_failed_checks"),
                     "must be at least 1".into(),
                 ));
+            }
+            // The worker's own timeouts must fire first: they fail over to
+            // the next endpoint, the host's backstop ends the turn.
+            let silence = (e.connect_timeout + e.first_token_timeout).max(e.token_gap_timeout);
+            if s.turn_idle_timeout <= silence {
+                return bad(
+                    "supervisor.turn_idle_timeout",
+                    format!(
+                        "must be longer than the silence inference[{i}] ('{}') allows a turn \
+                         ({}: connect_timeout + first_token_timeout, or token_gap_timeout)",
+                        e.name,
+                        humantime::format_duration(silence)
+                    ),
+                );
             }
         }
         let mut seen = HashSet::new();

@@ -42,7 +42,12 @@ impl AppState {
         auth: Auth,
     ) -> Self {
         Self {
-            chats: Chats::new(store.clone(), supervisor.clone(), metrics.clone()),
+            chats: Chats::new(
+                store.clone(),
+                supervisor.clone(),
+                metrics.clone(),
+                config.supervisor.turn_idle_timeout,
+            ),
             sessions: Sessions::new(store.clone()),
             supervisor,
             store,

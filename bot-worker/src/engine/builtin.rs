@@ -34,6 +34,18 @@ impl Builtin {
         out: &mpsc::Sender<WorkerMessage>,
     ) -> Result<Usage, EngineError> {
         self.leak();
+        let asked = last_user_message(messages);
+        let asked_for = |trigger: &Option<String>| {
+            trigger
+                .as_deref()
+                .is_some_and(|t| !t.is_empty() && asked.contains(t))
+        };
+        if asked_for(&self.spec.panic_on) {
+            panic!("builtin engine: injected panic (panic_on)");
+        }
+        if asked_for(&self.spec.hang_on) {
+            std::future::pending::<()>().await;
+        }
         let text = compose(&self.bot, messages);
         let tokens = tokenize(&text, self.spec.max_tokens);
         // Decide up front whether (and after how many tokens) this turn fails,
@@ -96,11 +108,7 @@ impl Builtin {
 /// The builtin engine's reply: a pure function of the bot and the last user
 /// message, so the same question always gets the same answer.
 pub fn compose(bot: &str, messages: &[ChatMessage]) -> String {
-    let last = messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .map_or("", |m| m.content.trim());
+    let last = last_user_message(messages);
     if last.is_empty() {
         return format!("Hello, I am {bot}. Ask me anything.");
     }
@@ -120,6 +128,15 @@ pub fn compose(bot: &str, messages: &[ChatMessage]) -> String {
         n = words.len(),
         s = if words.len() == 1 { "" } else { "s" },
     )
+}
+
+/// What the user said last, trimmed ("" when nothing).
+fn last_user_message(messages: &[ChatMessage]) -> &str {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map_or("", |m| m.content.trim())
 }
 
 /// Splits text into tokens that each carry their trailing whitespace, so the
@@ -178,6 +195,8 @@ mod tests {
             leak_per_message: 0,
             leak_per_token: 0,
             max_tokens: 0,
+            panic_on: None,
+            hang_on: None,
         }
     }
 
