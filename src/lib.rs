@@ -16,6 +16,7 @@ pub mod inference;
 pub mod memory;
 pub mod metrics;
 mod names;
+pub mod orphans;
 pub mod process;
 pub mod schedule;
 pub mod startup;

@@ -58,6 +58,7 @@ pub struct Host {
     control_path: PathBuf,
     control_task: actix_rt::task::JoinHandle<()>,
     db_probe: tokio::task::JoinHandle<()>,
+    orphan_sweep: tokio::task::JoinHandle<()>,
     /// Health checks and supervised model servers.
     monitors: inference::Monitors,
     stop_grace: Duration,
@@ -90,6 +91,13 @@ impl Host {
         let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
 
         let db_probe = store.spawn_probe(Duration::from_secs(5));
+        let orphan_sweep = crate::orphans::spawn(
+            store.clone(),
+            crate::orphans::orphan_age(
+                config.supervisor.start_timeout,
+                config.supervisor.turn_idle_timeout,
+            ),
+        );
         crate::backup::spawn_schedule(config.clone(), metrics.clone());
         let auth = Auth::new(&jwt_secret(&config), config.auth.token_ttl);
         let state = web::Data::new(AppState::new(
@@ -111,6 +119,7 @@ impl Host {
             control_path,
             control_task,
             db_probe,
+            orphan_sweep,
             monitors,
             stop_grace: config.supervisor.stop_grace,
         })
@@ -167,6 +176,7 @@ impl Host {
         self.http.stop(true).await;
         self.control_task.abort();
         self.db_probe.abort();
+        self.orphan_sweep.abort();
         self.supervisor.send(Shutdown).await?;
         // Last: the workers no longer call them, and no monitor restarts
         // one mid-shutdown.

@@ -251,3 +251,53 @@ fn after_a_host_kill_the_reply_shown_so_far_is_kept_and_a_resend_returns_it() {
     assert_eq!(body["reply"]["content"], reply["content"]);
     assert_eq!(alice.history(conv).len(), 2, "no second answer");
 }
+
+/// `kill -9` of the host before the first token: nothing was shown and no
+/// reply row was written. The next host marks the message `failed` once no
+/// turn anywhere can still be answering it (start + idle deadline + 10 s),
+/// and a resend returns that outcome instead of a second answer.
+#[test]
+fn after_a_host_kill_before_the_first_token_the_message_is_marked_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bothost.db");
+    let config = config(&db, "0s")
+        .replace(
+            "stop_grace = \"1s\"",
+            "stop_grace = \"1s\"\nturn_idle_timeout = \"2s\"",
+        )
+        .replace("[bots.builtin]\n", "[bots.builtin]\nhang_on = \"stall\"\n");
+    let host = TestHost::start_with_config(&config);
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "m1", "please stall").await;
+        assert_eq!(ws.next().await["type"], "ack");
+        host.signal(Signal::SIGKILL);
+    });
+    drop(host);
+    let again = TestHost::start_with_config(&config);
+    let alice = login(&again.url, "alice").unwrap();
+    assert_eq!(alice.history(conv).len(), 1, "not marked at once");
+    let reply = again.wait_for(
+        "the orphaned message marked failed",
+        Duration::from_secs(60),
+        || {
+            alice
+                .history(conv)
+                .into_iter()
+                .find(|m| m["role"] == "assistant")
+        },
+    );
+    assert_eq!(
+        (reply["status"].as_str(), reply["content"].as_str()),
+        (Some("failed"), Some(""))
+    );
+    let res = alice.post(
+        &format!("/api/v1/conversations/{conv}/messages"),
+        serde_json::json!({"client_msg_id": "m1", "content": "please stall"}),
+    );
+    let body: Value = res.json().unwrap();
+    assert_eq!(body["reply"]["id"], reply["id"], "{body}");
+    assert_eq!(alice.history(conv).len(), 2, "no second answer");
+}

@@ -299,6 +299,63 @@ async fn a_busy_pool_grows_toward_its_max_by_itself() {
     }
 }
 
+#[tokio::test]
+async fn the_orphan_sweep_fails_unanswered_messages_once_and_only_old_enough_ones() {
+    use bothost::orphans::Sweep;
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let (_, conv) = user_and_conversation(s, "alice").await;
+        let answered = s
+            .append_user_message(conv, "a", "answered")
+            .await
+            .unwrap()
+            .0;
+        let reply = |to: i64, status| NewReply {
+            conversation_id: conv,
+            reply_to: to,
+            content: "so far",
+            status,
+            prompt_tokens: None,
+            completion_tokens: None,
+        };
+        s.append_reply(reply(answered.id, ReplyStatus::Complete))
+            .await
+            .unwrap();
+        let cut = s.append_user_message(conv, "b", "cut off").await.unwrap().0;
+        s.append_reply(reply(cut.id, ReplyStatus::Partial))
+            .await
+            .unwrap();
+        let orphan = s.append_user_message(conv, "c", "orphan").await.unwrap().0;
+
+        // Too young to judge: a turn somewhere may still be answering it.
+        let mut patient = Sweep::new(s.clone(), Duration::from_secs(3600));
+        assert_eq!(patient.run().await.unwrap(), 0, "{}", s.backend());
+        assert!(s.reply_to(orphan.id).await.unwrap().is_none());
+
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut sweep = Sweep::new(s.clone(), Duration::ZERO);
+        assert_eq!(sweep.run().await.unwrap(), 1, "{}", s.backend());
+        let marked = s.reply_to(orphan.id).await.unwrap().expect("a reply row");
+        assert_eq!(
+            (marked.status, marked.content.as_str()),
+            (ReplyStatus::Failed, "")
+        );
+        let kept = s.reply_to(cut.id).await.unwrap().unwrap();
+        assert_eq!(
+            (kept.status, kept.content.as_str()),
+            (ReplyStatus::Partial, "so far")
+        );
+        // Once: the next pass starts after what it judged, and a fresh sweep
+        // (another host) finds nothing left either.
+        assert_eq!(sweep.run().await.unwrap(), 0);
+        assert_eq!(
+            Sweep::new(s.clone(), Duration::ZERO).run().await.unwrap(),
+            0
+        );
+        db.cleanup().await;
+    }
+}
+
 #[derive(QueryableByName, Debug)]
 struct Column {
     #[diesel(sql_type = Text)]

@@ -436,6 +436,39 @@ impl Store {
         }
     }
 
+    /// Up to `limit` user messages after id `after`, in id order, each with
+    /// whether a reply to it is stored: what the orphan sweep walks.
+    pub async fn user_messages_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(Message, bool)>, StoreError> {
+        let page: Vec<Message> = with_conn!(self, "user_messages_after", |conn| messages::table
+            .filter(messages::id.gt(after))
+            .filter(messages::role.eq(MessageRole::User.as_str()))
+            .order(messages::id.asc())
+            .limit(limit)
+            .select(Message::as_select())
+            .load(conn)
+            .await)?;
+        let ids: Vec<i64> = page.iter().map(|m| m.id).collect();
+        let answered: std::collections::HashSet<i64> =
+            with_conn!(self, "user_messages_after", |conn| messages::table
+                .filter(messages::reply_to.eq_any(&ids))
+                .select(messages::reply_to.assume_not_null())
+                .load::<i64>(conn)
+                .await)?
+            .into_iter()
+            .collect();
+        Ok(page
+            .into_iter()
+            .map(|m| {
+                let has_reply = answered.contains(&m.id);
+                (m, has_reply)
+            })
+            .collect())
+    }
+
     /// The reply to user message `id`, if one was stored.
     pub async fn reply_to(&self, id: i64) -> Result<Option<Message>, StoreError> {
         with_conn!(self, "reply_to", |conn| messages::table
