@@ -249,3 +249,20 @@ fn operators_demote_disable_enable_reset_and_delete_accounts_from_the_cli() {
         (404, "not_found".into())
     );
 }
+
+/// Another extractor failing first drops the session check half-way; on
+/// SQLite a query dropped half-way used to panic the connection's task, so
+/// the client saw the connection cut instead of its 400.
+#[test]
+fn a_bad_query_next_to_a_session_check_gets_its_400() {
+    let host = host();
+    let alice = register(&host.url, "alice");
+    let res = alice
+        .client
+        .post(format!("{}/api/v1/admin/restart?rolling=nope", host.url))
+        .bearer_auth(&alice.token)
+        .send()
+        .expect("an answer, not a cut connection");
+    assert_eq!(code(res), (400, "invalid_query".into()));
+    assert!(!host.log().contains("panicked"), "{}", host.log());
+}

@@ -26,7 +26,7 @@ use actix_web::http::StatusCode;
 
 use super::auth::Claims;
 use super::error::ApiError;
-use crate::store::{Store, User, UserRole};
+use crate::store::{Store, StoreError, User, UserRole};
 
 /// How long one host trusts what the database said about an account: the
 /// longest a change made elsewhere (another host, `bothost user …`) takes
@@ -105,7 +105,7 @@ impl Sessions {
         let fresh = self.cached(claims.sub, |seen| seen.at.elapsed() < RECHECK);
         let account = match fresh {
             Some(account) => account,
-            None => match self.store.user(claims.sub).await {
+            None => match self.lookup(claims.sub).await {
                 Ok(user) => {
                     let account = user.as_ref().map(Account::from);
                     self.remember(claims.sub, account.clone());
@@ -121,6 +121,23 @@ impl Sessions {
             },
         };
         verdict(claims, account.as_ref())
+    }
+
+    /// Reads the account from the database in a task of its own. The
+    /// extractor's future is dropped whenever another extractor of the same
+    /// request fails first, and a SQLite query dropped half-way panics
+    /// (diesel-async waits for it with `block_in_place`, which the HTTP
+    /// workers' single-threaded runtime does not allow); a task runs to its
+    /// end whoever stops waiting for it.
+    async fn lookup(&self, id: i64) -> Result<Option<User>, StoreError> {
+        let store = self.store.clone();
+        actix_rt::spawn(async move { store.user(id).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Setup(format!(
+                    "the account lookup stopped: {e}"
+                )))
+            })
     }
 
     /// Drops what this host knows of user `id`, after this host changed
