@@ -110,6 +110,7 @@ fn schemathesis_finds_nothing_as_a_user_or_as_an_admin() {
 messages_per_minute_per_user = 100000
 messages_per_minute_per_ip = 100000
 logins_per_minute_per_ip = 100000
+conversations_per_minute_per_user = 100000
 [[bots]]
 name = \"helper\"
 [bots.builtin]

@@ -856,3 +856,48 @@ fn an_engine_panic_fails_only_its_turn_and_a_silent_turn_ends_at_the_idle_deadli
     let body: Value = res.json().unwrap();
     assert_eq!(body["reply"]["status"], "failed", "{body}");
 }
+
+#[test]
+fn websockets_per_user_and_conversations_per_user_are_limited() {
+    let host = web_host(
+        "[limits]\nwebsockets_per_user = 2\nconversations_per_minute_per_user = 3\n\
+         max_conversations_per_user = 2\n",
+    );
+    let alice = register(&host.url, "alice");
+    let bob = register(&host.url, "bob");
+    alice.conversation("fast");
+    alice.conversation("fast");
+    assert_eq!(
+        error_code(alice.post("/api/v1/conversations", json!({"bot": "fast"}))),
+        (409, "too_many_conversations".into())
+    );
+    bob.conversation("fast");
+
+    runtime().block_on(async {
+        let first = alice.ws().await;
+        let _second = alice.ws().await;
+        let url = format!(
+            "{}/api/v1/ws?token={}",
+            host.url.replacen("http", "ws", 1),
+            alice.token
+        );
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status().as_u16(), 429);
+                assert!(res.headers().contains_key("retry-after"));
+            }
+            other => panic!("a third WebSocket was not refused: {:?}", other.map(|_| ())),
+        }
+        // Another user is not affected.
+        let _bob = bob.ws().await;
+        // Closing one gives its place back.
+        drop(first);
+        eventually_async(
+            "a freed WebSocket place",
+            Duration::from_secs(10),
+            || async { tokio_tungstenite::connect_async(&url).await.ok().map(drop) },
+        )
+        .await
+        .unwrap();
+    });
+}

@@ -96,6 +96,13 @@ pub struct LimitsConfig {
     pub logins_per_minute_per_ip: u32,
     /// Turns one user may have running at once.
     pub max_in_flight_per_user: u32,
+    /// WebSockets one user may hold open (tabs, devices).
+    pub websockets_per_user: u32,
+    /// WebSockets one address may hold open (raise behind a proxy or NAT).
+    pub websockets_per_ip: u32,
+    pub conversations_per_minute_per_user: u32,
+    /// Conversations one account may keep.
+    pub max_conversations_per_user: u32,
 }
 
 impl Default for LimitsConfig {
@@ -108,6 +115,10 @@ impl Default for LimitsConfig {
             messages_per_minute_per_ip: 600,
             logins_per_minute_per_ip: 10,
             max_in_flight_per_user: 4,
+            websockets_per_user: 16,
+            websockets_per_ip: 2000,
+            conversations_per_minute_per_user: 30,
+            max_conversations_per_user: 10_000,
         }
     }
 }

@@ -45,6 +45,16 @@ impl Config {
                 l.logins_per_minute_per_ip,
             ),
             ("limits.max_in_flight_per_user", l.max_in_flight_per_user),
+            ("limits.websockets_per_user", l.websockets_per_user),
+            ("limits.websockets_per_ip", l.websockets_per_ip),
+            (
+                "limits.conversations_per_minute_per_user",
+                l.conversations_per_minute_per_user,
+            ),
+            (
+                "limits.max_conversations_per_user",
+                l.max_conversations_per_user,
+            ),
         ] {
             if value == 0 {
                 return bad(key, "must be at least 1".into());

@@ -260,6 +260,16 @@ impl Store {
         .map(|n| n > 0)
     }
 
+    /// How many conversations `owner_id` keeps.
+    pub async fn count_conversations(&self, owner_id: i64) -> Result<u64, StoreError> {
+        let n: i64 = with_conn!(self, "count_conversations", |conn| conversations::table
+            .filter(conversations::owner_id.eq(owner_id))
+            .count()
+            .get_result(conn)
+            .await)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub async fn create_conversation(
         &self,
         owner_id: i64,

@@ -260,6 +260,8 @@ async fn create_conversation(
         ));
     }
     super::limits::no_nul("title", &body.title)?;
+    let held = state.store.count_conversations(user.id).await?;
+    state.limits.new_conversation(user.id, held)?;
     let title: String = body.title.chars().take(200).collect();
     let conv = state
         .store

@@ -1,5 +1,7 @@
 //! Request limits: messages per minute per user and per IP address, login
-//! attempts per IP address, and turns in flight per user.
+//! attempts per IP address, turns in flight per user, WebSockets open per
+//! user and per IP address, conversations created per minute per user and
+//! held in all.
 //!
 //! Owns the counters; a refusal is a 429 with `Retry-After` (REST) or an
 //! `error` frame (WebSocket) carrying the same code. The client address is
@@ -23,30 +25,65 @@ pub struct Limits {
     per_user: DefaultKeyedRateLimiter<i64>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     logins: DefaultKeyedRateLimiter<IpAddr>,
-    in_flight: Arc<Mutex<HashMap<i64, u32>>>,
+    new_conversations: DefaultKeyedRateLimiter<i64>,
+    in_flight: Counted<i64>,
+    websockets_per_user: Counted<i64>,
+    websockets_per_ip: Counted<IpAddr>,
 }
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
-/// Holds one of a user's in-flight slots until dropped.
-pub struct InFlight {
-    counts: Arc<Mutex<HashMap<i64, u32>>>,
-    user: i64,
+/// How many of something each key holds now (turns running, sockets open).
+struct Counted<K>(Arc<Mutex<HashMap<K, u32>>>);
+
+impl<K: std::hash::Hash + Eq + Clone> Counted<K> {
+    fn new() -> Self {
+        Self(Arc::default())
+    }
+
+    /// One more for `key`, unless it holds `max` already.
+    fn take(&self, key: K, max: u32) -> Option<Slot<K>> {
+        let mut counts = self.0.lock().ok()?;
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: Arc::clone(&self.0),
+            key,
+        })
+    }
 }
 
-impl Drop for InFlight {
+/// One unit of a [`Counted`], given back when dropped.
+pub struct Slot<K: std::hash::Hash + Eq> {
+    counts: Arc<Mutex<HashMap<K, u32>>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq> Drop for Slot<K> {
     fn drop(&mut self) {
         if let Ok(mut counts) = self.counts.lock() {
-            if let Some(n) = counts.get_mut(&self.user) {
+            if let Some(n) = counts.get_mut(&self.key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    counts.remove(&self.user);
+                    counts.remove(&self.key);
                 }
             }
         }
     }
+}
+
+/// A turn counted against its user's `max_in_flight_per_user`.
+pub type InFlight = Slot<i64>;
+
+/// An open WebSocket, counted against its user and its address.
+pub struct WebSocketSlot {
+    _user: Slot<i64>,
+    _ip: Option<Slot<IpAddr>>,
 }
 
 impl Limits {
@@ -87,7 +124,12 @@ impl Limits {
             per_user: RateLimiter::keyed(per_minute(config.messages_per_minute_per_user)),
             per_ip: RateLimiter::keyed(per_minute(config.messages_per_minute_per_ip)),
             logins: RateLimiter::keyed(per_minute(config.logins_per_minute_per_ip)),
-            in_flight: Arc::default(),
+            new_conversations: RateLimiter::keyed(per_minute(
+                config.conversations_per_minute_per_user,
+            )),
+            in_flight: Counted::new(),
+            websockets_per_user: Counted::new(),
+            websockets_per_ip: Counted::new(),
             config,
         }
     }
@@ -111,25 +153,59 @@ impl Limits {
 
     /// Claims an in-flight slot for `user`, or refuses when all are taken.
     pub fn start_turn(&self, user: i64) -> Result<InFlight, ApiError> {
-        let mut counts = self
-            .in_flight
-            .lock()
-            .map_err(|_| ApiError::too_many("busy", 1))?;
-        let n = counts.entry(user).or_insert(0);
-        if *n >= self.config.max_in_flight_per_user {
-            return Err(ApiError::too_many(
-                format!(
-                    "you already have {} replies in progress; wait for one to finish",
-                    self.config.max_in_flight_per_user
-                ),
+        let max = self.config.max_in_flight_per_user;
+        self.in_flight.take(user, max).ok_or_else(|| {
+            ApiError::too_many(
+                format!("you already have {max} replies in progress; wait for one to finish"),
                 1,
+            )
+        })
+    }
+
+    /// Claims a WebSocket for `user` at `ip`, held until the slot drops.
+    pub fn open_websocket(&self, user: i64, ip: Option<IpAddr>) -> Result<WebSocketSlot, ApiError> {
+        let refused = |message: String| ApiError {
+            code: "too_many_websockets",
+            ..ApiError::too_many(message, 5)
+        };
+        let max = self.config.websockets_per_user;
+        let user_slot = self.websockets_per_user.take(user, max).ok_or_else(|| {
+            refused(format!(
+                "you have {max} connections open already (tabs, devices); close one"
+            ))
+        })?;
+        let ip_slot = match ip {
+            Some(ip) => {
+                let max = self.config.websockets_per_ip;
+                Some(self.websockets_per_ip.take(ip, max).ok_or_else(|| {
+                    refused(format!(
+                        "{max} connections are open from your address already"
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        Ok(WebSocketSlot {
+            _user: user_slot,
+            _ip: ip_slot,
+        })
+    }
+
+    /// One new conversation for `user`, who holds `held` already.
+    pub fn new_conversation(&self, user: i64, held: u64) -> Result<(), ApiError> {
+        let max = self.config.max_conversations_per_user;
+        if held >= u64::from(max) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_conversations",
+                format!("you have {max} conversations, the most one account may keep; delete some first"),
             ));
         }
-        *n += 1;
-        Ok(InFlight {
-            counts: Arc::clone(&self.in_flight),
-            user,
-        })
+        check(
+            &self.new_conversations,
+            &user,
+            "you are starting conversations too fast",
+        )
     }
 
     /// Forgets keys that have been quiet, so memory stays bounded.
@@ -137,6 +213,7 @@ impl Limits {
         self.per_user.retain_recent();
         self.per_ip.retain_recent();
         self.logins.retain_recent();
+        self.new_conversations.retain_recent();
     }
 }
 
@@ -173,6 +250,10 @@ mod tests {
             messages_per_minute_per_ip: 5,
             logins_per_minute_per_ip: 2,
             max_in_flight_per_user: 2,
+            websockets_per_user: 2,
+            websockets_per_ip: 3,
+            conversations_per_minute_per_user: 2,
+            max_conversations_per_user: 5,
             ..LimitsConfig::default()
         })
     }
@@ -208,5 +289,33 @@ mod tests {
         assert!(l.start_turn(1).is_err());
         drop(a);
         assert!(l.start_turn(1).is_ok());
+    }
+
+    #[test]
+    fn websockets_are_counted_per_user_and_per_address_until_closed() {
+        let l = limits();
+        let ip = Some(IpAddr::from([10, 0, 0, 3]));
+        let a = l.open_websocket(1, ip).unwrap();
+        let _b = l.open_websocket(1, ip).unwrap();
+        let e = l.open_websocket(1, ip).err().unwrap();
+        assert_eq!((e.status.as_u16(), e.code), (429, "too_many_websockets"));
+        let _c = l.open_websocket(2, ip).unwrap();
+        assert!(l.open_websocket(3, ip).is_err(), "the address is full");
+        assert!(
+            l.open_websocket(3, None).is_ok(),
+            "no address, no address limit"
+        );
+        drop(a);
+        assert!(l.open_websocket(1, ip).is_ok());
+    }
+
+    #[test]
+    fn conversations_have_a_rate_and_a_total() {
+        let l = limits();
+        l.new_conversation(1, 0).unwrap();
+        l.new_conversation(1, 1).unwrap();
+        assert_eq!(l.new_conversation(1, 2).unwrap_err().code, "rate_limited");
+        let e = l.new_conversation(2, 5).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (409, "too_many_conversations"));
     }
 }

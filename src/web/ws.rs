@@ -37,6 +37,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
 
 use super::error::ApiError;
+use super::limits::WebSocketSlot;
 use super::sessions::AuthUser;
 use super::state::AppState;
 use crate::chat::ChatEvent;
@@ -113,15 +114,6 @@ pub async fn connect(
     state: web::Data<AppState>,
     user: AuthUser,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let session = WsSession {
-        user,
-        ip: req.peer_addr().map(|a| a.ip()),
-        state,
-        last_heard: Instant::now(),
-        turns: HashMap::new(),
-        status_task: None,
-        closing: false,
-    };
     // A plain GET is told to upgrade (426), in the API's JSON error shape.
     if let Err(e) = ws::handshake(&req) {
         let mut response = ApiError::new(
@@ -136,6 +128,18 @@ pub async fn connect(
         );
         return Ok(response);
     }
+    let ip = req.peer_addr().map(|a| a.ip());
+    let slot = state.limits.open_websocket(user.id, ip)?;
+    let session = WsSession {
+        user,
+        ip,
+        _slot: slot,
+        state,
+        last_heard: Instant::now(),
+        turns: HashMap::new(),
+        status_task: None,
+        closing: false,
+    };
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(CODEC_MAX_FRAME)
         .start()
@@ -144,6 +148,9 @@ pub async fn connect(
 struct WsSession {
     user: AuthUser,
     ip: Option<IpAddr>,
+    /// Counts this connection against its user's and address's limits
+    /// until the session is dropped.
+    _slot: WebSocketSlot,
     state: web::Data<AppState>,
     last_heard: Instant,
     /// Turns of this connection, by client message id.

@@ -61,7 +61,7 @@ fn config(port: u16) -> String {
     format!(
         "[server]\nbind = \"127.0.0.1:{port}\"\n[auth]\njwt_secret = \"Zp4v9QmX2rT7kLw0Ns8bYc3Hd6Jf1GaE\"\n\
          [limits]\nlogins_per_minute_per_ip = 100000\nmessages_per_minute_per_user = 100000\n\
-         messages_per_minute_per_ip = 1000000\n\
+         messages_per_minute_per_ip = 1000000\nwebsockets_per_ip = 1000000\n\
          [supervisor]\nruntime_dir = \"run\"\n[backup]\nschedule = \"off\"\n\
          [logging]\nlevel = \"warn\"\nformat = \"json\"\n\
          [[bots]]\nname = \"echo\"\n[bots.builtin]\ntoken_delay = \"10ms\"\n"

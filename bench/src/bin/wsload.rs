@@ -90,6 +90,7 @@ async fn run(
     let tables = format!(
         "{database}[limits]\nmessages_per_minute_per_user = 100000000\n\
          messages_per_minute_per_ip = 100000000\nlogins_per_minute_per_ip = 100000\n\
+         websockets_per_ip = 1000000\nwebsockets_per_user = 1000000\nconversations_per_minute_per_user = 1000000\n\
          max_in_flight_per_user = 100000\n{}",
         (0..BOTS)
             .map(|i| format!(
