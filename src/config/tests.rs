@@ -456,3 +456,127 @@ fn memory_is_counted_as_rss_unless_pss_is_asked_for() {
     ));
     assert!(e.contains("supervisor.memory_measure"), "{e}");
 }
+
+mod fuzz {
+    //! The loader under arbitrary operator input: any value of any type for
+    //! the keys that take numbers, durations and sizes, and any text at
+    //! all. It answers a config or an error naming the problem; it never
+    //! panics, and a config it accepts derives every worker's spec.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const KEYS: &[(&str, &str)] = &[
+        ("server", "ws_heartbeat"),
+        ("server", "ws_timeout"),
+        ("supervisor", "sample_interval"),
+        ("supervisor", "memory_budget"),
+        ("supervisor", "heartbeat_interval"),
+        ("supervisor", "heartbeat_timeout"),
+        ("supervisor", "start_timeout"),
+        ("supervisor", "drain_timeout"),
+        ("supervisor", "turn_idle_timeout"),
+        ("supervisor", "backoff_initial"),
+        ("supervisor", "backoff_max"),
+        ("supervisor", "crash_limit"),
+        ("supervisor", "leak_window"),
+        ("supervisor", "memory_warn_ratio"),
+        ("supervisor", "restart_schedule"),
+        ("limits", "max_body"),
+        ("limits", "max_ws_frame"),
+        ("limits", "max_message_chars"),
+        ("limits", "messages_per_minute_per_user"),
+        ("limits", "websockets_per_ip"),
+        ("auth", "token_ttl"),
+        ("database", "pool_size"),
+        ("database", "pool_max"),
+        ("backup", "schedule"),
+        ("backup", "keep"),
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        let unit = prop_oneof![
+            Just(""),
+            Just("ms"),
+            Just("s"),
+            Just("m"),
+            Just("h"),
+            Just("d"),
+            Just("y"),
+            Just("ns"),
+            Just("B"),
+            Just("KB"),
+            Just("MiB"),
+            Just("GB"),
+            Just("EB"),
+        ];
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>()
+                .prop_filter("TOML floats", |f| f.is_finite())
+                .prop_map(|f| format!("{f:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            (any::<u64>(), unit.clone()).prop_map(|(n, u)| format!("\"{n}{u}\"")),
+            (0u32..100_000, unit).prop_map(|(n, u)| format!("\"{n}{u}\"")),
+            // Printable ASCII but the quote and the backslash.
+            "[ !#-\\[\\]-~]{0,16}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    fn config_text() -> impl Strategy<Value = String> {
+        proptest::collection::btree_map(0..KEYS.len(), value(), 0..6).prop_map(|pairs| {
+            // One table per section, each key once: what TOML allows.
+            let mut sections: std::collections::BTreeMap<&str, String> = Default::default();
+            for (i, v) in pairs {
+                let (section, key) = KEYS[i];
+                sections
+                    .entry(section)
+                    .or_default()
+                    .push_str(&format!("{key} = {v}\n"));
+            }
+            let mut text: String = sections
+                .into_iter()
+                .map(|(section, keys)| format!("[{section}]\n{keys}"))
+                .collect();
+            text.push_str(ONE_BOT);
+            text
+        })
+    }
+
+    fn accepted_is_usable(config: &Config) {
+        for bot in &config.bots {
+            let _ = config.spec_of(bot);
+            let _ = config.memory_policy(bot);
+            let _ = config.budget_of(bot);
+        }
+        let _ = config.restart_schedule();
+        let _ = config.backup_schedule();
+        let _ = config.database_target();
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_for_any_key_loads_or_names_the_key(text in config_text()) {
+            match parse(&text) {
+                Ok(config) => accepted_is_usable(&config),
+                Err(ConfigError::Invalid { key, .. }) => {
+                    // The key at fault, or a rule about the keys' relation.
+                    prop_assert!(
+                        KEYS.iter().any(|(s, k)| key == format!("{s}.{k}"))
+                            || key.starts_with("inference") || key == "bots",
+                        "{}: {}", key, text
+                    );
+                }
+                Err(e) => prop_assert!(false, "not a key error: {} for {}", e, text),
+            }
+        }
+
+        #[test]
+        fn any_text_loads_or_fails_cleanly(text in "(?s).{0,300}") {
+            if let Ok(config) = parse(&text) {
+                accepted_is_usable(&config);
+            }
+        }
+    }
+}

@@ -477,6 +477,33 @@ fn frame(cid: &str, event: ChatEvent) -> ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A client frame of any text parses or is refused; a `send` with
+        /// any id and content passes the message rules or gets a 400/413.
+        #[test]
+        fn any_client_frame_parses_or_is_refused(text in "(?s).{0,200}", id in "(?s).{0,80}", content in "(?s).{0,300}") {
+            let _ = serde_json::from_str::<ClientFrame>(&text);
+            let frame = serde_json::json!({
+                "type": "send", "conversation_id": 1, "client_msg_id": id, "content": content,
+            });
+            let Ok(ClientFrame::Send { client_msg_id, content, .. }) =
+                serde_json::from_value::<ClientFrame>(frame)
+            else {
+                return Err(TestCaseError::fail("a send frame"));
+            };
+            let limits = super::super::limits::Limits::new(crate::config::LimitsConfig {
+                max_message_chars: 200,
+                ..Default::default()
+            });
+            if let Err(e) = limits.check_message(&client_msg_id, &content) {
+                prop_assert!(matches!(e.status.as_u16(), 400 | 413), "{:?}", e);
+            } else {
+                prop_assert!(!content.contains('\0') && !client_msg_id.contains('\0'));
+            }
+        }
+    }
 
     /// Counts the frames it is pushed; its mailbox holds one at a time.
     struct Counter(std::sync::Arc<std::sync::atomic::AtomicUsize>);

@@ -75,6 +75,20 @@ impl WireFormat for Ollama {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Whatever a server sends on a line, the parser answers (a piece
+        /// or an error) and never panics.
+        #[test]
+        fn any_line_parses_or_fails_cleanly(line in ".{0,200}") {
+            let _ = Ollama.parse_line(&line);
+        }
+
+        #[test]
+        fn any_json_parses_or_fails_cleanly(v in crate::engine::wire::arbitrary_json()) {
+            let _ = Ollama.parse_line(&v.to_string());
+        }
+    }
     use bot_worker::Role;
 
     #[test]

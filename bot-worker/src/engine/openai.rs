@@ -91,6 +91,21 @@ impl WireFormat for Openai {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever a server sends on a line, the parser answers (a piece
+        /// or an error) and never panics.
+        #[test]
+        fn any_line_parses_or_fails_cleanly(line in ".{0,200}") {
+            let _ = Openai.parse_line(&line);
+        }
+
+        #[test]
+        fn any_json_parses_or_fails_cleanly(v in crate::engine::wire::arbitrary_json()) {
+            // As SSE carries it.
+            let _ = Openai.parse_line(&format!("data: {v}"));
+        }
+    }
+
     #[test]
     fn the_url_is_found_under_either_kind_of_base() {
         assert_eq!(

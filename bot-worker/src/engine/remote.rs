@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout_at;
 
 use super::output::{emit, EngineError};
-use super::wire::{http_error, WireFormat};
+use super::wire::{http_error, Lines, WireFormat};
 
 struct Endpoint {
     spec: EndpointSpec,
@@ -198,7 +198,7 @@ impl Remote {
         }
 
         let mut stream = response.bytes_stream();
-        let mut pending: Vec<u8> = Vec::new();
+        let mut lines = Lines::default();
         let mut usage = Usage::default();
         let mut sent = false;
         loop {
@@ -247,14 +247,9 @@ impl Remote {
                 }
                 Ok(Some(Ok(bytes))) => bytes,
             };
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                let piece = self
-                    .wire
-                    .parse_line(line.trim())
-                    .map_err(|e| fail(e, sent))?;
+            lines.push(&chunk);
+            while let Some(line) = lines.next_line().map_err(|e| fail(e, sent))? {
+                let piece = self.wire.parse_line(&line).map_err(|e| fail(e, sent))?;
                 if let Some(text) = piece.text.filter(|t| !t.is_empty()) {
                     emit(out, WorkerMessage::Delta { id, text })
                         .await
