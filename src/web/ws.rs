@@ -30,6 +30,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use actix::prelude::*;
+use actix_http::ws::Item;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,7 @@ pub async fn connect(
         user,
         ip,
         _slot: slot,
+        fragments: Fragments::default(),
         state,
         last_heard: Instant::now(),
         turns: HashMap::new(),
@@ -151,6 +153,7 @@ struct WsSession {
     /// Counts this connection against its user's and address's limits
     /// until the session is dropped.
     _slot: WebSocketSlot,
+    fragments: Fragments,
     state: web::Data<AppState>,
     last_heard: Instant,
     /// Turns of this connection, by client message id.
@@ -260,74 +263,31 @@ impl Handler<TurnRefused> for WsSession {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        let push = |ctx: &mut Self::Context, frame: ServerFrame| {
-            if let Ok(text) = serde_json::to_string(&frame) {
-                ctx.text(text);
-            }
-        };
+        let max =
+            usize::try_from(self.state.limits.config.max_ws_frame.as_u64()).unwrap_or(usize::MAX);
         match item {
             Ok(ws::Message::Ping(bytes)) => {
                 self.last_heard = Instant::now();
                 ctx.pong(&bytes);
             }
             Ok(ws::Message::Pong(_)) => self.last_heard = Instant::now(),
+            // Only answers to pings count as heard: a client that sends but
+            // never reads would otherwise stay, and what it is sent would
+            // pile up in this connection's buffer without end.
             Ok(ws::Message::Text(text)) => {
-                self.last_heard = Instant::now();
-                let max = usize::try_from(self.state.limits.config.max_ws_frame.as_u64())
-                    .unwrap_or(usize::MAX);
-                if text.len() > max {
-                    let e = ApiError::new(
-                        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        format!("a WebSocket message is at most {max} bytes"),
-                    );
-                    return push(ctx, ServerFrame::error(None, e));
-                }
-                match serde_json::from_str::<ClientFrame>(&text) {
-                    Ok(ClientFrame::Send {
-                        conversation_id,
-                        client_msg_id,
-                        content,
-                    }) => {
-                        if let Err(e) = self.start(conversation_id, &client_msg_id, content, ctx) {
-                            push(ctx, ServerFrame::error(Some(&client_msg_id), e));
-                        }
-                    }
-                    Ok(ClientFrame::Cancel { client_msg_id }) => {
-                        if let Some(turn) = self.turns.remove(&client_msg_id) {
-                            turn.abort();
-                            let e = ApiError::new(
-                                actix_web::http::StatusCode::OK,
-                                "cancelled",
-                                "cancelled; what was written so far is kept",
-                            );
-                            push(ctx, ServerFrame::error(Some(&client_msg_id), e));
-                        }
-                    }
-                    Err(e) => push(
-                        ctx,
-                        ServerFrame::error(
-                            None,
-                            ApiError::bad_request(
-                                "invalid_json",
-                                format!("not a valid message: {e}"),
-                            ),
-                        ),
-                    ),
-                }
+                self.on_message(Assembled::Text(text.to_string()), max, ctx);
             }
-            Ok(ws::Message::Binary(_)) => push(
-                ctx,
-                ServerFrame::error(
-                    None,
-                    ApiError::bad_request("invalid_json", "send JSON text frames, not binary"),
-                ),
-            ),
+            Ok(ws::Message::Binary(_)) => self.on_message(Assembled::Binary, max, ctx),
+            // A message in fragments counts when its last one arrives.
+            Ok(ws::Message::Continuation(item)) => {
+                let assembled = self.fragments.feed(item, max);
+                self.on_message(assembled, max, ctx);
+            }
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Ok(ws::Message::Continuation(_) | ws::Message::Nop) => {}
+            Ok(ws::Message::Nop) => {}
             Err(e) => {
                 tracing::debug!(user = %self.user.name, "WebSocket protocol error: {e}");
                 ctx.close(Some(ws::CloseReason {
@@ -336,6 +296,130 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 }));
                 ctx.stop();
             }
+        }
+    }
+}
+
+impl WsSession {
+    /// One whole client message: a frame, or the fragments of one.
+    fn on_message(&mut self, message: Assembled, max: usize, ctx: &mut ws::WebsocketContext<Self>) {
+        let push = |ctx: &mut ws::WebsocketContext<Self>, frame: ServerFrame| {
+            if let Ok(text) = serde_json::to_string(&frame) {
+                ctx.text(text);
+            }
+        };
+        let refuse = |ctx: &mut ws::WebsocketContext<Self>, e: ApiError| {
+            push(ctx, ServerFrame::error(None, e));
+        };
+        let text = match message {
+            Assembled::Pending => return,
+            Assembled::Text(text) if text.len() <= max => text,
+            Assembled::Text(_) | Assembled::TooLarge => {
+                return refuse(
+                    ctx,
+                    ApiError::new(
+                        actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("a WebSocket message is at most {max} bytes"),
+                    ),
+                )
+            }
+            Assembled::Binary => {
+                return refuse(
+                    ctx,
+                    ApiError::bad_request("invalid_json", "send JSON text frames, not binary"),
+                )
+            }
+            Assembled::Invalid(why) => {
+                return refuse(ctx, ApiError::bad_request("invalid_json", why))
+            }
+        };
+        match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(ClientFrame::Send {
+                conversation_id,
+                client_msg_id,
+                content,
+            }) => {
+                if let Err(e) = self.start(conversation_id, &client_msg_id, content, ctx) {
+                    push(ctx, ServerFrame::error(Some(&client_msg_id), e));
+                }
+            }
+            Ok(ClientFrame::Cancel { client_msg_id }) => {
+                if let Some(turn) = self.turns.remove(&client_msg_id) {
+                    turn.abort();
+                    let e = ApiError::new(
+                        actix_web::http::StatusCode::OK,
+                        "cancelled",
+                        "cancelled; what was written so far is kept",
+                    );
+                    push(ctx, ServerFrame::error(Some(&client_msg_id), e));
+                }
+            }
+            Err(e) => refuse(
+                ctx,
+                ApiError::bad_request("invalid_json", format!("not a valid message: {e}")),
+            ),
+        }
+    }
+}
+
+/// A client message as far as it has arrived.
+#[derive(Debug, PartialEq)]
+enum Assembled {
+    /// More fragments to come.
+    Pending,
+    Text(String),
+    Binary,
+    /// Over `max_ws_frame` in all: its bytes were not kept.
+    TooLarge,
+    Invalid(&'static str),
+}
+
+/// The fragments of a message sent in pieces, gathered up to the message
+/// size limit (each fragment is a frame of its own, so the codec's frame
+/// limit alone would let a client grow this without bound).
+#[derive(Debug, Default)]
+struct Fragments {
+    /// Receiving a message: text or binary.
+    open: Option<bool>,
+    bytes: Vec<u8>,
+    too_large: bool,
+}
+
+impl Fragments {
+    fn feed(&mut self, item: Item, max: usize) -> Assembled {
+        let (chunk, first, last) = match item {
+            Item::FirstText(b) => (b, Some(true), false),
+            Item::FirstBinary(b) => (b, Some(false), false),
+            Item::Continue(b) => (b, None, false),
+            Item::Last(b) => (b, None, true),
+        };
+        if let Some(text) = first {
+            *self = Self {
+                open: Some(text),
+                ..Self::default()
+            };
+        }
+        let Some(text) = self.open else {
+            return Assembled::Invalid("a continuation frame without a first frame");
+        };
+        if self.bytes.len() + chunk.len() > max {
+            self.too_large = true;
+            self.bytes = Vec::new();
+        } else if !self.too_large {
+            self.bytes.extend_from_slice(&chunk);
+        }
+        if !last {
+            return Assembled::Pending;
+        }
+        let done = std::mem::take(self);
+        match (text, done.too_large) {
+            (_, true) => Assembled::TooLarge,
+            (false, false) => Assembled::Binary,
+            (true, false) => String::from_utf8(done.bytes).map_or(
+                Assembled::Invalid("the message is not UTF-8"),
+                Assembled::Text,
+            ),
         }
     }
 }
@@ -518,6 +602,39 @@ mod tests {
         fn handle(&mut self, _: Push, _: &mut Self::Context) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn fragments_make_one_message_within_the_size_limit() {
+        use actix_web::web::Bytes;
+        let mut f = Fragments::default();
+        assert_eq!(
+            f.feed(Item::FirstText(Bytes::from_static(b"{\"a\"")), 16),
+            Assembled::Pending
+        );
+        assert_eq!(
+            f.feed(Item::Continue(Bytes::from_static(b":")), 16),
+            Assembled::Pending
+        );
+        assert_eq!(
+            f.feed(Item::Last(Bytes::from_static(b"1}")), 16),
+            Assembled::Text("{\"a\":1}".into())
+        );
+        f.feed(Item::FirstText(Bytes::from(vec![b'x'; 10])), 16);
+        f.feed(Item::Continue(Bytes::from(vec![b'x'; 10])), 16);
+        assert!(f.bytes.is_empty(), "nothing kept past the limit");
+        assert_eq!(f.feed(Item::Last(Bytes::new()), 16), Assembled::TooLarge);
+        f.feed(Item::FirstBinary(Bytes::from_static(b"x")), 16);
+        assert_eq!(f.feed(Item::Last(Bytes::new()), 16), Assembled::Binary);
+        f.feed(Item::FirstText(Bytes::from_static(b"\xff")), 16);
+        assert!(matches!(
+            f.feed(Item::Last(Bytes::new()), 16),
+            Assembled::Invalid(_)
+        ));
+        assert!(matches!(
+            f.feed(Item::Last(Bytes::new()), 16),
+            Assembled::Invalid(_)
+        ));
     }
 
     #[actix_rt::test]
