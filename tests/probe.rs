@@ -260,6 +260,7 @@ fn a_websocket_client_that_never_reads_is_dropped_and_slows_nobody() {
     let conv = mallory.conversation("fast");
     let alice_conv = alice.conversation("fast");
     let open = || host.metric("bothost_ws_connections").unwrap_or(-1.0) as i64;
+    let before = rss_kb(host.pid());
     runtime().block_on(async {
         let mut ws = mallory.ws().await;
         let mut other = alice.ws().await;
@@ -291,6 +292,8 @@ fn a_websocket_client_that_never_reads_is_dropped_and_slows_nobody() {
         let (_, _, done) = other.turn().await;
         assert_eq!(done["status"], "complete", "alice's connection stays");
     });
+    let grown_mb = rss_kb(host.pid()).saturating_sub(before) / 1024;
+    assert!(grown_mb < 64, "the host grew {grown_mb} MB");
 }
 
 /// The control socket (restart, status, chat as anyone) is the host's
