@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,141 +14,8 @@ use std::time::{Duration, Instant};
 use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
 use bothost::metrics::Metrics;
 use bothost::store::{self, Store, StoreError, UserRole};
+use common::throwaway_pg::ThrowawayPg;
 use common::*;
-
-/// A PostgreSQL server of the test's own, stopped for good on drop.
-struct ThrowawayPg {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl ThrowawayPg {
-    /// `None` (the test skips) when the server binaries are not installed,
-    /// except under CI, where they must be.
-    fn start() -> Option<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|versions| {
-                versions
-                    .filter_map(Result::ok)
-                    .map(|v| v.path().join("bin"))
-                    .max()
-            })
-            .filter(|bin| bin.join("pg_ctl").exists());
-        let Some(bin) = bin else {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but the PostgreSQL server binaries are missing");
-            }
-            eprintln!("no PostgreSQL server binaries under /usr/lib/postgresql: skipping");
-            return None;
-        };
-        let dir = tempfile::tempdir().expect("temp dir");
-        if nix::unistd::geteuid().is_root() {
-            // initdb refuses to run as root: the server runs as postgres.
-            let pg = nix::unistd::User::from_name("postgres")
-                .expect("user lookup")
-                .expect("a postgres user");
-            nix::unistd::chown(dir.path(), Some(pg.uid), Some(pg.gid)).expect("chown");
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let pg = Self { dir, bin, port };
-        let data = pg.data();
-        pg.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        pg.start_again();
-        Some(pg)
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    /// With a password, which trust authentication ignores: lets a test
-    /// check that the secret never reaches a log.
-    fn url(&self) -> String {
-        format!(
-            "postgres://postgres:hunter2@127.0.0.1:{}/postgres",
-            self.port
-        )
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) {
-        let exe = self.bin.join(tool);
-        let mut cmd = if nix::unistd::geteuid().is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        let out = cmd.args(args).output().expect("run a PostgreSQL tool");
-        assert!(
-            out.status.success(),
-            "{tool} {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn start_again(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log").display().to_string();
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data(),
-                "-l",
-                &log,
-                "-w",
-                "-o",
-                &options,
-                "start",
-            ],
-        );
-    }
-
-    /// Fast shutdown: open connections are terminated, as in a crash of the
-    /// database host.
-    fn stop(&self) {
-        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
-    }
-}
-
-impl Drop for ThrowawayPg {
-    fn drop(&mut self) {
-        let data = self.data();
-        let exe = self.bin.join("pg_ctl");
-        let mut cmd = if nix::unistd::geteuid().is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
-    }
-}
 
 #[derive(Default)]
 struct Log {

@@ -31,6 +31,11 @@ impl From<DieselError> for StoreError {
             DieselError::DatabaseError(_, info) if is_connection_loss(info.message()) => {
                 StoreError::Unavailable(e.to_string())
             }
+            // Nothing can be written until the operator frees space: to a
+            // user that is "not now", like a database that is down.
+            DieselError::DatabaseError(_, info) if is_disk_full(info.message()) => {
+                StoreError::Unavailable(format!("the database's disk is full ({e})"))
+            }
             _ => StoreError::Query(e),
         }
     }
@@ -50,6 +55,12 @@ fn is_connection_loss(message: &str) -> bool {
     ]
     .iter()
     .any(|needle| m.contains(needle))
+}
+
+/// SQLite's and PostgreSQL's words for a full disk.
+fn is_disk_full(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("database or disk is full") || m.contains("no space left on device")
 }
 
 impl From<PoolError> for StoreError {
@@ -85,6 +96,20 @@ mod tests {
             let info: Box<dyn diesel::result::DatabaseErrorInformation + Send + Sync> =
                 Box::new(message.to_owned());
             let e = StoreError::from(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info));
+            assert!(matches!(e, StoreError::Unavailable(_)), "{message}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_unavailable_on_either_backend() {
+        for message in [
+            "database or disk is full",
+            "could not extend file \"base/16384/2619\": No space left on device",
+        ] {
+            let info: Box<dyn diesel::result::DatabaseErrorInformation + Send + Sync> =
+                Box::new(message.to_owned());
+            let e = StoreError::from(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info));
+            assert!(e.to_string().contains("disk is full"), "{message}: {e:?}");
             assert!(matches!(e, StoreError::Unavailable(_)), "{message}: {e:?}");
         }
     }

@@ -114,6 +114,22 @@ impl HostProcess {
         Ok(started.elapsed())
     }
 
+    /// `kill -9` of the host (its workers die with it), then a new host on
+    /// the same configuration, database and listener.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGKILL);
+        self.child.wait()?;
+        let (child, url) = spawn(
+            &self.bothost,
+            &self.config,
+            self.dir.path(),
+            self.listener.as_ref(),
+        )?;
+        self.child = child;
+        self.url = url;
+        Ok(())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
