@@ -333,10 +333,8 @@ fn check(logs: &[UserLog], writes_lost: bool) -> usize {
                 End::Done {
                     status: s,
                     reply_id,
-                } => {
-                    if reply["id"].as_i64() != Some(*reply_id) || s != status {
-                        problems.push(format!("{who}: done named {reply_id} {s}, stored {reply}"));
-                    }
+                } if reply["id"].as_i64() != Some(*reply_id) || s != status => {
+                    problems.push(format!("{who}: done named {reply_id} {s}, stored {reply}"));
                 }
                 End::Failed { .. } if status == "complete" => {
                     problems.push(format!(
