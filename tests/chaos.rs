@@ -266,8 +266,11 @@ fn history(user: &ApiUser, conv: i64) -> Vec<Value> {
 /// holds now; `writes_lost`: the host was killed or its disk was full, so a
 /// partial reply may end before what was shown.
 /// Returns the number of turns checked.
-fn check(logs: &[UserLog], writes_lost: bool) -> usize {
+fn check(host: &HostProcess, logs: &[UserLog], writes_lost: bool) -> usize {
     let mut problems = Vec::new();
+    if let Some(line) = host.log().lines().find(|l| l.contains("panicked")) {
+        problems.push(format!("the host panicked: {line}"));
+    }
     let mut checked = 0;
     for log in logs {
         let rows = history(&log.user, log.conv);
@@ -397,7 +400,7 @@ fn workers_killed_mid_stream() {
         signal(pid, Signal::SIGKILL);
     }
     load.wait_turns(12);
-    let checked = check(&load.finish(), false);
+    let checked = check(&host, &load.finish(), false);
     assert!(checked >= 24, "{checked} turns");
 }
 
@@ -418,7 +421,7 @@ fn a_worker_hung_with_sigstop_then_resumed() {
     load.wait_turns(6);
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
     load.wait_turns(6);
-    check(&load.finish(), false);
+    check(&host, &load.finish(), false);
 }
 
 #[test]
@@ -438,7 +441,7 @@ fn the_host_killed_mid_stream_and_started_again() {
     }
     load.wait_turns(12);
     let logs = load.finish();
-    check(&logs, true);
+    check(&host, &logs, true);
     assert!(resent(&logs) > 0, "no turn was cut by the kills");
 }
 
@@ -460,7 +463,7 @@ fn a_rolling_restart_every_second_under_load() {
         );
     }
     load.wait_turns(6);
-    check(&load.finish(), false);
+    check(&host, &load.finish(), false);
 }
 
 /// An Ollama endpoint that goes away and comes back every second, with a
@@ -488,7 +491,7 @@ fn the_inference_primary_flapping_every_second() {
     }
     load.wait_turns(6);
     let logs = load.finish();
-    check(&logs, false);
+    check(&host, &logs, false);
     // Only a turn cut mid-stream by a kill fails (it had shown tokens, so
     // it cannot move): at most one per user per kill. The rest moved to the
     // steady server or waited for the primary's return.
@@ -548,7 +551,7 @@ fn the_sqlite_disk_full() {
     std::fs::remove_file(&filler).unwrap();
     load.wait_turns(8);
     let logs = load.finish();
-    check(&logs, true);
+    check(&host, &logs, true);
     assert!(resent(&logs) > 0, "the disk never filled");
 }
 
@@ -570,5 +573,5 @@ fn postgres_restarted_under_load() {
     }
     // Connections broken by the restarts are replaced as they are found.
     load.wait_turns(12);
-    check(&load.finish(), false);
+    check(&host, &load.finish(), false);
 }

@@ -36,6 +36,7 @@ use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::limits::WebSocketSlot;
@@ -157,7 +158,12 @@ struct WsSession {
     state: web::Data<AppState>,
     last_heard: Instant,
     /// Turns of this connection, by client message id.
-    turns: HashMap<String, AbortHandle>,
+    /// Turns of this connection, by client message id: cancelling one
+    /// stops forwarding its events, which cancels the turn (its reply is
+    /// stored as far as it got). Never aborted: an abort could cut a
+    /// SQLite call half-way, and diesel-async then blocks in place, which
+    /// panics on this single-threaded runtime.
+    turns: HashMap<String, CancellationToken>,
     status_task: Option<AbortHandle>,
     /// The host is shutting down: no new turns, close when the last ends.
     closing: bool,
@@ -212,7 +218,7 @@ impl Actor for WsSession {
     fn stopped(&mut self, _: &mut Self::Context) {
         // Dropping each turn's event stream cancels it; its reply is stored.
         for (_, turn) in self.turns.drain() {
-            turn.abort();
+            turn.cancel();
         }
         if let Some(task) = self.status_task.take() {
             task.abort();
@@ -346,7 +352,7 @@ impl WsSession {
             }
             Ok(ClientFrame::Cancel { client_msg_id }) => {
                 if let Some(turn) = self.turns.remove(&client_msg_id) {
-                    turn.abort();
+                    turn.cancel();
                     let e = ApiError::new(
                         actix_web::http::StatusCode::OK,
                         "cancelled",
@@ -469,7 +475,9 @@ impl WsSession {
         let (state, me, owner) = (self.state.clone(), ctx.address(), self.user.id);
         let cid = client_msg_id.to_owned();
         let claims = self.user.claims.clone();
-        let task = actix_rt::spawn(async move {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        actix_rt::spawn(async move {
             let _slot = slot;
             // The session may have ended since the connection opened
             // (logged out everywhere, password changed, account removed).
@@ -493,18 +501,27 @@ impl WsSession {
                     return;
                 }
             };
+            if stopped.is_cancelled() {
+                return;
+            }
             let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
             let (tx, mut rx) = mpsc::unbounded_channel();
-            // Detached: the reply is stored even if this forwarder is
-            // aborted (cancel) or the connection dies.
+            // Detached: the reply is stored even if this forwarder stops
+            // (cancel) or the connection dies.
             state.chats.spawn(conv, cid.clone(), content, window, tx);
-            while let Some(event) = rx.recv().await {
-                me.do_send(Push(frame(&cid, event)));
+            loop {
+                tokio::select! {
+                    biased;
+                    () = stopped.cancelled() => return,
+                    event = rx.recv() => match event {
+                        Some(event) => me.do_send(Push(frame(&cid, event))),
+                        None => break,
+                    },
+                }
             }
             me.do_send(TurnEnded(cid));
         });
-        self.turns
-            .insert(client_msg_id.to_owned(), task.abort_handle());
+        self.turns.insert(client_msg_id.to_owned(), stop);
         Ok(())
     }
 }
