@@ -132,7 +132,7 @@ async fn a_conversation_is_visible_to_its_owner_only_and_lists_by_activity() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         s.append_user_message(first, "x", "hi").await.unwrap();
         let list: Vec<i64> = s
-            .conversations(alice, 10)
+            .conversations(alice, 10, None)
             .await
             .unwrap()
             .iter()

@@ -310,17 +310,71 @@ impl Store {
     }
 
     /// `owner`'s conversations, most recently active first.
+    /// Those after `after` (a conversation of the page before) when given.
     pub async fn conversations(
         &self,
         owner_id: i64,
         limit: u32,
+        after: Option<&Conversation>,
     ) -> Result<Vec<Conversation>, StoreError> {
         let limit = i64::from(limit.clamp(1, MAX_PAGE));
+        // The order's key, (updated_at, id), strictly below the last seen.
+        let (updated, id) = after.map_or((i64::MAX, i64::MAX), |c| (c.updated_at, c.id));
         with_conn!(self, "conversations", |conn| conversations::table
             .filter(conversations::owner_id.eq(owner_id))
+            .filter(
+                conversations::updated_at
+                    .lt(updated)
+                    .or(conversations::updated_at
+                        .eq(updated)
+                        .and(conversations::id.lt(id))),
+            )
             .order((conversations::updated_at.desc(), conversations::id.desc()))
             .limit(limit)
             .select(Conversation::as_select())
+            .load(conn)
+            .await)
+    }
+
+    /// Renames `owner`'s conversation `id`; `None` when there is no such
+    /// conversation of theirs.
+    pub async fn rename_conversation(
+        &self,
+        owner_id: i64,
+        id: i64,
+        title: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        with_conn!(self, write "rename_conversation", |conn| diesel::update(
+            conversations::table
+                .find(id)
+                .filter(conversations::owner_id.eq(owner_id))
+        )
+        .set(conversations::title.eq(title))
+        .returning(Conversation::as_returning())
+        .get_result(conn)
+        .await
+        .optional())
+    }
+
+    /// Deletes `owner`'s conversation `id` with its messages (`ON DELETE
+    /// CASCADE`); false when there is no such conversation of theirs.
+    pub async fn delete_conversation(&self, owner_id: i64, id: i64) -> Result<bool, StoreError> {
+        with_conn!(self, write "delete_conversation", |conn| diesel::delete(
+            conversations::table
+                .find(id)
+                .filter(conversations::owner_id.eq(owner_id))
+        )
+        .execute(conn)
+        .await)
+        .map(|n| n > 0)
+    }
+
+    /// Every message of a conversation, oldest first (an export).
+    pub async fn all_messages(&self, conversation_id: i64) -> Result<Vec<Message>, StoreError> {
+        with_conn!(self, "all_messages", |conn| messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .order(messages::id.asc())
+            .select(Message::as_select())
             .load(conn)
             .await)
     }

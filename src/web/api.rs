@@ -10,11 +10,12 @@ use tokio::sync::mpsc;
 
 use super::auth::{hash_password, hashing, verify_password};
 use super::error::ApiError;
+use super::manage::{check_credentials, owned, session};
 use super::sessions::AuthUser;
 use super::state::AppState;
 use crate::chat::ChatEvent;
 use crate::status::{RestartErrorCode, RestartReason};
-use crate::store::{Conversation, StoreError, User, UserChange, UserRole, MAX_PAGE};
+use crate::store::{StoreError, UserRole, MAX_PAGE};
 use crate::supervisor::{restart_all, rolling_restart, GetStatus, RestartBot};
 
 /// One table registers every API route and lists it for the OpenAPI test,
@@ -39,17 +40,24 @@ api_routes! {
     API_ROUTES, routes;
     post "/api/v1/auth/register" => register,
     post "/api/v1/auth/login" => login,
-    post "/api/v1/auth/logout-all" => logout_all,
-    post "/api/v1/auth/password" => change_password,
+    post "/api/v1/auth/logout-all" => super::manage::logout_all,
+    post "/api/v1/auth/password" => super::manage::change_password,
+    delete "/api/v1/account" => super::manage::delete_account,
     get "/api/v1/bots" => bots,
     post "/api/v1/conversations" => create_conversation,
     get "/api/v1/conversations" => conversations,
+    patch "/api/v1/conversations/{id}" => super::manage::rename_conversation,
+    delete "/api/v1/conversations/{id}" => super::manage::delete_conversation,
+    get "/api/v1/conversations/{id}/export" => super::manage::export_conversation,
     get "/api/v1/conversations/{id}/messages" => history,
     post "/api/v1/conversations/{id}/messages" => post_message,
     get "/api/v1/ws" => super::ws::connect,
     get "/api/v1/admin/bots" => admin_bots,
     post "/api/v1/admin/bots/{name}/restart" => admin_restart_bot,
     post "/api/v1/admin/restart" => admin_restart_all,
+    get "/api/v1/admin/users" => super::manage::admin_users,
+    post "/api/v1/admin/users/{id}/disable" => super::manage::admin_disable_user,
+    post "/api/v1/admin/users/{id}/enable" => super::manage::admin_enable_user,
     get "/api/v1/openapi.json" => openapi,
 }
 
@@ -58,37 +66,6 @@ api_routes! {
 struct Credentials {
     username: String,
     password: String,
-}
-
-/// The rules for a new account, as a plain function.
-pub fn check_credentials(username: &str, password: &str) -> Result<(), ApiError> {
-    // The OpenAPI document states this rule as a pattern.
-    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    let name_ok = (3..=32).contains(&username.len())
-        && username
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && ends_ok(username.chars().next())
-        && ends_ok(username.chars().last());
-    if !name_ok {
-        return Err(ApiError::bad_request(
-            "invalid_username",
-            "a username is 3 to 32 letters, digits, '.', '-' or '_', starting and ending \
-             with a letter or digit",
-        ));
-    }
-    if !(8..=256).contains(&password.chars().count()) {
-        return Err(ApiError::bad_request(
-            "invalid_password",
-            "a password is 8 to 256 characters",
-        ));
-    }
-    Ok(())
-}
-
-fn session(state: &AppState, user: &User) -> Result<serde_json::Value, ApiError> {
-    let (token, expires_at) = state.auth.issue(user)?;
-    Ok(json!({"token": token, "expires_at": expires_at, "user": user}))
 }
 
 async fn register(
@@ -152,69 +129,6 @@ async fn login(
             "wrong username or password",
         )),
     }
-}
-
-/// Applies `change` to the caller's account, which ends all its sessions
-/// (this host forgets its view at once; others within `sessions::RECHECK`).
-async fn change_account(
-    state: &AppState,
-    user: &AuthUser,
-    change: UserChange,
-) -> Result<User, ApiError> {
-    let updated = state.store.update_user(user.id, change).await?;
-    state.sessions.forget(user.id);
-    updated.ok_or_else(super::sessions::session_ended)
-}
-
-/// `POST /auth/logout-all`: every token of the caller stops working,
-/// this one included.
-async fn logout_all(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
-    change_account(&state, &user, UserChange::default()).await?;
-    Ok(HttpResponse::NoContent().finish())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PasswordChange {
-    current_password: String,
-    new_password: String,
-}
-
-/// `POST /auth/password`: needs the current password; ends every other
-/// session and answers with a fresh one for this client.
-async fn change_password(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    user: AuthUser,
-    body: web::Json<PasswordChange>,
-) -> Result<HttpResponse, ApiError> {
-    state.limits.login(req.peer_addr().map(|a| a.ip()))?;
-    let PasswordChange {
-        current_password,
-        new_password,
-    } = body.into_inner();
-    check_credentials(&user.name, &new_password)?;
-    let stored = state
-        .store
-        .user(user.id)
-        .await?
-        .ok_or_else(super::sessions::session_ended)?;
-    let hash = stored.password_hash;
-    let ok = hashing(move || verify_password(&current_password, Some(&hash))).await?;
-    if !ok {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "invalid_credentials",
-            "the current password is wrong",
-        ));
-    }
-    let hash = hashing(move || hash_password(&new_password)).await??;
-    let change = UserChange {
-        password_hash: Some(hash),
-        ..UserChange::default()
-    };
-    let updated = change_account(&state, &user, change).await?;
-    Ok(HttpResponse::Ok().json(session(&state, &updated)?))
 }
 
 async fn bots(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
@@ -327,18 +241,16 @@ async fn conversations(
     user: AuthUser,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
-    let list = state.store.conversations(user.id, page.limit()?).await?;
-    Ok(HttpResponse::Ok().json(list))
-}
-
-/// `user`'s conversation `id`; someone else's is "not found", the same as
-/// one that does not exist, so ids reveal nothing.
-async fn owned(state: &AppState, user: &AuthUser, id: i64) -> Result<Conversation, ApiError> {
-    state
+    // `before`: the last conversation of the previous page.
+    let after = match page.before {
+        Some(id) => Some(owned(&state, &user, id).await?),
+        None => None,
+    };
+    let list = state
         .store
-        .conversation(user.id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("the conversation"))
+        .conversations(user.id, page.limit()?, after.as_ref())
+        .await?;
+    Ok(HttpResponse::Ok().json(list))
 }
 
 async fn history(

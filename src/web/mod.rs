@@ -12,6 +12,7 @@ pub mod auth;
 mod caller;
 pub mod error;
 mod limits;
+mod manage;
 mod page;
 pub mod sessions;
 mod state;
@@ -25,10 +26,11 @@ use serde_json::json;
 
 use crate::status::{BotState, StatusReport};
 use crate::supervisor::GetStatus;
-pub use api::{check_credentials, API_ROUTES};
+pub use api::API_ROUTES;
 pub use auth::Auth;
 use error::ApiError;
 pub use limits::Limits;
+pub use manage::check_credentials;
 pub use state::AppState;
 
 /// Registers every route. Bodies over `limits.max_body` and malformed JSON
