@@ -1,5 +1,7 @@
-// bothost web page. Plain script, no build step. Message text is only ever
-// set with textContent, never parsed as HTML.
+// bothost web page. Plain script, no build step. A user's text is only ever
+// set with textContent. A bot's reply is Markdown: marked turns it into
+// HTML, which only DOMPurify reads, handing back DOM nodes (no HTML string
+// ever reaches the page); the vendored libraries are in /static/vendor/.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,7 +9,8 @@ const state = {
   token: localStorage.getItem("bothost.token"),
   user: JSON.parse(localStorage.getItem("bothost.user") || "null"),
   bots: new Map(),          // name -> status
-  conversation: null,       // {id, bot}
+  conversation: null,       // {id, bot, title}
+  lastConversation: null,   // the last one listed: where "More…" goes on
   pending: new Map(),       // client_msg_id -> {conversationId, content, acked}
   ws: null,
   retry: 0,
@@ -62,6 +65,7 @@ function logout() {
   $("chat-view").hidden = true;
   $("login-view").hidden = false;
   $("logout").hidden = true;
+  $("account").hidden = true;
   $("banner").hidden = true;
   $("who").textContent = "";
 }
@@ -70,6 +74,7 @@ async function enter() {
   $("login-view").hidden = true;
   $("chat-view").hidden = false;
   $("logout").hidden = false;
+  $("account").hidden = false;
   $("who").textContent = state.user ? state.user.username : "";
   connect();
   await Promise.all([loadBots(), loadConversations()]);
@@ -99,18 +104,64 @@ function renderBots() {
   }
 }
 
-async function loadConversations() {
+async function loadConversations(more) {
   const list = $("conversations");
-  list.replaceChildren();
-  for (const c of await api("GET", "/conversations")) {
-    const li = document.createElement("li");
-    li.dataset.conversation = c.id;
-    li.textContent = c.bot + " #" + c.id;
-    if (state.conversation && state.conversation.id === c.id) li.classList.add("active");
-    li.onclick = () => openConversation(c);
-    list.append(li);
-  }
+  if (!more) { list.replaceChildren(); state.lastConversation = null; }
+  const after = more && state.lastConversation ? `&before=${state.lastConversation}` : "";
+  const page = await api("GET", `/conversations?limit=50${after}`);
+  for (const c of page) list.append(conversationItem(c));
+  if (page.length) state.lastConversation = page[page.length - 1].id;
+  $("more-conversations").hidden = page.length < 50;
 }
+
+function conversationItem(c) {
+  const li = document.createElement("li");
+  li.dataset.conversation = c.id;
+  const title = document.createElement("span");
+  title.className = "conv-title";
+  title.textContent = c.title || c.bot + " #" + c.id;
+  const actions = document.createElement("span");
+  actions.className = "conv-actions";
+  const rename = document.createElement("button");
+  rename.type = "button";
+  rename.textContent = "✎";
+  rename.setAttribute("aria-label", "Rename");
+  rename.onclick = (e) => { e.stopPropagation(); renameConversation(c); };
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.textContent = "✕";
+  remove.setAttribute("aria-label", "Delete");
+  remove.onclick = (e) => { e.stopPropagation(); deleteConversation(c); };
+  actions.append(rename, remove);
+  li.append(title, actions);
+  if (state.conversation && state.conversation.id === c.id) li.classList.add("active");
+  li.onclick = () => openConversation(c);
+  return li;
+}
+
+async function renameConversation(c) {
+  const title = prompt("A new title for this conversation:", c.title || "");
+  if (title === null || !title.trim()) return;
+  const renamed = await api("PATCH", `/conversations/${c.id}`, { title });
+  Object.assign(c, renamed);
+  if (state.conversation && state.conversation.id === c.id) $("chat-title").textContent = chatTitle(c);
+  await loadConversations();
+}
+
+async function deleteConversation(c) {
+  if (!confirm(`Delete "${c.title || c.bot + " #" + c.id}" and all its messages? This cannot be undone.`)) return;
+  await api("DELETE", `/conversations/${c.id}`);
+  if (state.conversation && state.conversation.id === c.id) {
+    state.conversation = null;
+    $("messages").replaceChildren();
+    $("chat-title").textContent = "Pick a bot to start a conversation.";
+    $("input").disabled = true;
+    $("send").disabled = true;
+  }
+  await loadConversations();
+}
+
+function chatTitle(c) { return c.title ? `${c.title} (${c.bot})` : "Chat with " + c.bot; }
 
 async function startConversation(bot) {
   const c = await api("POST", "/conversations", { bot });
@@ -120,7 +171,7 @@ async function startConversation(bot) {
 
 async function openConversation(c) {
   state.conversation = c;
-  $("chat-title").textContent = "Chat with " + c.bot;
+  $("chat-title").textContent = chatTitle(c);
   $("input").disabled = false;
   $("send").disabled = false;
   for (const li of $("conversations").children) li.classList.toggle("active", li.dataset.conversation == c.id);
@@ -143,8 +194,103 @@ function bubble(key, role) {
   return el;
 }
 
-function setText(el, text) { el.querySelector(".text").textContent = text; }
-function appendText(el, text) { el.querySelector(".text").textContent += text; }
+// ---- Markdown --------------------------------------------------------------
+// Links open in a new tab and cannot reach back into this page.
+if (window.DOMPurify) {
+  DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A") {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer");
+    }
+  });
+}
+
+// HTML written into a reply is shown as text, like the rest of it: a bot
+// quoting markup must not produce markup (DOMPurify below is the second
+// line of defence, not the first).
+function escapeHtml(s) {
+  return s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+if (window.marked) marked.use({ renderer: { html(token) { return escapeHtml(token.text || ""); } } });
+
+// Markdown to sanitized DOM nodes; code blocks highlighted, with a copy
+// button. Without the libraries (they failed to load) it stays plain text.
+function markdown(text) {
+  if (!window.marked || !window.DOMPurify) return document.createTextNode(text);
+  const html = marked.parse(text, { gfm: true });
+  const frag = DOMPurify.sanitize(html, { RETURN_DOM_FRAGMENT: true, FORBID_TAGS: ["style", "form", "input", "button"] });
+  for (const code of frag.querySelectorAll("pre code")) {
+    if (window.hljs) hljs.highlightElement(code);
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.textContent = "Copy";
+    copy.onclick = () => navigator.clipboard.writeText(code.textContent).then(() => { copy.textContent = "Copied"; });
+    code.parentElement.append(copy);
+  }
+  return frag;
+}
+
+// An assistant bubble's Markdown source, and how much of it is rendered
+// for good. While a reply streams, the blocks before its last paragraph
+// break (outside a code fence) cannot change: they are rendered once and
+// kept, and only the tail is rendered again, at most every 80 ms. So a
+// long reply costs about its length, not its length squared, and nothing
+// above the tail flickers. The end renders the whole once more.
+const sources = new WeakMap();
+
+function setText(el, text) {
+  if (!el.classList.contains("assistant")) { el.querySelector(".text").textContent = text; return; }
+  const src = sources.get(el) || {};
+  clearTimeout(src.timer);
+  sources.set(el, { text, stable: 0, timer: null });
+  el.querySelector(".text").replaceChildren(markdown(text));
+}
+
+function appendText(el, text) {
+  if (!el.classList.contains("assistant")) { el.querySelector(".text").textContent += text; return; }
+  let src = sources.get(el);
+  if (!src) { src = { text: "", stable: 0, timer: null }; sources.set(el, src); }
+  src.text += text;
+  if (!src.timer) src.timer = setTimeout(() => { src.timer = null; renderTail(el, src); }, 80);
+}
+
+function renderTail(el, src) {
+  const box = el.querySelector(".text");
+  let done = box.querySelector(":scope > .md-done");
+  let tail = box.querySelector(":scope > .md-tail");
+  if (!done || !tail) {
+    done = document.createElement("div"); done.className = "md-done";
+    tail = document.createElement("div"); tail.className = "md-tail";
+    box.replaceChildren(done, tail);
+    src.stable = 0;
+  }
+  const cut = stableEnd(src.text, src.stable);
+  if (cut > src.stable) { done.append(markdown(src.text.slice(src.stable, cut))); src.stable = cut; }
+  tail.replaceChildren(markdown(src.text.slice(src.stable)));
+  scrollDown();
+}
+
+// Where the text from `from` on stops being able to change: after its last
+// blank line that is not inside a ``` fence (`from` is never inside one).
+function stableEnd(text, from) {
+  let inFence = false, end = from, pos = from;
+  while (pos < text.length) {
+    const nl = text.indexOf("\n", pos);
+    if (nl < 0) break;
+    const line = text.slice(pos, nl);
+    if (/^\s*(```|~~~)/.test(line)) inFence = !inFence;
+    else if (!inFence && line.trim() === "" && pos > from) end = nl + 1;
+    pos = nl + 1;
+  }
+  return end;
+}
+
+// The streamed reply, rendered whole now that it is complete.
+function finishText(el) {
+  const src = sources.get(el);
+  if (src) setText(el, src.text);
+}
 function note(el, text) {
   let n = el.querySelector(".note");
   if (!n) { n = document.createElement("span"); n.className = "note"; el.append(n); }
@@ -265,7 +411,7 @@ function onFrame(f) {
     case "done": {
       state.pending.delete(id);
       const r = document.querySelector(`[data-client="${CSS.escape(id)}"]`);
-      if (r) { r.classList.remove("streaming"); r.dataset.messageId = f.message_id; }
+      if (r) { r.classList.remove("streaming"); r.dataset.messageId = f.message_id; finishText(r); }
       if (f.status === "partial" && r) note(r, "(reply cut off)");
       break;
     }
@@ -284,7 +430,7 @@ function onFrame(f) {
       state.pending.delete(id);
       const r = id && document.querySelector(`[data-client="${CSS.escape(id)}"]`);
       const target = r || (id ? bubble("u:" + id, "user") : null);
-      if (r) r.classList.remove("streaming");
+      if (r) { r.classList.remove("streaming"); finishText(r); }
       if (target) note(target, f.message);
       break;
     }
@@ -293,7 +439,46 @@ function onFrame(f) {
       renderBots();
       break;
   }
+  $("stop").hidden = !document.querySelector(".msg.assistant.streaming");
   scrollDown();
+}
+
+// Stops every reply streaming in view; what was shown is kept (`partial`).
+function stop() {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  for (const r of document.querySelectorAll(".msg.assistant.streaming")) {
+    state.ws.send(JSON.stringify({ type: "cancel", client_msg_id: r.dataset.client }));
+  }
+}
+
+// ---- account ---------------------------------------------------------------
+async function changePassword() {
+  const current = prompt("Your current password:");
+  if (current === null) return;
+  const next = prompt("The new password (8 characters or more):");
+  if (next === null) return;
+  try {
+    const session = await api("POST", "/auth/password", { current_password: current, new_password: next });
+    state.token = session.token;
+    localStorage.setItem("bothost.token", state.token);
+    alert("Password changed. Your other sessions have ended.");
+    if (state.ws) state.ws.close();   // reconnects with the new token
+  } catch (e) { alert(e.message); }
+}
+
+async function logoutEverywhere() {
+  if (!confirm("Log out on every device, this one included?")) return;
+  try { await api("POST", "/auth/logout-all"); } catch (e) { /* over either way */ }
+  logout();
+}
+
+async function deleteAccount() {
+  const password = prompt("Deleting your account deletes all your conversations, for good. Your password to confirm:");
+  if (password === null) return;
+  try {
+    await api("DELETE", "/account", { password });
+    logout();
+  } catch (e) { alert(e.message); }
 }
 
 // ---- start -----------------------------------------------------------------
@@ -302,4 +487,10 @@ $("register").onclick = () => signIn("/auth/register");
 $("logout").onclick = logout;
 $("composer").onsubmit = send;
 $("input").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); } };
+$("stop").onclick = stop;
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") stop(); });
+$("more-conversations").onclick = () => loadConversations(true);
+$("change-password").onclick = changePassword;
+$("logout-all").onclick = logoutEverywhere;
+$("delete-account").onclick = deleteAccount;
 if (state.token) enter().catch(() => logout());

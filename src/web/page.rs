@@ -30,6 +30,7 @@ async fn serve(path: &str) -> HttpResponse {
             .content_type(content_type(path))
             .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
             .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .insert_header((header::REFERRER_POLICY, "no-referrer"))
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .body(file.data.into_owned()),
         None => super::error::ApiError::not_found("that file").error_response(),
@@ -42,6 +43,7 @@ fn content_type(path: &str) -> &'static str {
         Some("html") => "text/html",
         Some("js" | "mjs") => "text/javascript",
         Some("css") => "text/css",
+        Some("txt") => "text/plain; charset=utf-8",
         Some("json") => "application/json",
         Some("svg") => "image/svg+xml",
         Some("png") => "image/png",

@@ -28,6 +28,12 @@ page.on("console", (m) => console.log("console:", m.text()));
 let wsBlocked = false;
 let restartNext = false;
 let busyNext = false;
+// A reply the proxy plays itself, for what the builtin bot cannot write
+// (code blocks, links, tables) and for a reply that streams until stopped.
+const MARKDOWN = "# Plan\n\nFirst:\n\n```js\nconst answer = 42;\n```\n\n" +
+  "[docs](https://example.com/docs) and [trap](javascript:window.pwned=2)\n\n" +
+  "| a | b |\n|---|---|\n| 1 | 2 |\n\n<script>window.pwned=3</script>\n";
+let scripted = null;   // {content, chunks, hold}: a "send" with this content
 const sockets = [];
 await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
   if (wsBlocked) { ws.close(); return; }
@@ -39,6 +45,26 @@ await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
       busyNext = false;
       ws.send(JSON.stringify({ type: "error", client_msg_id: frame.client_msg_id, code: "in_progress",
                                message: "this message is still being answered" }));
+      return;
+    }
+    if (scripted && frame.type === "send" && frame.content === scripted.content) {
+      const id = frame.client_msg_id;
+      const play = scripted;
+      scripted = null;
+      ws.send(JSON.stringify({ type: "ack", client_msg_id: id, message_id: 900001, replay: false }));
+      (async () => {
+        for (const text of play.chunks) {
+          ws.send(JSON.stringify({ type: "delta", client_msg_id: id, text }));
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        if (!play.hold) ws.send(JSON.stringify({ type: "done", client_msg_id: id, message_id: 900002, status: "complete" }));
+      })();
+      return;
+    }
+    // Stop: as the host does, an error frame `cancelled`.
+    if (frame.type === "cancel" && frame.client_msg_id) {
+      ws.send(JSON.stringify({ type: "error", client_msg_id: frame.client_msg_id, code: "cancelled",
+                               message: "cancelled; what was written so far is kept" }));
       return;
     }
     if (restartNext && frame.type === "send") {
@@ -149,6 +175,69 @@ try {
   if (await page.locator("li.msg .note").count() !== 0) fail("a finished reply is stored as cut off or failed");
   step("after a reload the stored history holds each message once");
   await page.screenshot({ path: `${shots}/3-history.png` });
+
+  // Replies are Markdown, rendered safely and progressively.
+  await say("make **this** bold and `that` code");
+  // Shown as rendered: the marks are gone from the text.
+  const marked = "make this bold and that code";
+  await finished(marked).waitFor();
+  if (await reply(marked).locator("strong", { hasText: "this" }).count() !== 1
+      || await reply(marked).locator("code", { hasText: "that" }).count() !== 1)
+    fail("a reply's Markdown was not rendered");
+  const chunks = MARKDOWN.match(/[\s\S]{1,7}/g);
+  scripted = { content: "show me a plan", chunks, hold: false };
+  await say("show me a plan");
+  const plan = page.locator("li.msg.assistant", { hasText: "const answer = 42;" }).and(page.locator(":not(.streaming)"));
+  await plan.waitFor();
+  const checks = {
+    "a heading": await plan.locator("h1", { hasText: "Plan" }).count() === 1,
+    "a highlighted code block": await plan.locator("pre code.hljs").count() === 1,
+    "a copy button": await plan.locator("pre button.copy").count() === 1,
+    "a safe link": await plan.locator('a[href="https://example.com/docs"][rel="noopener noreferrer"][target="_blank"]').count() === 1,
+    "no javascript: link": await plan.locator('a[href^="javascript"]').count() === 0,
+    "a table": await plan.locator("table td", { hasText: "2" }).count() === 1,
+    "no script": await page.locator("#messages script").count() === 0,
+    "nothing ran": !(await page.evaluate(() => window.pwned)),
+  };
+  for (const [what, ok] of Object.entries(checks)) if (!ok) fail(`Markdown: ${what} missing`);
+  step("Markdown: heading, highlighted code with a copy button, safe links, a table; no script");
+
+  // Stop: a reply that would stream on; the button (or Esc) stops it and
+  // what was shown stays.
+  scripted = { content: "talk for ever", chunks: ["one ", "two ", "three "], hold: true };
+  await say("talk for ever");
+  await page.waitForSelector("#stop:not([hidden])");
+  await page.locator("li.msg.assistant.streaming", { hasText: "three" }).waitFor();
+  await page.keyboard.press("Escape");
+  await page.waitForSelector("#stop", { state: "hidden" });
+  const stopped = page.locator("li.msg.assistant", { hasText: "one two three" });
+  if (await stopped.locator(".note", { hasText: "cancelled" }).count() !== 1)
+    fail("a stopped reply should keep its text and say it was cancelled");
+  step("Esc stopped a streaming reply; its text stays");
+
+  // Rename and delete conversations.
+  page.once("dialog", (d) => d.accept("Trip plans"));
+  await page.click('#conversations li.active button[aria-label="Rename"]');
+  await page.locator("#conversations li .conv-title", { hasText: "Trip plans" }).waitFor();
+  if (!(await page.textContent("#chat-title")).includes("Trip plans")) fail("the open conversation's title did not change");
+  await page.click('#bots li[data-bot="fast"]');
+  await page.waitForFunction(() => document.querySelectorAll("#conversations li").length === 2);
+  page.once("dialog", (d) => d.accept());
+  await page.click('#conversations li.active button[aria-label="Delete"]');
+  await page.waitForFunction(() => document.querySelectorAll("#conversations li").length === 1);
+  step("renamed a conversation and deleted another");
+
+  // A phone, and the dark theme.
+  await page.setViewportSize({ width: 375, height: 720 });
+  await page.click("#conversations li");
+  await reply("hello browser").waitFor();
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth);
+  if (overflow > 375) fail(`the page is ${overflow} px wide on a 375 px phone`);
+  await page.emulateMedia({ colorScheme: "dark" });
+  const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  if (bg !== "rgb(21, 23, 28)") fail(`the dark theme is not applied (${bg})`);
+  await page.screenshot({ path: `${shots}/4-phone-dark.png` });
+  step("fits a 375 px phone; follows the dark color scheme");
 } catch (e) {
   await page.screenshot({ path: `${shots}/failure.png` }).catch(() => {});
   console.error("FAILED:", e.message);
