@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::web::{client, login, register, ApiUser};
+use common::web::{client, error_code, login, register, ApiUser};
 use common::*;
 use serde_json::{json, Value};
 
@@ -16,15 +16,6 @@ fn config(db_url: &str) -> String {
         "{FAST_SUPERVISOR}\n[database]\nurl = \"{db_url}\"\n[backup]\nschedule = \"off\"\n\
          [auth]\njwt_secret = \"{SECRET}\"\n[limits]\nconversations_per_minute_per_user = 1000\n{}",
         bots(&["fast"])
-    )
-}
-
-fn code(res: reqwest::blocking::Response) -> (u16, String) {
-    let status = res.status().as_u16();
-    let body: Value = res.json().unwrap_or(Value::Null);
-    (
-        status,
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
     )
 }
 
@@ -97,7 +88,7 @@ fn everything(host: &TestHost) {
     .unwrap();
     assert_eq!(renamed["title"], "Trip plans");
     assert_eq!(
-        code(send(
+        error_code(send(
             &alice,
             reqwest::Method::PATCH,
             &path,
@@ -106,7 +97,7 @@ fn everything(host: &TestHost) {
         (400, "invalid_title".into())
     );
     assert_eq!(
-        code(send(
+        error_code(send(
             &bob,
             reqwest::Method::PATCH,
             &path,
@@ -170,7 +161,7 @@ fn everything(host: &TestHost) {
     host.add_user("root", true);
     let root = login(&host.url, "root").expect("root");
     assert_eq!(
-        code(alice.get("/api/v1/admin/users")),
+        error_code(alice.get("/api/v1/admin/users")),
         (403, "forbidden".into())
     );
     let users: Vec<Value> = root.get("/api/v1/admin/users").json().unwrap();
@@ -186,7 +177,7 @@ fn everything(host: &TestHost) {
         .unwrap();
     assert!(res["disabled_at"].is_i64(), "{res}");
     assert_eq!(
-        code(bob.get("/api/v1/bots")),
+        error_code(bob.get("/api/v1/bots")),
         (403, "account_disabled".into())
     );
     assert!(login(&host.url, "bob").is_none());
@@ -194,7 +185,7 @@ fn everything(host: &TestHost) {
         .as_i64()
         .unwrap();
     assert_eq!(
-        code(root.post(&format!("/api/v1/admin/users/{root_id}/disable"), json!({}))),
+        error_code(root.post(&format!("/api/v1/admin/users/{root_id}/disable"), json!({}))),
         (409, "cannot_disable_self".into())
     );
     root.post(&format!("/api/v1/admin/users/{bob_id}/enable"), json!({}));
@@ -202,7 +193,7 @@ fn everything(host: &TestHost) {
 
     // Account deletion: the password again, then everything goes.
     assert_eq!(
-        code(send(
+        error_code(send(
             &alice,
             reqwest::Method::DELETE,
             "/api/v1/account",
@@ -221,7 +212,7 @@ fn everything(host: &TestHost) {
         204
     );
     assert_eq!(
-        code(alice.get("/api/v1/conversations")),
+        error_code(alice.get("/api/v1/conversations")),
         (401, "session_ended".into())
     );
     assert!(login(&host.url, "alice").is_none());

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use common::web::{client, register};
+use common::web::{client, error_code, register};
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -28,15 +28,6 @@ fn host(extra: &str) -> TestHost {
     ))
 }
 
-fn code(res: reqwest::blocking::Response) -> (u16, String) {
-    let status = res.status().as_u16();
-    let body: Value = res.json().unwrap_or(Value::Null);
-    (
-        status,
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
-    )
-}
-
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -47,7 +38,7 @@ fn unsigned_tampered_and_other_algorithm_tokens_are_refused() {
     let host = host("");
     let alice = register(&host.url, "alice");
     let get = |token: &str| {
-        code(
+        error_code(
             client()
                 .get(format!("{}/api/v1/bots", host.url))
                 .bearer_auth(token)
@@ -93,17 +84,8 @@ fn chunked_and_non_utf8_bodies_are_read_within_the_limit() {
     let host = host("[limits]\nmax_body = \"4KB\"\n");
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("fast");
-    let path = format!("{}/api/v1/conversations/{conv}/messages", host.url);
-    let post = |body: reqwest::blocking::Body| {
-        alice
-            .client
-            .post(&path)
-            .bearer_auth(&alice.token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .unwrap()
-    };
+    let path = format!("/api/v1/conversations/{conv}/messages");
+    let post = |body: reqwest::blocking::Body| alice.post_raw(&path, body);
     // No Content-Length: reqwest sends a reader's body chunked.
     let chunked = |bytes: Vec<u8>| reqwest::blocking::Body::new(std::io::Cursor::new(bytes));
     let res = post(chunked(
@@ -115,11 +97,11 @@ fn chunked_and_non_utf8_bodies_are_read_within_the_limit() {
         "x".repeat(64 * 1024)
     );
     assert_eq!(
-        code(post(chunked(big.into_bytes()))),
+        error_code(post(chunked(big.into_bytes()))),
         (413, "too_large".into())
     );
     let bad = b"{\"client_msg_id\":\"c3\",\"content\":\"\xff\xfe\"}".to_vec();
-    assert_eq!(code(post(chunked(bad))), (400, "invalid_json".into()));
+    assert_eq!(error_code(post(chunked(bad))), (400, "invalid_json".into()));
     let history = alice.history(conv);
     assert_eq!(history.len(), 2, "only the valid message and its reply");
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::web::{client, login, register, ApiUser};
+use common::web::{client, error_code, login, register, ApiUser};
 use common::*;
 use serde_json::{json, Value};
 
@@ -25,22 +25,13 @@ fn host() -> TestHost {
     ))
 }
 
-fn code(res: reqwest::blocking::Response) -> (u16, String) {
-    let status = res.status().as_u16();
-    let body: Value = res.json().unwrap_or(Value::Null);
-    (
-        status,
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
-    )
-}
-
 /// Waits until `user`'s `GET path` answers `want` (status, error code).
 fn wait_for_answer(host: &TestHost, user: &ApiUser, path: &str, want: (u16, &str)) {
     host.wait_for(
         &format!("GET {path} to answer {want:?}"),
         RECHECK_LIMIT,
         || {
-            let (status, c) = code(user.get(path));
+            let (status, c) = error_code(user.get(path));
             (status == want.0 && c == want.1).then_some(())
         },
     );
@@ -76,8 +67,8 @@ fn logging_out_everywhere_ends_rest_and_websocket_sessions_at_once() {
         assert_eq!(res.status(), 204);
         // At once on this host, for both tokens.
         let (a, p) = std::thread::scope(|s| {
-            let a = s.spawn(|| code(alice.get("/api/v1/bots")));
-            let p = s.spawn(|| code(phone.get("/api/v1/conversations")));
+            let a = s.spawn(|| error_code(alice.get("/api/v1/bots")));
+            let p = s.spawn(|| error_code(phone.get("/api/v1/conversations")));
             (a.join().unwrap(), p.join().unwrap())
         });
         assert_eq!(a, (401, "session_ended".into()));
@@ -108,12 +99,12 @@ fn a_password_change_needs_the_old_one_and_ends_other_sessions() {
         "/api/v1/auth/password",
         json!({"current_password": "not it at all", "new_password": "a brand new secret"}),
     );
-    assert_eq!(code(res), (403, "invalid_credentials".into()));
+    assert_eq!(error_code(res), (403, "invalid_credentials".into()));
     let res = alice.post(
         "/api/v1/auth/password",
         json!({"current_password": PASSWORD, "new_password": "short"}),
     );
-    assert_eq!(code(res), (400, "invalid_password".into()));
+    assert_eq!(error_code(res), (400, "invalid_password".into()));
     assert_eq!(
         alice.get("/api/v1/bots").status(),
         200,
@@ -133,11 +124,11 @@ fn a_password_change_needs_the_old_one_and_ends_other_sessions() {
     };
     assert_eq!(fresh.get("/api/v1/bots").status(), 200);
     assert_eq!(
-        code(alice.get("/api/v1/bots")),
+        error_code(alice.get("/api/v1/bots")),
         (401, "session_ended".into())
     );
     assert_eq!(
-        code(other.get("/api/v1/bots")),
+        error_code(other.get("/api/v1/bots")),
         (401, "session_ended".into())
     );
     assert!(login(&host.url, "alice").is_none(), "the old password");
@@ -182,7 +173,7 @@ fn operators_demote_disable_enable_reset_and_delete_accounts_from_the_cli() {
     wait_for_answer(&host, &root, "/api/v1/admin/bots", (401, "session_ended"));
     let root = login(&host.url, "root").expect("root logs in again");
     assert_eq!(
-        code(root.get("/api/v1/admin/bots")),
+        error_code(root.get("/api/v1/admin/bots")),
         (403, "forbidden".into())
     );
 
@@ -194,7 +185,7 @@ fn operators_demote_disable_enable_reset_and_delete_accounts_from_the_cli() {
         .json(&json!({"username": "alice", "password": PASSWORD}))
         .send()
         .unwrap();
-    assert_eq!(code(res), (403, "account_disabled".into()));
+    assert_eq!(error_code(res), (403, "account_disabled".into()));
     let table = cli_ok(&host.user_cli(&["list"], ""));
     assert!(
         table
@@ -238,14 +229,14 @@ fn operators_demote_disable_enable_reset_and_delete_accounts_from_the_cli() {
         (401, "session_ended"),
     );
     assert_eq!(
-        code(alice.post("/api/v1/conversations", json!({"bot": "fast"}))),
+        error_code(alice.post("/api/v1/conversations", json!({"bot": "fast"}))),
         (401, "session_ended".into())
     );
     let out = host.user_cli(&["disable", "alice"], "");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user 'alice'"));
     let bob = register(&host.url, "bob");
     assert_eq!(
-        code(bob.get(&format!("/api/v1/conversations/{conv}/messages"))),
+        error_code(bob.get(&format!("/api/v1/conversations/{conv}/messages"))),
         (404, "not_found".into())
     );
 }
@@ -263,6 +254,6 @@ fn a_bad_query_next_to_a_session_check_gets_its_400() {
         .bearer_auth(&alice.token)
         .send()
         .expect("an answer, not a cut connection");
-    assert_eq!(code(res), (400, "invalid_query".into()));
+    assert_eq!(error_code(res), (400, "invalid_query".into()));
     assert!(!host.log().contains("panicked"), "{}", host.log());
 }

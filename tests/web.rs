@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::web::{client, register};
+use common::web::{client, error_code, register};
 use common::*;
 use serde_json::{json, Value};
 
@@ -22,15 +22,6 @@ fn web_host(extra: &str) -> TestHost {
 /// Runs blocking HTTP calls from inside an async test.
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("blocking call"))
-}
-
-fn error_code(res: reqwest::blocking::Response) -> (u16, String) {
-    let status = res.status().as_u16();
-    let body: Value = res.json().unwrap_or(Value::Null);
-    (
-        status,
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
-    )
 }
 
 #[test]
@@ -167,19 +158,8 @@ fn malformed_and_oversized_requests_get_clear_errors() {
     let host = web_host("[limits]\nmax_body = \"4KB\"\nmax_message_chars = 100\n");
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("fast");
-    let path = format!("{}/api/v1/conversations/{conv}/messages", host.url);
-    let raw = |body: String| {
-        error_code(
-            alice
-                .client
-                .post(&path)
-                .bearer_auth(&alice.token)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .unwrap(),
-        )
-    };
+    let path = format!("/api/v1/conversations/{conv}/messages");
+    let raw = |body: String| error_code(alice.post_raw(&path, body));
     assert_eq!(raw("{not json".into()), (400, "invalid_json".into()));
     assert_eq!(
         raw(format!(

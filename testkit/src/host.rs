@@ -103,22 +103,12 @@ impl HostProcess {
         if !status.success() {
             bail!("the host exited with {status} at restart");
         }
-        let (child, url) = spawn(
-            &self.bothost,
-            &self.config,
-            self.dir.path(),
-            self.listener.as_ref(),
-        )?;
-        self.child = child;
-        self.url = url;
+        self.respawn()?;
         Ok(started.elapsed())
     }
 
-    /// `kill -9` of the host (its workers die with it), then a new host on
-    /// the same configuration, database and listener.
-    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGKILL);
-        self.child.wait()?;
+    /// A new host process on the same configuration, directory and listener.
+    fn respawn(&mut self) -> anyhow::Result<()> {
         let (child, url) = spawn(
             &self.bothost,
             &self.config,
@@ -128,6 +118,14 @@ impl HostProcess {
         self.child = child;
         self.url = url;
         Ok(())
+    }
+
+    /// `kill -9` of the host (its workers die with it), then a new host on
+    /// the same configuration, database and listener.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::SIGKILL);
+        self.child.wait()?;
+        self.respawn()
     }
 
     pub fn pid(&self) -> u32 {

@@ -57,7 +57,29 @@ pub fn login(base: &str, name: &str) -> Option<ApiUser> {
     })
 }
 
+/// A response's status and its error code ("" when none).
+pub fn error_code(res: Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: Value = res.json().unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
 impl ApiUser {
+    /// `POST path` with `body` as it is, declared JSON (for bodies a JSON
+    /// encoder would not write: malformed, chunked, not UTF-8).
+    pub fn post_raw(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("POST")
+    }
+
     pub fn get(&self, path: &str) -> Response {
         self.client
             .get(format!("{}{path}", self.base))
