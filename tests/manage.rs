@@ -76,6 +76,62 @@ fn everything(host: &TestHost) {
     sorted.dedup();
     assert_eq!(sorted.len(), 5, "each once: {seen:?}");
 
+    // Search: one's own messages, every word, any case; what a user types
+    // is never query syntax.
+    chat(
+        &bob,
+        bob.conversation("fast"),
+        "b1",
+        "a question about Rust lifetimes",
+    );
+    let found = |user: &ApiUser, q: &str| -> Vec<String> {
+        let res = user
+            .client
+            .get(format!("{}/api/v1/search", user.base))
+            .query(&[("q", q)])
+            .bearer_auth(&user.token)
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 200, "{q}");
+        let hits: Vec<Value> = res.json().unwrap();
+        hits.iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The builtin bot quotes each question, so its reply matches too.
+    let first = found(&alice, "FIRST question");
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(
+        first[1], "first question",
+        "newest first: the reply, then the question"
+    );
+    assert_eq!(
+        found(&alice, "question").len(),
+        4,
+        "both questions and both replies"
+    );
+    assert!(found(&alice, "lifetimes").is_empty(), "not bob's");
+    assert_eq!(found(&bob, "lifetimes").len(), 2);
+    for odd in [
+        "\"unbalanced",
+        "*",
+        "a:b",
+        "NEAR(x y)",
+        "question AND",
+        "-question",
+        "   ",
+    ] {
+        found(&alice, odd);
+    }
+    assert_eq!(
+        error_code(alice.get("/api/v1/search?q=a%00b")),
+        (400, "invalid_text".into())
+    );
+    assert_eq!(
+        error_code(alice.get(&format!("/api/v1/search?q={}", "x".repeat(201)))),
+        (400, "invalid_query".into())
+    );
+
     // Rename.
     let path = format!("/api/v1/conversations/{}", convs[0]);
     let renamed: Value = send(
@@ -152,6 +208,10 @@ fn everything(host: &TestHost) {
         204
     );
     assert_eq!(alice.get(&format!("{path}/messages")).status(), 404);
+    assert!(
+        found(&alice, "question").is_empty(),
+        "deleted messages are not found"
+    );
     assert_eq!(
         send(&alice, reqwest::Method::DELETE, &path, None).status(),
         404

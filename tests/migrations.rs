@@ -15,6 +15,9 @@ use serde_json::json;
 const INIT: &str = "2026-11-25-000001";
 const USERNAMES_CI: &str = "2026-11-30-000001";
 const SESSIONS: &str = "2026-11-30-000002";
+const SEARCH: &str = "2026-11-30-000003";
+/// Every migration after INIT, newest first.
+const AFTER_INIT: [&str; 3] = [SEARCH, SESSIONS, USERNAMES_CI];
 
 fn config(url: &str) -> String {
     format!(
@@ -42,7 +45,7 @@ fn down_and_up(url: &str, target: DatabaseTarget) {
     assert!(login(&host.url, "Alice").is_some(), "login ignores case");
     let rt = runtime();
     let before = rt.block_on(dump::contents(&target)).unwrap();
-    assert_eq!(before.schema_version, SESSIONS.replace('-', ""));
+    assert_eq!(before.schema_version, AFTER_INIT[0].replace('-', ""));
 
     let out = host.cli(&["migrate", "--down-to", INIT]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -51,7 +54,7 @@ fn down_and_up(url: &str, target: DatabaseTarget) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for version in [SESSIONS, USERNAMES_CI] {
+    for version in AFTER_INIT {
         assert!(
             stdout.contains(&format!("reverted {}", version.replace('-', ""))),
             "{stdout}"
@@ -63,7 +66,7 @@ fn down_and_up(url: &str, target: DatabaseTarget) {
     let status = rt
         .block_on(bothost::store::migration_status(&target))
         .unwrap();
-    assert_eq!(status.pending.len(), 2, "{status:?}");
+    assert_eq!(status.pending.len(), AFTER_INIT.len(), "{status:?}");
 
     // A version that is not applied is refused, naming what is.
     let out = host.cli(&["migrate", "--down-to", "2020-01-01-000000"]);

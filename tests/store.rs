@@ -478,6 +478,19 @@ async fn both_backends_have_the_same_schema() {
     .map(|n| n.name)
     .collect();
 
+    // Full-text search is each backend's own: an index in PostgreSQL, an
+    // FTS5 table (with its triggers) in SQLite, one name for both.
+    let mut pg_indexes = pg_indexes;
+    assert!(pg_indexes.remove("messages_search"), "{pg_indexes:?}");
+    let fts: Vec<Named> = diesel::RunQueryDsl::load(
+        diesel::sql_query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'messages_search' \
+             AND sql LIKE '%fts5%'",
+        ),
+        &mut lite,
+    )
+    .unwrap();
+    assert_eq!(fts.len(), 1, "SQLite's search table");
     assert_eq!(pg_columns, lite_columns, "columns and nullability");
     assert_eq!(pg_indexes, lite_indexes, "indexes");
     assert_eq!(pg_fks, lite_fks, "foreign keys");

@@ -369,6 +369,44 @@ impl Store {
         .map(|n| n > 0)
     }
 
+    /// `owner`'s messages holding every word of `query`, newest first, at
+    /// most `limit`: PostgreSQL's full-text search or SQLite's FTS5 (see
+    /// the search migration), scoped by the owner in the query itself.
+    pub async fn search(
+        &self,
+        owner_id: i64,
+        query: &str,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let limit = i64::from(limit.clamp(1, MAX_PAGE));
+        let (matches, text) = match &*self.pools {
+            Pools::Postgres(_) => (
+                "to_tsvector('simple', messages.content) @@ plainto_tsquery('simple', ",
+                query.to_owned(),
+            ),
+            Pools::Sqlite(_) => (
+                "messages.id IN (SELECT rowid FROM messages_search WHERE messages_search MATCH ",
+                fts5_words(query),
+            ),
+        };
+        if text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        with_conn!(self, "search", |conn| messages::table
+            .inner_join(conversations::table)
+            .filter(conversations::owner_id.eq(owner_id))
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>(matches)
+                    .bind::<diesel::sql_types::Text, _>(&text)
+                    .sql(")")
+            )
+            .order(messages::id.desc())
+            .limit(limit)
+            .select(Message::as_select())
+            .load(conn)
+            .await)
+    }
+
     /// Every message of a conversation, oldest first (an export).
     pub async fn all_messages(&self, conversation_id: i64) -> Result<Vec<Message>, StoreError> {
         with_conn!(self, "all_messages", |conn| messages::table
@@ -594,6 +632,16 @@ pub struct NewReply<'a> {
     pub status: ReplyStatus,
     pub prompt_tokens: Option<i32>,
     pub completion_tokens: Option<i32>,
+}
+
+/// A user's search text as an FTS5 query: each word a quoted phrase (so no
+/// character of theirs is FTS5 syntax), all of them required.
+fn fts5_words(query: &str) -> String {
+    query
+        .split_whitespace()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Now, as the store writes times: milliseconds since the epoch.

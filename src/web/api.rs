@@ -50,6 +50,7 @@ api_routes! {
     delete "/api/v1/conversations/{id}" => super::manage::delete_conversation,
     get "/api/v1/conversations/{id}/export" => super::manage::export_conversation,
     get "/api/v1/conversations/{id}/messages" => history,
+    get "/api/v1/search" => super::manage::search,
     post "/api/v1/conversations/{id}/messages" => post_message,
     get "/api/v1/ws" => super::ws::connect,
     get "/api/v1/admin/bots" => admin_bots,

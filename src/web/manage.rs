@@ -273,6 +273,44 @@ pub fn markdown(conv: &Conversation, messages: &[Message]) -> String {
     out
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    q: String,
+    limit: Option<u32>,
+}
+
+/// Longest search text, in characters.
+const MAX_QUERY_CHARS: usize = 200;
+
+/// `GET /search?q=…`: the caller's messages holding every word, newest
+/// first (50 unless `limit` says otherwise, at most 100).
+pub async fn search(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    query: web::Query<SearchQuery>,
+) -> Result<HttpResponse, ApiError> {
+    no_nul("q", &query.q)?;
+    if query.q.chars().count() > MAX_QUERY_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("a search is at most {MAX_QUERY_CHARS} characters"),
+        ));
+    }
+    let limit = match query.limit {
+        None => 50,
+        Some(n) if (1..=crate::store::MAX_PAGE).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be 1 to {}, not {n}", crate::store::MAX_PAGE),
+            ))
+        }
+    };
+    let hits = state.store.search(user.id, &query.q, limit).await?;
+    Ok(HttpResponse::Ok().json(hits))
+}
+
 /// `GET /admin/users`: every account.
 pub async fn admin_users(
     state: web::Data<AppState>,
