@@ -80,6 +80,28 @@ pub struct Chats {
     idle_timeout: Duration,
 }
 
+/// What a turn is asked to answer.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub client_msg_id: String,
+    /// The message's text; for a message stored already (a resend, a
+    /// regeneration) the stored text is what the bot sees.
+    pub content: String,
+    /// Answer it anew: a stored reply is deleted instead of replayed
+    /// (regenerate).
+    pub fresh: bool,
+}
+
+impl Ask {
+    pub fn message(client_msg_id: String, content: String) -> Self {
+        Self {
+            client_msg_id,
+            content,
+            fresh: false,
+        }
+    }
+}
+
 /// Removes its message from the in-flight set when the turn ends.
 struct Claim {
     chats: Chats,
@@ -117,21 +139,14 @@ impl Chats {
     pub fn spawn(
         &self,
         conversation: Conversation,
-        client_msg_id: String,
-        content: String,
+        ask: Ask,
         history_window: u32,
         events: mpsc::UnboundedSender<ChatEvent>,
     ) {
         let chats = self.clone();
         let turn = self.turns.track_future(async move {
             chats
-                .send(
-                    &conversation,
-                    &client_msg_id,
-                    &content,
-                    history_window,
-                    events,
-                )
+                .send(&conversation, &ask, history_window, events)
                 .await;
         });
         actix_rt::System::current().arbiter().spawn(turn);
@@ -173,6 +188,13 @@ impl Chats {
         )
     }
 
+    /// Whether any of these user messages is being answered now.
+    pub fn any_in_flight(&self, ids: &[i64]) -> bool {
+        self.in_flight
+            .lock()
+            .map_or(true, |set| ids.iter().any(|id| set.contains(id)))
+    }
+
     fn claim(&self, id: i64) -> Option<Claim> {
         let mut set = self.in_flight.lock().ok()?;
         set.insert(id).then(|| Claim {
@@ -186,11 +208,11 @@ impl Chats {
     pub async fn send(
         &self,
         conversation: &Conversation,
-        client_msg_id: &str,
-        content: &str,
+        ask: &Ask,
         history_window: u32,
         events: mpsc::UnboundedSender<ChatEvent>,
     ) {
+        let (client_msg_id, content) = (ask.client_msg_id.as_str(), ask.content.as_str());
         let (store, supervisor) = (&self.store, &self.supervisor);
         let outcome = |name: &str| self.metrics.chat_messages.with_label_values(&[name]).inc();
         let fail = |error: TurnError| {
@@ -215,7 +237,7 @@ impl Chats {
         let stored_at = Instant::now();
         let _ = events.send(ChatEvent::Accepted {
             message,
-            replay: !created,
+            replay: !created && !ask.fresh,
         });
 
         // Claimed first: a reply stored while the turn still streams is
@@ -227,7 +249,14 @@ impl Chats {
             )));
             return;
         };
-        if !created {
+        if !created && ask.fresh {
+            // A new answer: the stored one goes first, under the claim, so
+            // no resend can replay it meanwhile.
+            if let Err(e) = store.delete_reply(user_message_id).await {
+                let _ = events.send(fail(store_error(&e, "your conversation could not be read")));
+                return;
+            }
+        } else if !created {
             match store.reply_to(user_message_id).await {
                 Ok(Some(reply)) => {
                     outcome("replayed");

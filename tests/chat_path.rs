@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use bothost::chat::{ChatEvent, Chats};
+use bothost::chat::{Ask, ChatEvent, Chats};
 use bothost::config::{Config, DatabaseConfig};
 use bothost::startup::Host;
 use bothost::store::{Conversation, Store, UserRole};
@@ -54,7 +54,7 @@ fn send(
 ) -> mpsc::UnboundedReceiver<ChatEvent> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (chats, conv, id, text) = (chats.clone(), conv.clone(), id.to_owned(), text.to_owned());
-    actix_rt::spawn(async move { chats.send(&conv, &id, &text, window, tx).await });
+    actix_rt::spawn(async move { chats.send(&conv, &Ask::message(id, text), window, tx).await });
     rx
 }
 

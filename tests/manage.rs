@@ -132,6 +132,85 @@ fn everything(host: &TestHost) {
         (400, "invalid_query".into())
     );
 
+    // Regenerate the last reply (replaced), edit a message (what followed
+    // it goes), over REST and over the WebSocket.
+    let conv = alice.conversation("fast");
+    chat(&alice, conv, "q1", "what is a lifetime");
+    chat(&alice, conv, "q2", "and a borrow");
+    let base = format!("/api/v1/conversations/{conv}/messages");
+    assert_eq!(
+        error_code(alice.post(&format!("{base}/q1/regenerate"), json!({}))),
+        (409, "not_last".into())
+    );
+    assert_eq!(
+        error_code(bob.post(&format!("{base}/q2/regenerate"), json!({}))),
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        error_code(alice.post(&format!("{base}/nope/regenerate"), json!({}))),
+        (404, "not_found".into())
+    );
+    let before = alice.history(conv);
+    let again: Value = alice
+        .post(&format!("{base}/q2/regenerate"), json!({}))
+        .json()
+        .unwrap();
+    assert_eq!(again["message"]["client_msg_id"], "q2");
+    assert_eq!(again["reply"]["status"], "complete");
+    assert_ne!(again["reply"]["id"], before[0]["id"], "a new reply row");
+    let after = alice.history(conv);
+    assert_eq!(after.len(), 4, "the old reply replaced, not kept");
+    assert_eq!(after[0]["id"], again["reply"]["id"]);
+    let edited: Value = alice
+        .post(
+            &format!("{base}/q1/edit"),
+            json!({"client_msg_id": "q1b", "content": "what is a lifetime, really"}),
+        )
+        .json()
+        .unwrap();
+    assert_eq!(edited["reply"]["status"], "complete");
+    let after: Vec<String> = alice
+        .history(conv)
+        .iter()
+        .rev()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[0], "what is a lifetime, really");
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.send_json(
+            json!({"type": "regenerate", "conversation_id": conv, "client_msg_id": "q1b"}),
+        )
+        .await;
+        let (ack, text, done) = ws.turn().await;
+        assert_eq!(
+            (ack["client_msg_id"].as_str(), ack["replay"].as_bool()),
+            (Some("q1b"), Some(false))
+        );
+        assert!(text.contains("lifetime, really"), "{text}");
+        assert_eq!(done["status"], "complete");
+        ws.send_json(
+            json!({"type": "edit", "conversation_id": conv, "client_msg_id": "q1b",
+                            "new_client_msg_id": "q1c", "content": "start over"}),
+        )
+        .await;
+        let (ack, text, _) = ws.turn().await;
+        assert_eq!(ack["client_msg_id"], "q1c");
+        assert!(text.contains("start over"), "{text}");
+        ws.send_json(
+            json!({"type": "regenerate", "conversation_id": conv, "client_msg_id": "q1b"}),
+        )
+        .await;
+        let f = ws.next().await;
+        assert_eq!(
+            (f["code"].as_str(), f["client_msg_id"].as_str()),
+            (Some("not_found"), Some("q1b")),
+            "{f}"
+        );
+    });
+    assert_eq!(alice.history(conv).len(), 2);
+
     // Rename.
     let path = format!("/api/v1/conversations/{}", convs[0]);
     let renamed: Value = send(

@@ -571,6 +571,63 @@ impl Store {
             .collect())
     }
 
+    /// Deletes the reply to user message `id` (to answer it anew).
+    pub async fn delete_reply(&self, id: i64) -> Result<(), StoreError> {
+        with_conn!(self, write "delete_reply", |conn| diesel::delete(
+            messages::table.filter(messages::reply_to.eq(id))
+        )
+        .execute(conn)
+        .await
+        .map(drop))
+    }
+
+    /// The user message `client_msg_id` of a conversation.
+    pub async fn user_message(
+        &self,
+        conversation_id: i64,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        with_conn!(self, "user_message", |conn| messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::client_msg_id.eq(client_msg_id))
+            .select(Message::as_select())
+            .first(conn)
+            .await
+            .optional())
+    }
+
+    /// The ids of a conversation's user messages from `from_id` on.
+    pub async fn user_message_ids_from(
+        &self,
+        conversation_id: i64,
+        from_id: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        with_conn!(self, "user_message_ids_from", |conn| messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::role.eq(MessageRole::User.as_str()))
+            .filter(messages::id.ge(from_id))
+            .select(messages::id)
+            .load(conn)
+            .await)
+    }
+
+    /// Deletes a conversation's messages from `from_id` on (an edited
+    /// message and all that followed it).
+    pub async fn truncate_from(
+        &self,
+        conversation_id: i64,
+        from_id: i64,
+    ) -> Result<(), StoreError> {
+        with_conn!(self, write "truncate_from", |conn| diesel::delete(
+            messages::table
+                .filter(messages::conversation_id.eq(conversation_id))
+                .filter(messages::id.ge(from_id))
+        )
+        .execute(conn)
+        .await
+        .map(drop))
+    }
+
     /// The reply to user message `id`, if one was stored.
     pub async fn reply_to(&self, id: i64) -> Result<Option<Message>, StoreError> {
         with_conn!(self, "reply_to", |conn| messages::table

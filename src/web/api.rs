@@ -13,9 +13,9 @@ use super::error::ApiError;
 use super::manage::{check_credentials, owned, session};
 use super::sessions::AuthUser;
 use super::state::AppState;
-use crate::chat::ChatEvent;
+use crate::chat::{Ask, ChatEvent};
 use crate::status::{RestartErrorCode, RestartReason};
-use crate::store::{StoreError, UserRole, MAX_PAGE};
+use crate::store::{Conversation, StoreError, UserRole, MAX_PAGE};
 use crate::supervisor::{restart_all, rolling_restart, GetStatus, RestartBot};
 
 /// One table registers every API route and lists it for the OpenAPI test,
@@ -52,6 +52,8 @@ api_routes! {
     get "/api/v1/conversations/{id}/messages" => history,
     get "/api/v1/search" => super::manage::search,
     post "/api/v1/conversations/{id}/messages" => post_message,
+    post "/api/v1/conversations/{id}/messages/{client_msg_id}/regenerate" => regenerate,
+    post "/api/v1/conversations/{id}/messages/{client_msg_id}/edit" => edit_message,
     get "/api/v1/ws" => super::ws::connect,
     get "/api/v1/admin/bots" => admin_bots,
     post "/api/v1/admin/bots/{name}/restart" => admin_restart_bot,
@@ -288,17 +290,71 @@ async fn post_message(
     state
         .limits
         .check_message(&body.client_msg_id, &body.content)?;
+    let body = body.into_inner();
+    answer(
+        &state,
+        &user,
+        &req,
+        conv,
+        Ask::message(body.client_msg_id, body.content),
+    )
+    .await
+}
+
+/// `POST /conversations/{id}/messages/{client_msg_id}/regenerate`: a new
+/// reply to the conversation's last message, replacing the stored one.
+async fn regenerate(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    path: web::Path<(i64, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, client_msg_id) = path.into_inner();
+    let conv = owned(&state, &user, id).await?;
+    let ask = super::rewind::regenerate(&state, &conv, &client_msg_id).await?;
+    answer(&state, &user, &req, conv, ask).await
+}
+
+/// `POST /conversations/{id}/messages/{client_msg_id}/edit`: the message
+/// and everything after it are replaced by the new text, then answered.
+async fn edit_message(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    path: web::Path<(i64, String)>,
+    body: web::Json<Send>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, client_msg_id) = path.into_inner();
+    let conv = owned(&state, &user, id).await?;
+    let body = body.into_inner();
+    let ask = super::rewind::edit(
+        &state,
+        &conv,
+        &client_msg_id,
+        body.client_msg_id,
+        body.content,
+    )
+    .await?;
+    answer(&state, &user, &req, conv, ask).await
+}
+
+/// Runs `ask` within the caller's limits and answers with the message and
+/// its whole reply.
+async fn answer(
+    state: &AppState,
+    user: &AuthUser,
+    req: &HttpRequest,
+    conv: Conversation,
+    ask: Ask,
+) -> Result<HttpResponse, ApiError> {
     state
         .limits
         .message(user.id, req.peer_addr().map(|a| a.ip()))?;
     let _slot = state.limits.start_turn(user.id)?;
     let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let body = body.into_inner();
     // Its own task: a client that hangs up still gets its reply stored.
-    state
-        .chats
-        .spawn(conv.clone(), body.client_msg_id, body.content, window, tx);
+    state.chats.spawn(conv, ask, window, tx);
     let mut message = None;
     while let Some(event) = rx.recv().await {
         match event {

@@ -14,6 +14,7 @@ pub mod error;
 mod limits;
 mod manage;
 mod page;
+mod rewind;
 pub mod sessions;
 mod state;
 mod ws;

@@ -40,9 +40,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::limits::WebSocketSlot;
+use super::rewind;
 use super::sessions::AuthUser;
 use super::state::AppState;
-use crate::chat::ChatEvent;
+use crate::chat::{Ask, ChatEvent};
 use crate::status::{BotState, StatusChange};
 use crate::store::ReplyStatus;
 use crate::supervisor::SubscribeStatus;
@@ -62,6 +63,26 @@ enum ClientFrame {
     Cancel {
         client_msg_id: String,
     },
+    /// A new reply to the conversation's last message, replacing its own.
+    Regenerate {
+        conversation_id: i64,
+        client_msg_id: String,
+    },
+    /// `client_msg_id` and everything after it replaced by `content`, sent
+    /// as `new_client_msg_id` (whose frames the answer carries).
+    Edit {
+        conversation_id: i64,
+        client_msg_id: String,
+        new_client_msg_id: String,
+        content: String,
+    },
+}
+
+/// What a turn on this connection is to answer.
+enum Wanted {
+    Message(String),
+    Regenerate,
+    Edit { original: String, content: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -346,8 +367,32 @@ impl WsSession {
                 client_msg_id,
                 content,
             }) => {
-                if let Err(e) = self.start(conversation_id, &client_msg_id, content, ctx) {
+                let wanted = Wanted::Message(content);
+                if let Err(e) = self.start(conversation_id, &client_msg_id, wanted, ctx) {
                     push(ctx, ServerFrame::error(Some(&client_msg_id), e));
+                }
+            }
+            Ok(ClientFrame::Regenerate {
+                conversation_id,
+                client_msg_id,
+            }) => {
+                if let Err(e) = self.start(conversation_id, &client_msg_id, Wanted::Regenerate, ctx)
+                {
+                    push(ctx, ServerFrame::error(Some(&client_msg_id), e));
+                }
+            }
+            Ok(ClientFrame::Edit {
+                conversation_id,
+                client_msg_id,
+                new_client_msg_id,
+                content,
+            }) => {
+                let wanted = Wanted::Edit {
+                    original: client_msg_id,
+                    content,
+                };
+                if let Err(e) = self.start(conversation_id, &new_client_msg_id, wanted, ctx) {
+                    push(ctx, ServerFrame::error(Some(&new_client_msg_id), e));
                 }
             }
             Ok(ClientFrame::Cancel { client_msg_id }) => {
@@ -456,13 +501,19 @@ impl WsSession {
         &mut self,
         conversation_id: i64,
         client_msg_id: &str,
-        content: String,
+        wanted: Wanted,
         ctx: &mut ws::WebsocketContext<Self>,
     ) -> Result<(), ApiError> {
         if self.closing {
             return Err(crate::chat::Chats::restarting().into());
         }
-        self.state.limits.check_message(client_msg_id, &content)?;
+        match &wanted {
+            Wanted::Message(content) | Wanted::Edit { content, .. } => {
+                self.state.limits.check_message(client_msg_id, content)?
+            }
+            // Its text is stored already; the id must still be one.
+            Wanted::Regenerate => self.state.limits.check_message(client_msg_id, "x")?,
+        }
         if self.turns.contains_key(client_msg_id) {
             return Err(ApiError::new(
                 actix_web::http::StatusCode::CONFLICT,
@@ -504,11 +555,26 @@ impl WsSession {
             if stopped.is_cancelled() {
                 return;
             }
+            let ask = match wanted {
+                Wanted::Message(content) => Ok(Ask::message(cid.clone(), content)),
+                Wanted::Regenerate => rewind::regenerate(&state, &conv, &cid).await,
+                Wanted::Edit { original, content } => {
+                    rewind::edit(&state, &conv, &original, cid.clone(), content).await
+                }
+            };
+            let ask = match ask {
+                Ok(ask) => ask,
+                Err(e) => {
+                    me.do_send(Push(ServerFrame::error(Some(&cid), e)));
+                    me.do_send(TurnEnded(cid));
+                    return;
+                }
+            };
             let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
             let (tx, mut rx) = mpsc::unbounded_channel();
             // Detached: the reply is stored even if this forwarder stops
             // (cancel) or the connection dies.
-            state.chats.spawn(conv, cid.clone(), content, window, tx);
+            state.chats.spawn(conv, ask, window, tx);
             loop {
                 tokio::select! {
                     biased;
