@@ -36,6 +36,8 @@ fn a_user_chats_survives_a_dropped_connection_and_sees_nothing_twice() {
     let host = TestHost::start_with_config(&format!(
         "{FAST_SUPERVISOR}\n[[bots]]\nname = \"fast\"\n[bots.builtin]\ntoken_delay = \"40ms\"\n"
     ));
+    // An admin, for the admin section (the script signs in as root last).
+    host.add_user("root", true);
     let shots = root.join("target/browser-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let out = Command::new("node")

@@ -10,6 +10,7 @@ const state = {
   user: JSON.parse(localStorage.getItem("bothost.user") || "null"),
   bots: new Map(),          // name -> status
   conversation: null,       // {id, bot, title}
+  conversations: new Map(), // id -> conversation, as listed
   lastConversation: null,   // the last one listed: where "More…" goes on
   pending: new Map(),       // client_msg_id -> {conversationId, content, acked}
   ws: null,
@@ -66,7 +67,18 @@ function logout() {
   $("login-view").hidden = false;
   $("logout").hidden = true;
   $("account").hidden = true;
+  $("admin").hidden = true;
+  $("export").hidden = true;
   $("banner").hidden = true;
+  // Nothing of this user stays on the page for the next one.
+  state.conversation = null;
+  state.conversations.clear();
+  state.pending.clear();
+  for (const id of ["messages", "conversations", "search-results", "admin-bots", "admin-users"]) $(id).replaceChildren();
+  $("search").value = "";
+  $("chat-title").textContent = "Pick a bot to start a conversation.";
+  $("input").disabled = true;
+  $("send").disabled = true;
   $("who").textContent = "";
 }
 
@@ -77,7 +89,7 @@ async function enter() {
   $("account").hidden = false;
   $("who").textContent = state.user ? state.user.username : "";
   connect();
-  await Promise.all([loadBots(), loadConversations()]);
+  await Promise.all([loadBots(), loadConversations(), loadAdmin()]);
 }
 
 // ---- bots and conversations ---------------------------------------------
@@ -109,7 +121,7 @@ async function loadConversations(more) {
   if (!more) { list.replaceChildren(); state.lastConversation = null; }
   const after = more && state.lastConversation ? `&before=${state.lastConversation}` : "";
   const page = await api("GET", `/conversations?limit=50${after}`);
-  for (const c of page) list.append(conversationItem(c));
+  for (const c of page) { state.conversations.set(c.id, c); list.append(conversationItem(c)); }
   if (page.length) state.lastConversation = page[page.length - 1].id;
   $("more-conversations").hidden = page.length < 50;
 }
@@ -171,6 +183,7 @@ async function startConversation(bot) {
 
 async function openConversation(c) {
   state.conversation = c;
+  $("export").hidden = false;
   $("chat-title").textContent = chatTitle(c);
   $("input").disabled = false;
   $("send").disabled = false;
@@ -189,9 +202,121 @@ function bubble(key, role) {
     el.dataset.key = key;
     el.className = "msg " + role;
     el.appendChild(document.createElement("span")).className = "text";
+    // Edit a message of one's own; regenerate the last reply (CSS shows
+    // that button on the last one only).
+    const act = document.createElement("button");
+    act.type = "button";
+    if (role === "user") {
+      act.className = "act edit";
+      act.textContent = "✎";
+      act.setAttribute("aria-label", "Edit and resend");
+      act.onclick = () => editMessage(el);
+    } else {
+      act.className = "act regen";
+      act.textContent = "↻";
+      act.setAttribute("aria-label", "Regenerate");
+      act.onclick = () => regenerate(el);
+    }
+    el.append(act);
     $("messages").append(el);
   }
   return el;
+}
+
+// ---- regenerate and edit ----------------------------------------------------
+// Regenerate replaces the last reply; edit replaces a message and all that
+// followed it (the server deletes them, then answers the new text).
+function socketOpen() {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) return true;
+  alert("Reconnecting to the server; try again in a moment.");
+  return false;
+}
+
+function regenerate(reply) {
+  const asked = reply.previousElementSibling;
+  if (!asked || !asked.classList.contains("user") || !state.conversation || !socketOpen()) return;
+  state.ws.send(JSON.stringify({ type: "regenerate", conversation_id: state.conversation.id,
+                                 client_msg_id: asked.dataset.key.slice(2) }));
+}
+
+function editMessage(el) {
+  if (!state.conversation) return;
+  const current = el.querySelector(".text").textContent;
+  const text = prompt("Edit your message (it and everything after it are replaced):", current);
+  if (text === null || !text.trim() || !socketOpen()) return;
+  const original = el.dataset.key.slice(2);
+  for (let n = el; n; ) { const next = n.nextElementSibling; n.remove(); n = next; }
+  const id = newClientId();
+  state.pending.set(id, { conversationId: state.conversation.id, content: text.trim(), acked: false });
+  const u = bubble("u:" + id, "user");
+  u.classList.add("pending");
+  setText(u, text.trim());
+  state.ws.send(JSON.stringify({ type: "edit", conversation_id: state.conversation.id, client_msg_id: original,
+                                 new_client_msg_id: id, content: text.trim() }));
+}
+
+// ---- search and export --------------------------------------------------------
+async function search(event) {
+  event.preventDefault();
+  const q = $("search").value.trim();
+  const list = $("search-results");
+  list.replaceChildren();
+  if (!q) return;
+  const hits = await api("GET", `/search?q=${encodeURIComponent(q)}&limit=20`);
+  if (!hits.length) { const li = document.createElement("li"); li.textContent = "Nothing found."; list.append(li); }
+  for (const m of hits) {
+    const li = document.createElement("li");
+    li.textContent = (m.role === "user" ? "You: " : "Bot: ") + m.content.slice(0, 80);
+    li.onclick = () => openConversation(state.conversations.get(m.conversation_id) || { id: m.conversation_id, bot: "the bot" });
+    list.append(li);
+  }
+}
+
+async function exportConversation(format) {
+  const c = state.conversation;
+  if (!c) return;
+  const res = await fetch(`/api/v1/conversations/${c.id}/export?format=${format}`,
+                          { headers: { Authorization: "Bearer " + state.token } });
+  if (!res.ok) return alert("The export failed.");
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await res.blob());
+  link.download = `conversation-${c.id}.${format === "markdown" ? "md" : "json"}`;
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+// ---- admin --------------------------------------------------------------------
+async function loadAdmin() {
+  if (!state.user || state.user.role !== "admin") return;
+  $("admin").hidden = false;
+  const mb = (b) => b == null ? "?" : Math.round(b / 1e6) + " MB";
+  const report = await api("GET", "/admin/bots");
+  const bots = $("admin-bots");
+  bots.replaceChildren();
+  for (const b of report.bots) {
+    const li = document.createElement("li");
+    li.textContent = `${b.name}: ${b.state}, ${mb(b.rss_bytes)} of ${mb(b.budget_bytes)}, ${b.restarts} restarts`;
+    const restart = document.createElement("button");
+    restart.type = "button";
+    restart.textContent = "Restart";
+    restart.onclick = async () => { await api("POST", `/admin/bots/${encodeURIComponent(b.name)}/restart`); loadAdmin(); };
+    li.append(restart);
+    bots.append(li);
+  }
+  const users = $("admin-users");
+  users.replaceChildren();
+  for (const u of await api("GET", "/admin/users")) {
+    const li = document.createElement("li");
+    li.textContent = `${u.username} (${u.role}${u.disabled_at ? ", disabled" : ""})`;
+    if (u.id !== state.user.id) {
+      const toggle = document.createElement("button");
+      toggle.type = "button";
+      toggle.textContent = u.disabled_at ? "Enable" : "Disable";
+      toggle.onclick = async () => { await api("POST", `/admin/users/${u.id}/${u.disabled_at ? "enable" : "disable"}`); loadAdmin(); };
+      li.append(toggle);
+    }
+    users.append(li);
+  }
 }
 
 // ---- Markdown --------------------------------------------------------------
@@ -398,7 +523,10 @@ function onFrame(f) {
       if (p) p.acked = true;
       acked(id, f.message_id);
       const r = bubble("r:" + f.message_id, "assistant");
-      if (f.replay) setText(r, "");          // the stored reply arrives whole
+      // A new stream: a replay's stored text arrives whole, a regenerated
+      // reply starts over.
+      setText(r, "");
+      for (const n of r.querySelectorAll(".note")) n.remove();
       r.dataset.client = id;
       r.classList.add("streaming");
       break;
@@ -488,6 +616,10 @@ $("logout").onclick = logout;
 $("composer").onsubmit = send;
 $("input").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); } };
 $("stop").onclick = stop;
+$("search-form").onsubmit = search;
+$("export-md").onclick = () => exportConversation("markdown");
+$("export-json").onclick = () => exportConversation("json");
+$("admin-refresh").onclick = () => loadAdmin();
 document.addEventListener("keydown", (e) => { if (e.key === "Escape") stop(); });
 $("more-conversations").onclick = () => loadConversations(true);
 $("change-password").onclick = changePassword;

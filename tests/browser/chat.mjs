@@ -176,6 +176,33 @@ try {
   step("after a reload the stored history holds each message once");
   await page.screenshot({ path: `${shots}/3-history.png` });
 
+  // Regenerate the last reply: the same bubble streams again, nothing added.
+  const lastReply = page.locator("#messages > li.msg.assistant:last-child");
+  await lastReply.locator(".act.regen").click();
+  await page.waitForSelector("#messages > li.msg.assistant:last-child.streaming");
+  await page.waitForSelector("#messages > li.msg.assistant:last-child:not(.streaming)");
+  if (await page.locator("li.msg.assistant").count() !== 6) fail("regenerating added a reply instead of replacing it");
+  step("regenerated the last reply in place");
+
+  // Edit the last message: it and its reply are replaced.
+  page.once("dialog", (d) => d.accept("edited at the end"));
+  await page.locator("#messages > li.msg.user").last().locator(".act.edit").click();
+  await finished("edited at the end").waitFor();
+  await page.reload();
+  await page.click("#conversations li");
+  await reply("edited at the end").waitFor();
+  if (await page.locator("li.msg.user", { hasText: "onerror" }).count() !== 0
+      || await page.locator("li.msg.user").count() !== 6 || await page.locator("li.msg.assistant").count() !== 6)
+    fail("an edited message should replace the old one and its reply, in the store too");
+  step("edited the last message; the store holds the edit and its new reply only");
+
+  // Search one's messages and jump to the conversation.
+  await page.fill("#search", "OUTAGE");
+  await page.press("#search", "Enter");
+  await page.locator("#search-results li", { hasText: "sent during the outage" }).first().waitFor();
+  if (await page.locator("#search-results li").count() !== 2) fail("search should find the message and the reply quoting it");
+  step("search found the message and its reply");
+
   // Replies are Markdown, rendered safely and progressively.
   await say("make **this** bold and `that` code");
   // Shown as rendered: the marks are gone from the text.
@@ -238,6 +265,22 @@ try {
   if (bg !== "rgb(21, 23, 28)") fail(`the dark theme is not applied (${bg})`);
   await page.screenshot({ path: `${shots}/4-phone-dark.png` });
   step("fits a 375 px phone; follows the dark color scheme");
+
+  // An admin sees the bots and the users, and can disable one.
+  await page.setViewportSize({ width: 1280, height: 720 });
+  await page.emulateMedia({ colorScheme: "light" });
+  await page.click("#logout");
+  await page.fill("#username", "root");
+  await page.fill("#password", "correct horse battery");
+  await page.click("#login");
+  await page.locator("#admin-bots li", { hasText: "fast: ready" }).waitFor();
+  if (await page.locator("#messages li, #search-results li").count() !== 0)
+    fail("the previous user's messages are still on the page after logging out");
+  const victim = page.locator("#admin-users li", { hasText: "browseruser" });
+  await victim.locator("button", { hasText: "Disable" }).click();
+  await page.locator("#admin-users li", { hasText: "browseruser (user, disabled)" }).waitFor();
+  await page.screenshot({ path: `${shots}/5-admin.png` });
+  step("an admin sees bots and users and disabled a user");
 } catch (e) {
   await page.screenshot({ path: `${shots}/failure.png` }).catch(() => {});
   console.error("FAILED:", e.message);
