@@ -307,8 +307,13 @@ impl Chats {
                         if shown_nothing(&progress) {
                             self.metrics.chat_first_token.observe(stored_at.elapsed().as_secs_f64());
                         }
+                        // Kept only once it is on its way to the user: the
+                        // stored reply is what they were shown, not more.
+                        if events.send(ChatEvent::Delta(delta.clone())).is_err() {
+                            drop(turn);
+                            break Err(TurnError::new(ErrorCode::Cancelled, "the client went away"));
+                        }
                         progress.send_modify(|p| p.text.push_str(&delta));
-                        let _ = events.send(ChatEvent::Delta(delta));
                     }
                     Some(TurnEvent::Done(usage)) => break Ok(usage),
                     Some(TurnEvent::Failed(error)) => break Err(error),

@@ -34,7 +34,8 @@ fn a_user_chats_survives_a_dropped_connection_and_sees_nothing_twice() {
         return;
     }
     let host = TestHost::start_with_config(&format!(
-        "{FAST_SUPERVISOR}\n[[bots]]\nname = \"fast\"\n[bots.builtin]\ntoken_delay = \"40ms\"\n"
+        "{FAST_SUPERVISOR}\n[[bots]]\nname = \"fast\"\n[bots.builtin]\ntoken_delay = \"40ms\"\n{}",
+        bots(&["second", "third", "fourth", "fifth"])
     ));
     // An admin, for the admin section (the script signs in as root last).
     host.add_user("root", true);

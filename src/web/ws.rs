@@ -578,7 +578,14 @@ impl WsSession {
             loop {
                 tokio::select! {
                     biased;
-                    () = stopped.cancelled() => return,
+                    () = stopped.cancelled() => {
+                        // What the turn sent before it heard of the stop is
+                        // stored as shown: show it.
+                        while let Ok(event) = rx.try_recv() {
+                            me.do_send(Push(frame(&cid, event)));
+                        }
+                        return;
+                    }
                     event = rx.recv() => match event {
                         Some(event) => me.do_send(Push(frame(&cid, event))),
                         None => break,

@@ -19,6 +19,20 @@ const browser = await chromium.launch({
 });
 const page = await browser.newPage();
 page.on("pageerror", (e) => console.log("page error:", e.message));
+// No markup in a message or reply may open a dialog or reach another host.
+let expectDialog = false;
+const unexpected = [];
+page.on("dialog", (d) => { if (!expectDialog) { unexpected.push(`dialog: ${d.message()}`); d.dismiss(); } });
+page.on("request", (r) => { if (!r.url().startsWith(base) && !r.url().startsWith("ws")) unexpected.push(`request: ${r.url()}`); });
+// Answers the next dialogs (prompts, confirms, alerts) with `answers`, in order.
+const answer = (...answers) => {
+  expectDialog = true;
+  const next = async (d) => {
+    await d.accept(answers.shift());
+    if (answers.length) page.once("dialog", next); else expectDialog = false;
+  };
+  page.once("dialog", next);
+};
 page.on("console", (m) => console.log("console:", m.text()));
 
 // Every WebSocket goes through this proxy, so the test can cut it, or play
@@ -34,6 +48,7 @@ const MARKDOWN = "# Plan\n\nFirst:\n\n```js\nconst answer = 42;\n```\n\n" +
   "[docs](https://example.com/docs) and [trap](javascript:window.pwned=2)\n\n" +
   "| a | b |\n|---|---|\n| 1 | 2 |\n\n<script>window.pwned=3</script>\n";
 let scripted = null;   // {content, chunks, hold}: a "send" with this content
+const scriptedIds = new Set();
 const sockets = [];
 await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
   if (wsBlocked) { ws.close(); return; }
@@ -51,6 +66,7 @@ await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
       const id = frame.client_msg_id;
       const play = scripted;
       scripted = null;
+      scriptedIds.add(id);
       ws.send(JSON.stringify({ type: "ack", client_msg_id: id, message_id: 900001, replay: false }));
       (async () => {
         for (const text of play.chunks) {
@@ -61,8 +77,8 @@ await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
       })();
       return;
     }
-    // Stop: as the host does, an error frame `cancelled`.
-    if (frame.type === "cancel" && frame.client_msg_id) {
+    // Stop a scripted reply: as the host does, an error frame `cancelled`.
+    if (frame.type === "cancel" && scriptedIds.has(frame.client_msg_id)) {
       ws.send(JSON.stringify({ type: "error", client_msg_id: frame.client_msg_id, code: "cancelled",
                                message: "cancelled; what was written so far is kept" }));
       return;
@@ -185,7 +201,7 @@ try {
   step("regenerated the last reply in place");
 
   // Edit the last message: it and its reply are replaced.
-  page.once("dialog", (d) => d.accept("edited at the end"));
+  answer("edited at the end");
   await page.locator("#messages > li.msg.user").last().locator(".act.edit").click();
   await finished("edited at the end").waitFor();
   await page.reload();
@@ -243,16 +259,86 @@ try {
   step("Esc stopped a streaming reply; its text stays");
 
   // Rename and delete conversations.
-  page.once("dialog", (d) => d.accept("Trip plans"));
+  answer("Trip plans");
   await page.click('#conversations li.active button[aria-label="Rename"]');
   await page.locator("#conversations li .conv-title", { hasText: "Trip plans" }).waitFor();
   if (!(await page.textContent("#chat-title")).includes("Trip plans")) fail("the open conversation's title did not change");
   await page.click('#bots li[data-bot="fast"]');
   await page.waitForFunction(() => document.querySelectorAll("#conversations li").length === 2);
-  page.once("dialog", (d) => d.accept());
+  answer(undefined);
   await page.click('#conversations li.active button[aria-label="Delete"]');
   await page.waitForFunction(() => document.querySelectorAll("#conversations li").length === 1);
-  step("renamed a conversation and deleted another");
+  await page.reload();
+  await page.locator("#conversations li .conv-title", { hasText: "Trip plans" }).waitFor();
+  if (await page.locator("#conversations li").count() !== 1) fail("a deleted conversation came back after a reload");
+  step("renamed a conversation and deleted another; both survive a reload");
+
+  // Stop a real reply mid-stream: what was shown is what is stored.
+  await page.click("#conversations li");
+  await reply("hello browser").waitFor();
+  await say("please stop me halfway through");
+  const live = page.locator("li.msg.assistant.streaming");
+  await live.waitFor();
+  await page.waitForFunction(() => {
+    const r = document.querySelector("li.msg.assistant.streaming .text");
+    return r && r.textContent.length > 30;
+  });
+  await page.keyboard.press("Escape");
+  await page.waitForSelector("#stop", { state: "hidden" });
+  await page.waitForTimeout(300);   // any delta already on its way lands
+  const shownText = await page.evaluate(() => [...document.querySelectorAll("li.msg.assistant")].pop().querySelector(".text").textContent);
+  if (shownText.includes("same way every time")) fail("the reply finished before it could be stopped");
+  await page.reload();
+  await page.click("#conversations li");
+  await reply("hello browser").waitFor();
+  const storedText = await page.evaluate(() => [...document.querySelectorAll("li.msg.assistant")].pop().querySelector(".text").textContent);
+  if (storedText !== shownText) fail(`stopped: shown ${JSON.stringify(shownText)}, stored ${JSON.stringify(storedText)}`);
+  if (await page.locator("li.msg.assistant").last().locator(".note", { hasText: "cut off" }).count() !== 1)
+    fail("a stopped reply is stored as cut off");
+  step("stopped a real reply mid-stream; after a reload it is stored cut off, exactly as shown");
+
+  // Export: a file with the conversation in it.
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#export-md")]);
+  const file = await download.path();
+  const { readFileSync } = await import("node:fs");
+  const exported = readFileSync(file, "utf8");
+  if (!exported.startsWith("# Trip plans") || !exported.includes("hello browser")) fail(`the export is not the conversation: ${exported.slice(0, 200)}`);
+  step(`export downloaded ${download.suggestedFilename()} with the conversation`);
+
+  // Log out everywhere: a second browser's session ends too.
+  const other = await browser.newContext();
+  const second = await other.newPage();
+  await second.goto(base);
+  await second.fill("#username", "browseruser");
+  await second.fill("#password", "correct horse battery");
+  await second.click("#login");
+  await second.waitForSelector("#chat-view:not([hidden])");
+  answer(undefined);
+  await page.click("#logout-all");
+  await page.waitForSelector("#login-view:not([hidden])");
+  await second.reload();
+  await second.waitForSelector("#login-view:not([hidden])", { timeout: 10000 });
+  await other.close();
+  step("log out everywhere ended the other browser's session");
+
+  // Change the password: the old one stops working.
+  await page.fill("#username", "browseruser");
+  await page.fill("#password", "correct horse battery");
+  await page.click("#login");
+  await page.waitForSelector("#chat-view:not([hidden])");
+  answer("correct horse battery", "a much newer secret", undefined);
+  await page.click("#change-password");
+  await page.waitForFunction(() => localStorage.getItem("bothost.token"));
+  await page.waitForTimeout(200);
+  await page.click("#logout");
+  await page.fill("#username", "browseruser");
+  await page.fill("#password", "correct horse battery");
+  await page.click("#login");
+  await page.locator("#login-error", { hasText: "wrong username or password" }).waitFor();
+  await page.fill("#password", "a much newer secret");
+  await page.click("#login");
+  await page.waitForSelector("#chat-view:not([hidden])");
+  step("changed the password: the old one fails, the new one works");
 
   // A phone, and the dark theme.
   await page.setViewportSize({ width: 375, height: 720 });
@@ -276,11 +362,13 @@ try {
   await page.locator("#admin-bots li", { hasText: "fast: ready" }).waitFor();
   if (await page.locator("#messages li, #search-results li").count() !== 0)
     fail("the previous user's messages are still on the page after logging out");
+  if (await page.locator("#admin-bots li").count() !== 5) fail("the admin section should list the five bots");
   const victim = page.locator("#admin-users li", { hasText: "browseruser" });
   await victim.locator("button", { hasText: "Disable" }).click();
   await page.locator("#admin-users li", { hasText: "browseruser (user, disabled)" }).waitFor();
   await page.screenshot({ path: `${shots}/5-admin.png` });
-  step("an admin sees bots and users and disabled a user");
+  step("an admin sees five bots and the users, and disabled a user");
+  if (unexpected.length) fail(`unexpected: ${unexpected.join("; ")}`);
 } catch (e) {
   await page.screenshot({ path: `${shots}/failure.png` }).catch(() => {});
   console.error("FAILED:", e.message);
