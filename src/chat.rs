@@ -235,6 +235,18 @@ impl Chats {
         };
         let user_message_id = message.id;
         let stored_at = Instant::now();
+        if created && conversation.title.is_empty() {
+            // An untitled conversation is named after its first message.
+            if let Err(e) = store
+                .title_if_untitled(conversation.id, &title_from(content))
+                .await
+            {
+                warn!(
+                    conversation = conversation.id,
+                    "cannot title the conversation: {e}"
+                );
+            }
+        }
         let _ = events.send(ChatEvent::Accepted {
             message,
             replay: !created && !ask.fresh,
@@ -389,6 +401,17 @@ impl Chats {
         };
         let _ = events.send(event);
     }
+}
+
+/// A conversation's title from its first message: the first line, at most
+/// 60 characters (an ellipsis when cut).
+pub fn title_from(message: &str) -> String {
+    let line = message.trim().lines().next().unwrap_or("").trim();
+    let mut title: String = line.chars().take(60).collect();
+    if line.chars().count() > 60 {
+        title = format!("{}…", title.trim_end());
+    }
+    title
 }
 
 /// Tells the user their message is kept, as a sentence of its own.
@@ -553,6 +576,17 @@ mod tests {
             created_at: 0,
             updated_at: 0,
         }
+    }
+
+    #[test]
+    fn a_title_is_the_first_line_cut_at_60_characters() {
+        assert_eq!(title_from("  plan a trip\nto Lisbon"), "plan a trip");
+        let long = "word ".repeat(20);
+        let title = title_from(&long);
+        assert!(
+            title.ends_with('…') && title.chars().count() <= 61,
+            "{title}"
+        );
     }
 
     #[test]

@@ -49,6 +49,11 @@ fn everything(host: &TestHost) {
     let convs: Vec<i64> = (0..5).map(|_| alice.conversation("fast")).collect();
     chat(&alice, convs[0], "m1", "first question");
     chat(&alice, convs[0], "m2", "second **question**");
+    let listed: Vec<Value> = alice.get("/api/v1/conversations").json().unwrap();
+    assert_eq!(
+        listed[0]["title"], "first question",
+        "named after its first message"
+    );
 
     // Paging: newest activity first, each conversation once.
     let page = |before: Option<i64>| -> Vec<i64> {

@@ -173,6 +173,16 @@ async function deleteConversation(c) {
   await loadConversations();
 }
 
+async function refreshTitle() {
+  const open = state.conversation;
+  await loadConversations();
+  const fresh = open && state.conversations.get(open.id);
+  if (fresh && state.conversation === open) {
+    state.conversation = fresh;
+    $("chat-title").textContent = chatTitle(fresh);
+  }
+}
+
 function chatTitle(c) { return c.title ? `${c.title} (${c.bot})` : "Chat with " + c.bot; }
 
 async function startConversation(bot) {
@@ -523,6 +533,8 @@ function onFrame(f) {
       if (p) p.acked = true;
       acked(id, f.message_id);
       const r = bubble("r:" + f.message_id, "assistant");
+      // A first message names its conversation (the server titles it).
+      if (state.conversation && !state.conversation.title) refreshTitle();
       // A new stream: a replay's stored text arrives whole, a regenerated
       // reply starts over.
       setText(r, "");

@@ -356,6 +356,20 @@ impl Store {
         .optional())
     }
 
+    /// Titles conversation `id` unless it has a title already (its first
+    /// message names it; a rename or a title given at creation stands).
+    pub async fn title_if_untitled(&self, id: i64, title: &str) -> Result<(), StoreError> {
+        with_conn!(self, write "title_if_untitled", |conn| diesel::update(
+            conversations::table
+                .find(id)
+                .filter(conversations::title.eq(""))
+        )
+        .set(conversations::title.eq(title))
+        .execute(conn)
+        .await
+        .map(drop))
+    }
+
     /// Deletes `owner`'s conversation `id` with its messages (`ON DELETE
     /// CASCADE`); false when there is no such conversation of theirs.
     pub async fn delete_conversation(&self, owner_id: i64, id: i64) -> Result<bool, StoreError> {

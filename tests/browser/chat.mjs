@@ -117,7 +117,8 @@ try {
   await page.waitForSelector("li.msg.assistant.streaming");          // tokens arriving
   await finished("hello browser").waitFor();
   if (await page.locator("#login-view").isVisible()) fail("the sign-in form is still shown after signing in");
-  step("chatted; the reply streamed in");
+  await page.locator("#conversations li .conv-title", { hasText: "hello browser" }).waitFor();
+  step("chatted; the reply streamed in; the conversation is named after it");
   await page.screenshot({ path: `${shots}/1-chat.png` });
 
   // The connection drops: the banner shows at once.
