@@ -16,8 +16,9 @@ const INIT: &str = "2026-11-25-000001";
 const USERNAMES_CI: &str = "2026-11-30-000001";
 const SESSIONS: &str = "2026-11-30-000002";
 const SEARCH: &str = "2026-11-30-000003";
+const REVOKED_TOKENS: &str = "2026-11-30-000004";
 /// Every migration after INIT, newest first.
-const AFTER_INIT: [&str; 3] = [SEARCH, SESSIONS, USERNAMES_CI];
+const AFTER_INIT: [&str; 4] = [REVOKED_TOKENS, SEARCH, SESSIONS, USERNAMES_CI];
 
 fn config(url: &str) -> String {
     format!(

@@ -91,6 +91,38 @@ fn logging_out_everywhere_ends_rest_and_websocket_sessions_at_once() {
 }
 
 #[test]
+fn logging_out_ends_this_session_only_and_survives_a_restart() {
+    let mut host = host();
+    let alice = register(&host.url, "alice");
+    let phone = login(&host.url, "alice").expect("a second session");
+    let res = alice.post("/api/v1/auth/logout", json!({}));
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        error_code(alice.get("/api/v1/bots")),
+        (401, "session_ended".into())
+    );
+    assert_eq!(
+        phone.get("/api/v1/bots").status(),
+        200,
+        "the other session goes on"
+    );
+    host.restart().unwrap();
+    let alice = ApiUser {
+        base: host.url.clone(),
+        ..alice
+    };
+    let phone = ApiUser {
+        base: host.url.clone(),
+        ..phone
+    };
+    assert_eq!(
+        error_code(alice.get("/api/v1/bots")),
+        (401, "session_ended".into())
+    );
+    assert_eq!(phone.get("/api/v1/bots").status(), 200);
+}
+
+#[test]
 fn a_password_change_needs_the_old_one_and_ends_other_sessions() {
     let host = host();
     let alice = register(&host.url, "alice");

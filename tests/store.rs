@@ -431,7 +431,7 @@ async fn both_backends_have_the_same_schema() {
     .collect();
 
     let mut lite = SqliteConnection::establish(&path.display().to_string()).unwrap();
-    let tables = ["users", "conversations", "messages"];
+    let tables = ["users", "conversations", "messages", "revoked_tokens"];
     let mut lite_columns = BTreeSet::new();
     let mut lite_fks = BTreeSet::new();
     for table in tables {
@@ -494,7 +494,7 @@ async fn both_backends_have_the_same_schema() {
     assert_eq!(pg_columns, lite_columns, "columns and nullability");
     assert_eq!(pg_indexes, lite_indexes, "indexes");
     assert_eq!(pg_fks, lite_fks, "foreign keys");
-    assert_eq!(lite_indexes.len(), 6, "{lite_indexes:?}");
+    assert_eq!(lite_indexes.len(), 7, "{lite_indexes:?}");
     pg.cleanup().await;
 }
 

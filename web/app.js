@@ -624,7 +624,9 @@ async function deleteAccount() {
 // ---- start -----------------------------------------------------------------
 $("login-form").onsubmit = (e) => { e.preventDefault(); signIn("/auth/login"); };
 $("register").onclick = () => signIn("/auth/register");
-$("logout").onclick = logout;
+// Log out ends this session on the server too (a copied token stops
+// working); the page forgets it either way.
+$("logout").onclick = () => { api("POST", "/auth/logout").catch(() => {}); logout(); };
 $("composer").onsubmit = send;
 $("input").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); } };
 $("stop").onclick = stop;

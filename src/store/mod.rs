@@ -48,7 +48,7 @@ pub use pool::{PoolGrowth, PoolSnapshot};
 use crate::config::{DatabaseConfig, DatabaseTarget};
 use crate::metrics::Metrics;
 use models::{NewConversation, NewMessage, NewUser};
-use schema::{conversations, messages, users};
+use schema::{conversations, messages, revoked_tokens, users};
 
 /// Most messages one history page returns.
 pub const MAX_PAGE: u32 = 100;
@@ -246,6 +246,45 @@ impl Store {
         .get_result(conn)
         .await
         .optional())
+    }
+
+    /// Ends one token (`jti`) of user `id` until `expires_at` (seconds since
+    /// the epoch, when it would have expired anyway); tokens already past
+    /// their expiry are forgotten on the way.
+    pub async fn revoke_token(
+        &self,
+        user_id: i64,
+        jti: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms() / 1000;
+        with_conn!(self, write "revoke_token", |conn| {
+            async {
+                diesel::delete(revoked_tokens::table.filter(revoked_tokens::expires_at.lt(now)))
+                    .execute(conn)
+                    .await?;
+                diesel::insert_into(revoked_tokens::table)
+                    .values((
+                        revoked_tokens::jti.eq(jti),
+                        revoked_tokens::user_id.eq(user_id),
+                        revoked_tokens::expires_at.eq(expires_at),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            }
+            .await
+        })
+    }
+
+    /// The ids of user `id`'s tokens ended one by one.
+    pub async fn revoked_tokens(&self, user_id: i64) -> Result<Vec<String>, StoreError> {
+        with_conn!(self, "revoked_tokens", |conn| revoked_tokens::table
+            .filter(revoked_tokens::user_id.eq(user_id))
+            .select(revoked_tokens::jti)
+            .load(conn)
+            .await)
     }
 
     /// Deletes user `id` with everything the user owns (conversations and

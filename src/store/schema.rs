@@ -40,6 +40,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    revoked_tokens (jti) {
+        jti -> Text,
+        user_id -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(conversations -> users (owner_id));
 diesel::joinable!(messages -> conversations (conversation_id));
-diesel::allow_tables_to_appear_in_same_query!(users, conversations, messages);
+diesel::allow_tables_to_appear_in_same_query!(users, conversations, messages, revoked_tokens);

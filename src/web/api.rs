@@ -40,6 +40,7 @@ api_routes! {
     API_ROUTES, routes;
     post "/api/v1/auth/register" => register,
     post "/api/v1/auth/login" => login,
+    post "/api/v1/auth/logout" => super::manage::logout,
     post "/api/v1/auth/logout-all" => super::manage::logout_all,
     post "/api/v1/auth/password" => super::manage::change_password,
     delete "/api/v1/account" => super::manage::delete_account,

@@ -39,6 +39,11 @@ pub struct Claims {
     /// before generations existed read as 0, the first generation.
     #[serde(rename = "gen", default)]
     pub generation: i64,
+    /// This token's own id, so it alone can be ended ("log out"). Tokens
+    /// issued before ids existed have none and end only with their
+    /// generation.
+    #[serde(default)]
+    pub jti: String,
     pub iat: u64,
     pub exp: u64,
 }
@@ -67,6 +72,7 @@ impl Auth {
             sub: user.id,
             name: user.username.clone(),
             generation: user.token_generation,
+            jti: token_id(),
             iat: now,
             exp: now + self.ttl.as_secs(),
         };
@@ -91,6 +97,14 @@ impl Auth {
                 _ => unauthorized("the token is not valid"),
             })
     }
+}
+
+/// 128 random bits, hex: a token's id.
+fn token_id() -> String {
+    use argon2::password_hash::rand_core::RngCore;
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unauthorized(message: &str) -> ApiError {
@@ -221,6 +235,7 @@ mod tests {
             sub: 1,
             name: "a".into(),
             generation: 0,
+            jti: String::new(),
             iat: 0,
             exp: unix_now() - 3600,
         };

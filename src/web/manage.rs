@@ -91,6 +91,24 @@ async fn change_account(
     updated.ok_or_else(session_ended)
 }
 
+/// `POST /auth/logout`: this token stops working, on every host and across
+/// restarts; the account's other sessions go on.
+pub async fn logout(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    let claims = &user.claims;
+    if claims.jti.is_empty() {
+        // A token from before tokens had ids can only end with the rest.
+        change_account(&state, &user, UserChange::default()).await?;
+    } else {
+        let expires = i64::try_from(claims.exp).unwrap_or(i64::MAX);
+        state
+            .store
+            .revoke_token(user.id, &claims.jti, expires)
+            .await?;
+        state.sessions.forget(user.id);
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// `POST /auth/logout-all`: every token of the caller stops working,
 /// this one included.
 pub async fn logout_all(

@@ -68,15 +68,18 @@ pub struct Account {
     pub role: UserRole,
     pub generation: i64,
     pub disabled: bool,
+    /// Tokens of this account ended one by one ("log out").
+    pub revoked: Vec<String>,
 }
 
-impl From<&User> for Account {
-    fn from(user: &User) -> Self {
+impl Account {
+    fn of(user: &User, revoked: Vec<String>) -> Self {
         Self {
             name: user.username.clone(),
             role: user.role,
             generation: user.token_generation,
             disabled: user.disabled_at.is_some(),
+            revoked,
         }
     }
 }
@@ -106,8 +109,7 @@ impl Sessions {
         let account = match fresh {
             Some(account) => account,
             None => match self.lookup(claims.sub).await {
-                Ok(user) => {
-                    let account = user.as_ref().map(Account::from);
+                Ok(account) => {
                     self.remember(claims.sub, account.clone());
                     account
                 }
@@ -129,15 +131,21 @@ impl Sessions {
     /// (diesel-async waits for it with `block_in_place`, which the HTTP
     /// workers' single-threaded runtime does not allow); a task runs to its
     /// end whoever stops waiting for it.
-    async fn lookup(&self, id: i64) -> Result<Option<User>, StoreError> {
+    async fn lookup(&self, id: i64) -> Result<Option<Account>, StoreError> {
         let store = self.store.clone();
-        actix_rt::spawn(async move { store.user(id).await })
-            .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Setup(format!(
-                    "the account lookup stopped: {e}"
-                )))
-            })
+        actix_rt::spawn(async move {
+            let Some(user) = store.user(id).await? else {
+                return Ok(None);
+            };
+            let revoked = store.revoked_tokens(id).await?;
+            Ok(Some(Account::of(&user, revoked)))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Setup(format!(
+                "the account lookup stopped: {e}"
+            )))
+        })
     }
 
     /// Drops what this host knows of user `id`, after this host changed
@@ -184,12 +192,17 @@ pub fn verdict(claims: &Claims, account: Option<&Account>) -> Result<AuthUser, A
             "account_disabled",
             "this account is disabled; ask an administrator",
         )),
-        Some(account) if account.generation == claims.generation => Ok(AuthUser {
-            id: claims.sub,
-            name: account.name.clone(),
-            admin: account.role == UserRole::Admin,
-            claims: claims.clone(),
-        }),
+        Some(account)
+            if account.generation == claims.generation
+                && (claims.jti.is_empty() || !account.revoked.contains(&claims.jti)) =>
+        {
+            Ok(AuthUser {
+                id: claims.sub,
+                name: account.name.clone(),
+                admin: account.role == UserRole::Admin,
+                claims: claims.clone(),
+            })
+        }
         _ => Err(session_ended()),
     }
 }
@@ -214,6 +227,7 @@ mod tests {
             sub: 7,
             name: "alice".into(),
             generation,
+            jti: "t1".into(),
             iat: 0,
             exp: u64::MAX,
         }
@@ -225,6 +239,7 @@ mod tests {
             role,
             generation,
             disabled,
+            revoked: vec!["t0".into()],
         }
     }
 
@@ -244,6 +259,13 @@ mod tests {
             "session_ended"
         );
         assert_eq!(code(None), "session_ended");
+        let mut logged_out = account(UserRole::User, 1, false);
+        logged_out.revoked.push("t1".into());
+        assert_eq!(
+            code(Some(&logged_out)),
+            "session_ended",
+            "this token was ended"
+        );
         assert_eq!(
             code(Some(&account(UserRole::User, 1, true))),
             "account_disabled"
