@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::backoff::Backoff;
+use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::store::{Conversation, Message, MessageRole, NewReply, ReplyStatus, Store, StoreError};
 use crate::supervisor::{start_turn, Supervisor};
@@ -74,6 +75,8 @@ pub struct Chats {
     /// Cancelled when the host starts shutting down.
     closing: CancellationToken,
     turns: TaskTracker,
+    /// Who answers a message when hosts share the database.
+    leases: Leases,
     /// A turn the worker says nothing about for this long is ended
     /// (`supervisor.turn_idle_timeout`): a backstop for an engine that
     /// hangs without the worker noticing.
@@ -124,6 +127,7 @@ impl Chats {
         idle_timeout: Duration,
     ) -> Self {
         Self {
+            leases: Leases::new(store.clone()),
             store,
             supervisor,
             metrics,
@@ -254,12 +258,27 @@ impl Chats {
 
         // Claimed first: a reply stored while the turn still streams is
         // `partial` and must not be replayed as if it were the answer.
-        let Some(_claim) = self.claim(user_message_id) else {
-            let _ = events.send(fail(TurnError::new(
+        let in_progress = || {
+            TurnError::new(
                 ErrorCode::InProgress,
                 "this message is still being answered",
-            )));
+            )
+        };
+        let Some(_claim) = self.claim(user_message_id) else {
+            let _ = events.send(fail(in_progress()));
             return;
+        };
+        // Held until the reply is stored: no other host answers meanwhile.
+        let _lease = match self.leases.take(user_message_id).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                let _ = events.send(fail(in_progress()));
+                return;
+            }
+            Err(e) => {
+                let _ = events.send(fail(store_error(&e, "your conversation could not be read")));
+                return;
+            }
         };
         if !created && ask.fresh {
             // A new answer: the stored one goes first, under the claim, so

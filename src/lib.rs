@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod inference;
+pub mod lease;
 pub mod memory;
 pub mod metrics;
 mod names;

@@ -431,7 +431,13 @@ async fn both_backends_have_the_same_schema() {
     .collect();
 
     let mut lite = SqliteConnection::establish(&path.display().to_string()).unwrap();
-    let tables = ["users", "conversations", "messages", "revoked_tokens"];
+    let tables = [
+        "users",
+        "conversations",
+        "messages",
+        "revoked_tokens",
+        "turn_leases",
+    ];
     let mut lite_columns = BTreeSet::new();
     let mut lite_fks = BTreeSet::new();
     for table in tables {

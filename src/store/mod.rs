@@ -48,7 +48,7 @@ pub use pool::{PoolGrowth, PoolSnapshot};
 use crate::config::{DatabaseConfig, DatabaseTarget};
 use crate::metrics::Metrics;
 use models::{NewConversation, NewMessage, NewUser};
-use schema::{conversations, messages, revoked_tokens, users};
+use schema::{conversations, messages, revoked_tokens, turn_leases, users};
 
 /// Most messages one history page returns.
 pub const MAX_PAGE: u32 = 100;
@@ -675,6 +675,81 @@ impl Store {
             messages::table
                 .filter(messages::conversation_id.eq(conversation_id))
                 .filter(messages::id.ge(from_id))
+        )
+        .execute(conn)
+        .await
+        .map(drop))
+    }
+
+    /// Whether several hosts may share this database (PostgreSQL): then a
+    /// turn's claim must be a database fact ([`Store::take_lease`]), not
+    /// only one host's memory.
+    pub fn is_shared(&self) -> bool {
+        matches!(&*self.pools, Pools::Postgres(_))
+    }
+
+    /// Takes the lease on answering user message `id` for `holder` until
+    /// `ttl` from now, unless another holder's lease is still running.
+    pub async fn take_lease(
+        &self,
+        id: i64,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        // `ON CONFLICT … DO UPDATE … WHERE`: the insert statement's own
+        // filter, not a query's.
+        use diesel::query_dsl::methods::FilterDsl;
+        let now = now_ms();
+        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        with_conn!(self, write "take_lease", |conn| diesel::insert_into(turn_leases::table)
+            .values((
+                turn_leases::message_id.eq(id),
+                turn_leases::holder.eq(holder),
+                turn_leases::expires_at.eq(until),
+            ))
+            .on_conflict(turn_leases::message_id)
+            .do_update()
+            .set((
+                turn_leases::holder.eq(holder),
+                turn_leases::expires_at.eq(until),
+            ))
+            .filter(
+                turn_leases::expires_at
+                    .lt(now)
+                    .or(turn_leases::holder.eq(holder)),
+            )
+            .returning(turn_leases::message_id)
+            .get_result::<i64>(conn)
+            .await
+            .optional())
+        .map(|taken| taken.is_some())
+    }
+
+    /// Extends `holder`'s lease on message `id` to `ttl` from now.
+    pub async fn renew_lease(
+        &self,
+        id: i64,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        with_conn!(self, write "renew_lease", |conn| diesel::update(
+            turn_leases::table
+                .filter(turn_leases::message_id.eq(id))
+                .filter(turn_leases::holder.eq(holder))
+        )
+        .set(turn_leases::expires_at.eq(until))
+        .execute(conn)
+        .await
+        .map(drop))
+    }
+
+    /// Gives `holder`'s lease on message `id` back.
+    pub async fn release_lease(&self, id: i64, holder: &str) -> Result<(), StoreError> {
+        with_conn!(self, write "release_lease", |conn| diesel::delete(
+            turn_leases::table
+                .filter(turn_leases::message_id.eq(id))
+                .filter(turn_leases::holder.eq(holder))
         )
         .execute(conn)
         .await

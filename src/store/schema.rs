@@ -48,6 +48,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    turn_leases (message_id) {
+        message_id -> BigInt,
+        holder -> Text,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(conversations -> users (owner_id));
 diesel::joinable!(messages -> conversations (conversation_id));
-diesel::allow_tables_to_appear_in_same_query!(users, conversations, messages, revoked_tokens);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    conversations,
+    messages,
+    revoked_tokens,
+    turn_leases
+);

@@ -1,0 +1,105 @@
+//! Several hosts on one PostgreSQL database: a message is answered once,
+//! whichever host a resend reaches. While one host streams a reply, a
+//! resend of the same message to another host is `in_progress`; once the
+//! reply is stored it is replayed there; and when the answering host dies
+//! mid-reply, its lease expires and the other host replays the partial
+//! reply it left, instead of asking a bot a second time.
+
+mod common;
+
+use std::time::Duration;
+
+use bothost_testkit::{test_database_url, PgSchema};
+use common::web::{error_code, login, register, ApiUser};
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+fn config(db_url: &str) -> String {
+    format!(
+        "{FAST_SUPERVISOR}\n[database]\nurl = \"{db_url}\"\n[backup]\nschedule = \"off\"\n\
+         [auth]\njwt_secret = \"two-hosts-share-this-32-byte-key\"\n\
+         [[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"60ms\"\n"
+    )
+}
+
+/// A blocking HTTP call from inside an async block.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("blocking call"))
+}
+
+fn resend(user: &ApiUser, conv: i64, id: &str, text: &str) -> reqwest::blocking::Response {
+    user.post(
+        &format!("/api/v1/conversations/{conv}/messages"),
+        json!({"client_msg_id": id, "content": text}),
+    )
+}
+
+#[test]
+fn a_message_is_answered_once_whichever_host_a_resend_reaches() {
+    let Some(base) = test_database_url() else {
+        return;
+    };
+    let rt = runtime();
+    let schema = rt.block_on(PgSchema::create(&base, "multihost")).unwrap();
+    let a = TestHost::start_with_config(&config(&schema.url));
+    let b = TestHost::start_with_config(&config(&schema.url));
+    let on_a = register(&a.url, "alice");
+    let on_b = login(&b.url, "alice").expect("the same account on the other host");
+    let conv = on_a.conversation("slow");
+
+    // A streams; the resend to B waits, then gets A's stored reply.
+    let text = "tell me something long enough to take a while";
+    let (ack, done) = rt.block_on(async {
+        let mut ws = on_a.ws().await;
+        ws.chat(conv, "m1", text).await;
+        let ack = ws.next().await;
+        assert_eq!(ws.next().await["type"], "delta");
+        assert_eq!(
+            off_runtime(|| error_code(resend(&on_b, conv, "m1", text))),
+            (409, "in_progress".into()),
+            "B must not answer what A is answering"
+        );
+        let mut f = ws.next().await;
+        while f["type"] == "delta" {
+            f = ws.next().await;
+        }
+        (ack, f)
+    });
+    assert_eq!(done["status"], "complete", "{done}");
+    let replay: Value = b.wait_for("B to replay A's reply", Duration::from_secs(10), || {
+        let res = resend(&on_b, conv, "m1", text);
+        (res.status() == 200).then(|| res.json().unwrap())
+    });
+    assert_eq!(replay["message"]["id"], ack["message_id"]);
+    assert_eq!(
+        replay["reply"]["id"], done["message_id"],
+        "the same reply, not a second one"
+    );
+
+    // A dies mid-reply: after its lease expires, B replays what A stored.
+    rt.block_on(async {
+        let mut ws = on_a.ws().await;
+        ws.chat(conv, "m2", text).await;
+        assert_eq!(ws.next().await["type"], "ack");
+        // Long enough for the first write of the partial reply.
+        for _ in 0..8 {
+            assert_eq!(ws.next().await["type"], "delta");
+        }
+        a.signal(Signal::SIGKILL);
+    });
+    assert_eq!(
+        error_code(resend(&on_b, conv, "m2", text)),
+        (409, "in_progress".into()),
+        "A's lease still holds"
+    );
+    let partial: Value = b.wait_for("A's lease to expire", Duration::from_secs(30), || {
+        let res = resend(&on_b, conv, "m2", text);
+        (res.status() == 200).then(|| res.json().unwrap())
+    });
+    assert_eq!(partial["reply"]["status"], "partial", "{partial}");
+    assert!(!partial["reply"]["content"].as_str().unwrap().is_empty());
+    assert_eq!(on_b.history(conv).len(), 4, "two messages, one reply each");
+    drop(b);
+    rt.block_on(schema.drop_schema()).unwrap();
+}
