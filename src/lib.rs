@@ -12,6 +12,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod fleet;
 pub mod inference;
 pub mod lease;
 pub mod memory;

@@ -33,7 +33,7 @@ use crate::inference;
 use crate::memory::Sampler;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
-use crate::supervisor::{spawn_schedule, AwaitSettled, GetStatus, Shutdown, Supervisor};
+use crate::supervisor::{AwaitSettled, GetStatus, Shutdown, Supervisor};
 use crate::web::{configure, AppState, Auth};
 
 /// `bothost serve`: builds the host, prints the line scripts wait for, runs
@@ -82,6 +82,10 @@ impl Host {
         let metrics = Metrics::new().context("cannot create the metrics registry")?;
         let store = open_store(&config, metrics.clone()).await?;
         let (supervisor, monitors) = start_supervisor(&config, &metrics)?;
+        // Validated at load: an invalid expression cannot reach here.
+        if let Ok(Some(cron)) = config.restart_schedule() {
+            crate::fleet::spawn_restart_schedule(supervisor.clone(), cron, store.clone());
+        }
         settle(&config, &supervisor).await?;
 
         let _ = std::fs::remove_file(&control_path);
@@ -209,10 +213,6 @@ fn start_supervisor(
         &rechecks,
         config.supervisor.stop_grace,
     );
-    // Validated at load: an invalid expression cannot reach here.
-    if let Ok(Some(cron)) = config.restart_schedule() {
-        spawn_schedule(supervisor.clone(), cron);
-    }
     Ok((supervisor, monitors))
 }
 

@@ -103,3 +103,66 @@ fn a_message_is_answered_once_whichever_host_a_resend_reaches() {
     drop(b);
     rt.block_on(schema.drop_schema()).unwrap();
 }
+
+/// The scheduled rolling restart, from each host's log: (start, end)
+/// timestamps, in order.
+fn scheduled_restarts(host: &TestHost) -> Vec<(String, String)> {
+    let mut runs = Vec::new();
+    let mut started = None;
+    for line in host.log().lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "schedule" {
+            continue;
+        }
+        let at = v["timestamp"].as_str().unwrap_or_default().to_owned();
+        match v["message"].as_str() {
+            Some("rolling restart started") => started = Some(at),
+            Some("rolling restart finished") => {
+                if let Some(start) = started.take() {
+                    runs.push((start, at));
+                }
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+#[test]
+fn the_scheduled_rolling_restart_runs_on_one_host_at_a_time() {
+    let Some(base) = test_database_url() else {
+        return;
+    };
+    let rt = runtime();
+    let schema = rt.block_on(PgSchema::create(&base, "fleet")).unwrap();
+    let config = format!(
+        "{}\n{}",
+        config(&schema.url).replace(
+            "stop_grace = \"1s\"",
+            "stop_grace = \"1s\"\nrestart_schedule = \"*/3 * * * * *\""
+        ),
+        bots(&["one", "two", "three"])
+    );
+    let a = TestHost::start_with_config(&config);
+    let b = TestHost::start_with_config(&config);
+    // Both wake at the same second, three times over.
+    b.wait_for(
+        "three scheduled restarts on each host",
+        Duration::from_secs(30),
+        || (scheduled_restarts(&a).len() >= 3 && scheduled_restarts(&b).len() >= 3).then_some(()),
+    );
+    let (on_a, on_b) = (scheduled_restarts(&a), scheduled_restarts(&b));
+    // RFC 3339 timestamps in UTC sort as text.
+    for (a_start, a_end) in &on_a {
+        for (b_start, b_end) in &on_b {
+            assert!(
+                a_end <= b_start || b_end <= a_start,
+                "A restarted {a_start}..{a_end} while B restarted {b_start}..{b_end}"
+            );
+        }
+    }
+    drop((a, b));
+    rt.block_on(schema.drop_schema()).unwrap();
+}

@@ -681,6 +681,36 @@ impl Store {
         .map(drop))
     }
 
+    /// Runs `work` while holding the database-wide lock `key` (PostgreSQL's
+    /// advisory lock, waiting for any other host holding it); on SQLite,
+    /// where there is one host, just runs it. The lock is the session's, so
+    /// it ends with a host that dies.
+    pub async fn exclusive<T>(
+        &self,
+        key: i64,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, StoreError> {
+        let Pools::Postgres(pool) = &*self.pools else {
+            return Ok(work.await);
+        };
+        let mut conn = pool.get().await?;
+        diesel::sql_query("SELECT pg_advisory_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(key)
+            .execute(&mut *conn)
+            .await?;
+        let out = work.await;
+        if let Err(e) = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(key)
+            .execute(&mut *conn)
+            .await
+        {
+            // Dropping the connection's session would release it too.
+            tracing::warn!("cannot release a fleet lock: {e}");
+            drop(deadpool::managed::Object::take(conn));
+        }
+        Ok(out)
+    }
+
     /// Whether several hosts may share this database (PostgreSQL): then a
     /// turn's claim must be a database fact ([`Store::take_lease`]), not
     /// only one host's memory.

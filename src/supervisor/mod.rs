@@ -38,5 +38,5 @@ mod turns;
 
 pub use actor::Supervisor;
 pub use messages::{AwaitSettled, GetStatus, RestartBot, Shutdown, SubscribeStatus};
-pub use rolling::{restart_all, rolling_restart, spawn_schedule};
+pub use rolling::{restart_all, rolling_restart};
 pub use turns::start_turn;

@@ -12,7 +12,7 @@
 
 use actix::prelude::*;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::actor::Supervisor;
 use super::messages::{BeginRolling, EndRolling, GetStatus, RestartBot};
@@ -96,23 +96,4 @@ async fn restart_one(
         })
         .await
         .map_err(|_| RestartError::supervisor_gone())?
-}
-
-/// Runs a rolling restart at every time `cron` names (local time), for as
-/// long as the Supervisor runs. One already running makes it skip a turn.
-pub fn spawn_schedule(supervisor: Addr<Supervisor>, cron: croner::Cron) {
-    actix_rt::spawn(async move {
-        loop {
-            if let Err(e) = crate::schedule::sleep_until_next(&cron).await {
-                error!("restart_schedule {e}");
-                return;
-            }
-            if !supervisor.connected() {
-                return;
-            }
-            if let Err(e) = rolling_restart(&supervisor, RestartReason::Schedule, None).await {
-                warn!("scheduled rolling restart skipped: {e}");
-            }
-        }
-    });
 }
