@@ -269,7 +269,11 @@ impl Chats {
             return;
         };
         // Held until the reply is stored: no other host answers meanwhile.
-        let _lease = match self.leases.take(user_message_id).await {
+        let _lease = match self
+            .leases
+            .take(user_message_id, conversation.owner_id)
+            .await
+        {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 let _ = events.send(fail(in_progress()));

@@ -50,11 +50,15 @@ impl Leases {
 
     /// The lease on answering user message `id`: `None` while another
     /// host holds it. Without a shared database, always granted.
-    pub async fn take(&self, id: i64) -> Result<Option<Lease>, StoreError> {
+    pub async fn take(&self, id: i64, user_id: i64) -> Result<Option<Lease>, StoreError> {
         if !self.store.is_shared() {
             return Ok(Some(Lease(None)));
         }
-        if !self.store.take_lease(id, &self.holder, TTL).await? {
+        if !self
+            .store
+            .take_lease(id, user_id, &self.holder, TTL)
+            .await?
+        {
             return Ok(None);
         }
         let (store, holder) = (self.store.clone(), Arc::clone(&self.holder));

@@ -17,9 +17,9 @@ const USERNAMES_CI: &str = "2026-11-30-000001";
 const SESSIONS: &str = "2026-11-30-000002";
 const SEARCH: &str = "2026-11-30-000003";
 const REVOKED_TOKENS: &str = "2026-11-30-000004";
-const TURN_LEASES: &str = "2026-11-30-000005";
+const FLEET: &str = "2026-11-30-000005";
 /// Every migration after INIT, newest first.
-const AFTER_INIT: [&str; 5] = [TURN_LEASES, REVOKED_TOKENS, SEARCH, SESSIONS, USERNAMES_CI];
+const AFTER_INIT: [&str; 5] = [FLEET, REVOKED_TOKENS, SEARCH, SESSIONS, USERNAMES_CI];
 
 fn config(url: &str) -> String {
     format!(

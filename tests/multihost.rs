@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 fn config(db_url: &str) -> String {
     format!(
         "{FAST_SUPERVISOR}\n[database]\nurl = \"{db_url}\"\n[backup]\nschedule = \"off\"\n\
+         [limits]\nmessages_per_minute_per_user = 100000\nmessages_per_minute_per_ip = 100000\n\
          [auth]\njwt_secret = \"two-hosts-share-this-32-byte-key\"\n\
          [[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"60ms\"\n"
     )
@@ -163,6 +164,73 @@ fn the_scheduled_rolling_restart_runs_on_one_host_at_a_time() {
             );
         }
     }
+    drop((a, b));
+    rt.block_on(schema.drop_schema()).unwrap();
+}
+
+#[test]
+fn limits_per_user_hold_across_hosts() {
+    let Some(base) = test_database_url() else {
+        return;
+    };
+    let rt = runtime();
+    let schema = rt.block_on(PgSchema::create(&base, "limits")).unwrap();
+    let config = config(&schema.url).replace(
+        "messages_per_minute_per_user = 100000",
+        "messages_per_minute_per_user = 4\nmax_in_flight_per_user = 1",
+    );
+    let a = TestHost::start_with_config(&config);
+    let b = TestHost::start_with_config(&config);
+    // The count is per wall-clock minute: start well inside one.
+    let second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 60
+    };
+    if second() > 40 {
+        std::thread::sleep(Duration::from_secs(61 - second()));
+    }
+    let alice_a = register(&a.url, "alice");
+    let alice_b = login(&b.url, "alice").unwrap();
+    let conv = alice_a.conversation("slow");
+    for (i, user) in [&alice_a, &alice_b, &alice_a, &alice_b]
+        .into_iter()
+        .enumerate()
+    {
+        let res = resend(user, conv, &format!("r{i}"), "hi");
+        assert_eq!(res.status(), 200, "message {i}");
+    }
+    // Four in this minute, two on each host: the fifth is over, anywhere.
+    assert_eq!(
+        error_code(resend(&alice_a, conv, "r4", "hi")),
+        (429, "rate_limited".into())
+    );
+
+    // One turn in flight per user, whichever host it runs on.
+    let bob_a = register(&a.url, "bob");
+    let bob_b = login(&b.url, "bob").unwrap();
+    let bob_conv = bob_a.conversation("slow");
+    rt.block_on(async {
+        let mut ws = bob_a.ws().await;
+        ws.chat(bob_conv, "long", "a long answer please").await;
+        assert_eq!(ws.next().await["type"], "ack");
+        assert_eq!(ws.next().await["type"], "delta");
+        assert_eq!(
+            off_runtime(|| error_code(resend(&bob_b, bob_conv, "second", "and this"))),
+            (429, "rate_limited".into()),
+            "bob's one turn runs on A"
+        );
+        let mut f = ws.next().await;
+        while f["type"] == "delta" {
+            f = ws.next().await;
+        }
+        assert_eq!(f["type"], "done");
+    });
+    b.wait_for("bob's turn on A to end", Duration::from_secs(10), || {
+        (resend(&bob_b, bob_conv, "second", "and this").status() == 200).then_some(())
+    });
     drop((a, b));
     rt.block_on(schema.drop_schema()).unwrap();
 }

@@ -437,6 +437,7 @@ async fn both_backends_have_the_same_schema() {
         "messages",
         "revoked_tokens",
         "turn_leases",
+        "rate_windows",
     ];
     let mut lite_columns = BTreeSet::new();
     let mut lite_fks = BTreeSet::new();
@@ -500,7 +501,7 @@ async fn both_backends_have_the_same_schema() {
     assert_eq!(pg_columns, lite_columns, "columns and nullability");
     assert_eq!(pg_indexes, lite_indexes, "indexes");
     assert_eq!(pg_fks, lite_fks, "foreign keys");
-    assert_eq!(lite_indexes.len(), 7, "{lite_indexes:?}");
+    assert_eq!(lite_indexes.len(), 8, "{lite_indexes:?}");
     pg.cleanup().await;
 }
 

@@ -149,6 +149,10 @@ pub struct DatabaseConfig {
     /// PostgreSQL statements running longer are cancelled.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub statement_timeout: Duration,
+    /// PostgreSQL only: other hosts may share this database, so turns and
+    /// limits are coordinated through it (a lease per turn, rate windows):
+    /// five small queries a turn. `false` on a single host saves them.
+    pub shared: bool,
 }
 
 impl Default for DatabaseConfig {
@@ -161,6 +165,7 @@ impl Default for DatabaseConfig {
             acquire_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
+            shared: true,
         }
     }
 }

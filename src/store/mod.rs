@@ -48,7 +48,7 @@ pub use pool::{PoolGrowth, PoolSnapshot};
 use crate::config::{DatabaseConfig, DatabaseTarget};
 use crate::metrics::Metrics;
 use models::{NewConversation, NewMessage, NewUser};
-use schema::{conversations, messages, revoked_tokens, turn_leases, users};
+use schema::{conversations, messages, rate_windows, revoked_tokens, turn_leases, users};
 
 /// Most messages one history page returns.
 pub const MAX_PAGE: u32 = 100;
@@ -60,6 +60,8 @@ pub struct Store {
     metrics: Metrics,
     /// SQLite's one writer at a time, queued in the process (see `with_conn!`).
     sqlite_writes: Arc<tokio::sync::Mutex<()>>,
+    /// `database.shared`.
+    shared: bool,
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
@@ -140,6 +142,7 @@ impl Store {
             pools,
             metrics,
             sqlite_writes: Arc::default(),
+            shared: config.shared,
         })
     }
 
@@ -683,7 +686,8 @@ impl Store {
 
     /// Runs `work` while holding the database-wide lock `key` (PostgreSQL's
     /// advisory lock, waiting for any other host holding it); on SQLite,
-    /// where there is one host, just runs it. The lock is the session's, so
+    /// where there is one host, or with `database.shared = false`, just
+    /// runs it. The lock is the session's, so
     /// it ends with a host that dies.
     pub async fn exclusive<T>(
         &self,
@@ -693,6 +697,9 @@ impl Store {
         let Pools::Postgres(pool) = &*self.pools else {
             return Ok(work.await);
         };
+        if !self.shared {
+            return Ok(work.await);
+        }
         let mut conn = pool.get().await?;
         diesel::sql_query("SELECT pg_advisory_lock($1)")
             .bind::<diesel::sql_types::BigInt, _>(key)
@@ -711,11 +718,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether several hosts may share this database (PostgreSQL): then a
+    /// Whether several hosts may share this database (PostgreSQL, unless
+    /// `database.shared = false`): then a
     /// turn's claim must be a database fact ([`Store::take_lease`]), not
     /// only one host's memory.
     pub fn is_shared(&self) -> bool {
-        matches!(&*self.pools, Pools::Postgres(_))
+        self.shared && matches!(&*self.pools, Pools::Postgres(_))
     }
 
     /// Takes the lease on answering user message `id` for `holder` until
@@ -723,6 +731,7 @@ impl Store {
     pub async fn take_lease(
         &self,
         id: i64,
+        user_id: i64,
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
@@ -734,6 +743,7 @@ impl Store {
         with_conn!(self, write "take_lease", |conn| diesel::insert_into(turn_leases::table)
             .values((
                 turn_leases::message_id.eq(id),
+                turn_leases::user_id.eq(user_id),
                 turn_leases::holder.eq(holder),
                 turn_leases::expires_at.eq(until),
             ))
@@ -753,6 +763,47 @@ impl Store {
             .await
             .optional())
         .map(|taken| taken.is_some())
+    }
+
+    /// How many turns of user `id` some host is answering now.
+    pub async fn live_turns(&self, user_id: i64) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let n: i64 = with_conn!(self, "live_turns", |conn| turn_leases::table
+            .filter(turn_leases::user_id.eq(user_id))
+            .filter(turn_leases::expires_at.gt(now))
+            .count()
+            .get_result(conn)
+            .await)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// One more hit for `subject` in the minute starting at `window_start`
+    /// (ms); answers the minute's hits so far, this one included. Minutes
+    /// before the last are forgotten on the way, now and then.
+    pub async fn hit_window(&self, subject: &str, window_start: i64) -> Result<i32, StoreError> {
+        let forget = window_start % 7 == 0;
+        with_conn!(self, write "hit_window", |conn| {
+            async {
+                if forget {
+                    diesel::delete(rate_windows::table.filter(rate_windows::window_start.lt(window_start - 60_000)))
+                        .execute(conn)
+                        .await?;
+                }
+                diesel::insert_into(rate_windows::table)
+                    .values((
+                        rate_windows::subject.eq(subject),
+                        rate_windows::window_start.eq(window_start),
+                        rate_windows::hits.eq(1),
+                    ))
+                    .on_conflict((rate_windows::subject, rate_windows::window_start))
+                    .do_update()
+                    .set(rate_windows::hits.eq(rate_windows::hits + 1))
+                    .returning(rate_windows::hits)
+                    .get_result::<i32>(conn)
+                    .await
+            }
+            .await
+        })
     }
 
     /// Extends `holder`'s lease on message `id` to `ttl` from now.

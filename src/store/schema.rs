@@ -51,8 +51,17 @@ diesel::table! {
 diesel::table! {
     turn_leases (message_id) {
         message_id -> BigInt,
+        user_id -> BigInt,
         holder -> Text,
         expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    rate_windows (subject, window_start) {
+        subject -> Text,
+        window_start -> BigInt,
+        hits -> Integer,
     }
 }
 
@@ -63,5 +72,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     messages,
     revoked_tokens,
-    turn_leases
+    turn_leases,
+    rate_windows
 );

@@ -348,10 +348,10 @@ async fn answer(
     conv: Conversation,
     ask: Ask,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .limits
-        .message(user.id, req.peer_addr().map(|a| a.ip()))?;
+    let ip = req.peer_addr().map(|a| a.ip());
+    state.limits.message(user.id, ip)?;
     let _slot = state.limits.start_turn(user.id)?;
+    state.limits.check_fleet(&state.store, user.id, ip).await?;
     let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Its own task: a client that hangs up still gets its reply stored.

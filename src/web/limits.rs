@@ -19,6 +19,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
 use crate::config::LimitsConfig;
+use crate::store::{now_ms, Store};
 
 pub struct Limits {
     pub config: LimitsConfig,
@@ -206,6 +207,56 @@ impl Limits {
             &user,
             "you are starting conversations too fast",
         )
+    }
+
+    /// The same message limits counted by the whole fleet, where hosts
+    /// share the database ([`Store::is_shared`]): messages per minute per
+    /// user and per address in one-minute windows, and turns in flight per
+    /// user from the live turn leases. This host's own limits (above) still
+    /// apply first. It costs one write per message (two with an address)
+    /// and one count on PostgreSQL; hosts racing may each let one more turn
+    /// through than the cap.
+    pub async fn check_fleet(
+        &self,
+        store: &Store,
+        user: i64,
+        ip: Option<IpAddr>,
+    ) -> Result<(), ApiError> {
+        if !store.is_shared() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let window = now - now.rem_euclid(60_000);
+        let retry = u64::try_from((window + 60_000 - now) / 1000).unwrap_or(1);
+        let over = |hits: i32, max: u32| u32::try_from(hits).map_or(true, |h| h > max);
+        if over(
+            store.hit_window(&format!("u:{user}"), window).await?,
+            self.config.messages_per_minute_per_user,
+        ) {
+            return Err(ApiError::too_many(
+                "you are sending messages too fast",
+                retry,
+            ));
+        }
+        if let Some(ip) = ip {
+            if over(
+                store.hit_window(&format!("ip:{ip}"), window).await?,
+                self.config.messages_per_minute_per_ip,
+            ) {
+                return Err(ApiError::too_many(
+                    "too many messages from your address",
+                    retry,
+                ));
+            }
+        }
+        let max = self.config.max_in_flight_per_user;
+        if store.live_turns(user).await? >= u64::from(max) {
+            return Err(ApiError::too_many(
+                format!("you already have {max} replies in progress; wait for one to finish"),
+                1,
+            ));
+        }
+        Ok(())
     }
 
     /// Forgets keys that have been quiet, so memory stays bounded.

@@ -523,7 +523,7 @@ impl WsSession {
         }
         self.state.limits.message(self.user.id, self.ip)?;
         let slot = self.state.limits.start_turn(self.user.id)?;
-        let (state, me, owner) = (self.state.clone(), ctx.address(), self.user.id);
+        let (state, me, owner, ip) = (self.state.clone(), ctx.address(), self.user.id, self.ip);
         let cid = client_msg_id.to_owned();
         let claims = self.user.claims.clone();
         let stop = CancellationToken::new();
@@ -553,6 +553,11 @@ impl WsSession {
                 }
             };
             if stopped.is_cancelled() {
+                return;
+            }
+            if let Err(e) = state.limits.check_fleet(&state.store, owner, ip).await {
+                me.do_send(Push(ServerFrame::error(Some(&cid), e)));
+                me.do_send(TurnEnded(cid));
                 return;
             }
             let ask = match wanted {
