@@ -62,6 +62,8 @@ pub struct Host {
     /// Health checks and supervised model servers.
     monitors: inference::Monitors,
     stop_grace: Duration,
+    /// `server.drain_delay`.
+    drain_delay: Duration,
 }
 
 impl Host {
@@ -126,6 +128,7 @@ impl Host {
             orphan_sweep,
             monitors,
             stop_grace: config.supervisor.stop_grace,
+            drain_delay: config.server.drain_delay,
         })
     }
 
@@ -158,6 +161,18 @@ impl Host {
     /// worker, then stops supervised model servers (SIGTERM, then SIGKILL
     /// after `stop_grace`), then removes the control socket.
     pub async fn stop(self) -> anyhow::Result<()> {
+        if !self.drain_delay.is_zero() {
+            // Out of the load balancer's rotation first, while everything
+            // still works for the connections it already sent here.
+            self.state
+                .out_of_rotation
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            info!(
+                drain_delay_ms = self.drain_delay.as_millis() as u64,
+                "out of rotation: /readyz answers 503 until the host stops accepting"
+            );
+            tokio::time::sleep(self.drain_delay).await;
+        }
         let drain = self.state.drain_timeout;
         info!(
             drain_timeout_ms = drain.as_millis() as u64,

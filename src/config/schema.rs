@@ -39,6 +39,11 @@ pub struct ServerConfig {
     /// A WebSocket client silent for this long is dropped.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub ws_timeout: Duration,
+    /// At shutdown, how long `/readyz` answers 503 (so a load balancer
+    /// takes the host out of rotation) before it stops accepting
+    /// connections. 0 on a host with no load balancer in front.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub drain_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +53,7 @@ impl Default for ServerConfig {
             tls: None,
             ws_heartbeat: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
         }
     }
 }

@@ -123,6 +123,12 @@ where
 /// says which part is not, so an operator (or a load balancer's log) sees
 /// why.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state
+        .out_of_rotation
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return HttpResponse::ServiceUnavailable().json(json!({"ready": false, "draining": true}));
+    }
     let store = state.store.ping().await;
     let status = state.supervisor.send(GetStatus).await.ok();
     let ready = readiness(

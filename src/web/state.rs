@@ -31,6 +31,9 @@ pub struct AppState {
     /// At shutdown, how long a connection's turns may take to finish
     /// before it is closed anyway (`supervisor.drain_timeout`).
     pub drain_timeout: std::time::Duration,
+    /// Set at shutdown: `/readyz` answers 503 so a load balancer stops
+    /// sending new connections here.
+    pub out_of_rotation: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -63,6 +66,7 @@ impl AppState {
             ws_heartbeat: config.server.ws_heartbeat,
             ws_timeout: config.server.ws_timeout,
             drain_timeout: config.supervisor.drain_timeout,
+            out_of_rotation: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
