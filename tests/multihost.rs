@@ -234,3 +234,48 @@ fn limits_per_user_hold_across_hosts() {
     drop((a, b));
     rt.block_on(schema.drop_schema()).unwrap();
 }
+
+/// PostgreSQL fails over to a promoted streaming standby: with both in
+/// `database.url` and `target_session_attrs=read-write`, the host follows
+/// the new primary by itself. While no primary exists, messages are
+/// refused cleanly (503, "unavailable"); then they flow again, and what was
+/// stored before is there.
+#[test]
+fn the_database_fails_over_to_a_promoted_standby() {
+    use common::throwaway_pg::ThrowawayPg;
+    let Some(primary) = ThrowawayPg::start() else {
+        return;
+    };
+    let standby = ThrowawayPg::standby_of(&primary);
+    let url = format!(
+        "postgres://postgres@{},{}/postgres?target_session_attrs=read-write",
+        primary.addr(),
+        standby.addr()
+    );
+    let host = TestHost::start_with_config(&config(&url));
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    assert_eq!(resend(&alice, conv, "before", "hello").status(), 200);
+
+    primary.stop();
+    let refused = resend(&alice, conv, "during", "anyone there?");
+    assert_eq!(
+        (refused.status().as_u16(), error_code(refused).1.as_str()),
+        (503, "store_unavailable"),
+        "refused cleanly while no primary exists"
+    );
+    standby.promote();
+    host.wait_for(
+        "the host to follow the new primary",
+        Duration::from_secs(30),
+        || (resend(&alice, conv, "after", "and now?").status() == 200).then_some(()),
+    );
+    let contents: Vec<String> = alice
+        .history(conv)
+        .iter()
+        .rev()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(contents[0], "hello", "what was stored before the failover");
+    assert_eq!(contents.len(), 4, "{contents:?}");
+}

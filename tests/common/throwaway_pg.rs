@@ -16,6 +16,62 @@ impl ThrowawayPg {
     /// `None` (the test skips) when the server binaries are not installed,
     /// except under CI, where they must be.
     pub fn start() -> Option<Self> {
+        let pg = Self::empty()?;
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        pg.start_again();
+        Some(pg)
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), running.
+    pub fn standby_of(primary: &Self) -> Self {
+        let standby = Self::empty().expect("the server binaries (the primary has them)");
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &standby.data(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        standby.start_again();
+        standby
+    }
+
+    /// `pg_ctl promote`: the standby becomes a primary.
+    pub fn promote(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-w", "promote"]);
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A directory and a port, no server yet; `None` without the binaries.
+    fn empty() -> Option<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|versions| {
@@ -44,24 +100,7 @@ impl ThrowawayPg {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let pg = Self { dir, bin, port };
-        let data = pg.data();
-        pg.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        pg.start_again();
-        Some(pg)
+        Some(Self { dir, bin, port })
     }
 
     fn data(&self) -> String {
