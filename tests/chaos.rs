@@ -575,3 +575,93 @@ fn postgres_restarted_under_load() {
     load.wait_turns(12);
     check(&host, &load.finish(), false);
 }
+
+/// The fleet: three hosts behind the real HAProxy (`deploy/haproxy/`), on a
+/// PostgreSQL primary with a streaming standby. Six users chat through
+/// HAProxy while one host is killed mid-stream, the others restart their
+/// workers one after the other, and the database fails over to the
+/// promoted standby; every user's history must hold what they saw, once.
+#[test]
+fn the_fleet_behind_haproxy_through_a_host_kill_rolling_restarts_and_a_failover() {
+    use common::throwaway_pg::ThrowawayPg;
+    if std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true but haproxy is missing"
+        );
+        return;
+    }
+    let Some(primary) = ThrowawayPg::start() else {
+        return;
+    };
+    let standby = ThrowawayPg::standby_of(&primary);
+    let url = format!(
+        "postgres://postgres@{},{}/postgres?target_session_attrs=read-write",
+        primary.addr(),
+        standby.addr()
+    );
+    let config = config(&url, CHATTY).replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\ndrain_delay = \"2s\"",
+    );
+    let mut hosts: Vec<TestHost> = (0..3)
+        .map(|_| TestHost::start_with_config(&config))
+        .collect();
+    // The shipped configuration, with a third server line.
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"),
+    )
+    .unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!("{shipped}    server host3 \"${{BOTHOST_3}}\"\n"),
+    )
+    .unwrap();
+    let port = common::fake::free_port();
+    let mut proxy = std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .env("HAPROXY_BIND", format!("127.0.0.1:{port}"))
+        .env("BOTHOST_1", hosts[0].addr())
+        .env("BOTHOST_2", hosts[1].addr())
+        .env("BOTHOST_3", hosts[2].addr())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy");
+    let front = format!("http://127.0.0.1:{port}");
+    hosts[1].wait_for("HAProxy serving", Duration::from_secs(15), || {
+        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        (up && http_get(&front, "/readyz").0 == 200).then_some(())
+    });
+
+    let load = Chaos::start(&front, 6, "chatty");
+    load.wait_turns(6);
+    hosts[0].signal(Signal::SIGKILL);
+    load.wait_turns(6);
+    for host in &hosts[1..] {
+        let out = host.cli(&["restart", "--all", "--rolling"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        load.wait_turns(3);
+    }
+    primary.stop();
+    standby.promote();
+    load.wait_turns(12);
+    let logs = load.finish();
+    let survivor = hosts.remove(1);
+    check(&survivor, &logs, true);
+    assert!(resent(&logs) > 0, "no turn was cut");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
