@@ -279,3 +279,34 @@ fn the_database_fails_over_to_a_promoted_standby() {
     assert_eq!(contents[0], "hello", "what was stored before the failover");
     assert_eq!(contents.len(), 4, "{contents:?}");
 }
+
+#[test]
+fn a_resend_raced_to_two_hosts_at_once_gets_one_answer() {
+    let Some(base) = test_database_url() else {
+        return;
+    };
+    let rt = runtime();
+    let schema = rt.block_on(PgSchema::create(&base, "race")).unwrap();
+    let a = TestHost::start_with_config(&config(&schema.url));
+    let b = TestHost::start_with_config(&config(&schema.url));
+    let on_a = register(&a.url, "alice");
+    let on_b = login(&b.url, "alice").unwrap();
+    let conv = on_a.conversation("slow");
+    for round in 0..5 {
+        let id = format!("race{round}");
+        let (ra, rb) = std::thread::scope(|s| {
+            let ta = s.spawn(|| resend(&on_a, conv, &id, "both at once"));
+            let tb = s.spawn(|| resend(&on_b, conv, &id, "both at once"));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        // A reply takes seconds, so the two overlap: one host answers, the
+        // other is told in_progress (a bot asked twice would answer twice).
+        let mut codes: Vec<u16> = [ra.status().as_u16(), rb.status().as_u16()].to_vec();
+        codes.sort_unstable();
+        assert_eq!(codes, [200, 409], "round {round}");
+    }
+    let history = on_a.history(conv);
+    assert_eq!(history.len(), 10, "five messages, one reply each");
+    drop((a, b));
+    rt.block_on(schema.drop_schema()).unwrap();
+}
