@@ -560,7 +560,7 @@ fn the_sqlite_disk_full() {
 /// doubled, and the host recovers by itself.
 #[test]
 fn postgres_restarted_under_load() {
-    let Some(pg) = common::throwaway_pg::ThrowawayPg::start() else {
+    let Some(pg) = bothost_testkit::ThrowawayPg::start() else {
         return;
     };
     let host = TestHost::start_with_config(&config(&pg.url(), CHATTY));
@@ -583,7 +583,7 @@ fn postgres_restarted_under_load() {
 /// promoted standby; every user's history must hold what they saw, once.
 #[test]
 fn the_fleet_behind_haproxy_through_a_host_kill_rolling_restarts_and_a_failover() {
-    use common::throwaway_pg::ThrowawayPg;
+    use bothost_testkit::ThrowawayPg;
     if std::process::Command::new("haproxy")
         .arg("-v")
         .output()

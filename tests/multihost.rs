@@ -242,7 +242,7 @@ fn limits_per_user_hold_across_hosts() {
 /// stored before is there.
 #[test]
 fn the_database_fails_over_to_a_promoted_standby() {
-    use common::throwaway_pg::ThrowawayPg;
+    use bothost_testkit::ThrowawayPg;
     let Some(primary) = ThrowawayPg::start() else {
         return;
     };

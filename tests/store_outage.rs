@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bothost::config::{DatabaseConfig, DatabaseTarget, Secret};
 use bothost::metrics::Metrics;
 use bothost::store::{self, Store, StoreError, UserRole};
-use common::throwaway_pg::ThrowawayPg;
+use bothost_testkit::ThrowawayPg;
 use common::*;
 
 #[derive(Default)]

@@ -7,16 +7,20 @@
 //!   signals;
 //! - [`PgSchema`]: a PostgreSQL schema of its own for one test or run, so
 //!   they can run side by side on one database;
+//! - [`ThrowawayPg`]: a PostgreSQL server of one's own (and a streaming
+//!   standby of it), to stop, restart or fail over;
 //! - [`eventually`] / [`eventually_async`]: wait for a condition with a
 //!   deadline, never sleep and hope;
 //! - [`runtime`]: a current-thread Tokio runtime for synchronous tests.
 
 mod host;
 mod pg;
+mod throwaway_pg;
 mod wait;
 
 pub use host::{binary_dir, http_get, HostProcess};
 pub use pg::{bench_database_url, test_database_url, PgDatabase, PgSchema};
+pub use throwaway_pg::ThrowawayPg;
 pub use wait::{eventually, eventually_async, TimedOut};
 
 /// A current-thread runtime with I/O and timers, for a synchronous test

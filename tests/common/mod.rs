@@ -10,7 +10,6 @@
 
 pub mod db;
 pub mod fake;
-pub mod throwaway_pg;
 pub mod web;
 
 use std::path::{Path, PathBuf};
