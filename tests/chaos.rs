@@ -599,11 +599,7 @@ fn the_fleet_behind_haproxy_through_a_host_kill_rolling_restarts_and_a_failover(
         return;
     };
     let standby = ThrowawayPg::standby_of(&primary);
-    let url = format!(
-        "postgres://postgres@{},{}/postgres?target_session_attrs=read-write",
-        primary.addr(),
-        standby.addr()
-    );
+    let url = primary.url_with_standby(&standby);
     let config = config(&url, CHATTY).replace(
         "bind = \"127.0.0.1:0\"",
         "bind = \"127.0.0.1:0\"\ndrain_delay = \"2s\"",

@@ -247,11 +247,7 @@ fn the_database_fails_over_to_a_promoted_standby() {
         return;
     };
     let standby = ThrowawayPg::standby_of(&primary);
-    let url = format!(
-        "postgres://postgres@{},{}/postgres?target_session_attrs=read-write",
-        primary.addr(),
-        standby.addr()
-    );
+    let url = primary.url_with_standby(&standby);
     let host = TestHost::start_with_config(&config(&url));
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("slow");

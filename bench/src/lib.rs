@@ -43,6 +43,34 @@ pub async fn host_status(host: &HostProcess) -> anyhow::Result<StatusReport> {
     Ok(host.control().await?.status().await?)
 }
 
+/// Registers `name` at `base` and starts a conversation with `bot`:
+/// (token, conversation id).
+pub async fn user_with_conversation(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    password: &str,
+    bot: &str,
+) -> anyhow::Result<(String, i64)> {
+    let body: serde_json::Value = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({"username": name, "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = body["token"].as_str().unwrap_or_default().to_owned();
+    let conv: serde_json::Value = http
+        .post(format!("{base}/api/v1/conversations"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"bot": bot}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok((token, conv["id"].as_i64().unwrap_or_default()))
+}
+
 /// Latency summary of one run.
 pub struct Percentiles {
     pub p50: Duration,

@@ -60,6 +60,17 @@ impl ThrowawayPg {
         standby
     }
 
+    /// A `database.url` naming this primary and its `standby`, for
+    /// whichever accepts writes (`target_session_attrs=read-write`): what
+    /// follows a failover.
+    pub fn url_with_standby(&self, standby: &Self) -> String {
+        format!(
+            "postgres://postgres@{},{}/postgres?target_session_attrs=read-write",
+            self.addr(),
+            standby.addr()
+        )
+    }
+
     /// `pg_ctl promote`: the standby becomes a primary.
     pub fn promote(&self) {
         self.run("pg_ctl", &["-D", &self.data(), "-w", "promote"]);

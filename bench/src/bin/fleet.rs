@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bothost_bench::{bench_database_url, ms, release_binaries, HostProcess, Percentiles, PgSchema};
+use bothost_bench::{
+    bench_database_url, ms, release_binaries, user_with_conversation, HostProcess, Percentiles,
+    PgSchema,
+};
 use bothost_testkit::ThrowawayPg;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -143,23 +146,9 @@ async fn load(
     let http = reqwest::Client::new();
     let mut accounts = Vec::new();
     for i in 0..users {
-        let body: Value = http
-            .post(format!("{front}/api/v1/auth/register"))
-            .json(&json!({"username": format!("user{i}"), "password": PASSWORD}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let token = body["token"].as_str().unwrap_or_default().to_owned();
-        let conv: Value = http
-            .post(format!("{front}/api/v1/conversations"))
-            .bearer_auth(&token)
-            .json(&json!({"bot": "echo"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        accounts.push((token, conv["id"].as_i64().unwrap_or_default()));
+        accounts.push(
+            user_with_conversation(&http, front, &format!("user{i}"), PASSWORD, "echo").await?,
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<(Vec<Duration>, u64)>> = Arc::default();
@@ -222,31 +211,11 @@ async fn failover() -> anyhow::Result<()> {
         let standby = ThrowawayPg::standby_of(&primary);
         anyhow::Ok((primary, standby))
     })?;
-    let url = format!(
-        "postgres://postgres@{},{}/postgres?target_session_attrs=read-write",
-        primary.addr(),
-        standby.addr()
-    );
+    let url = primary.url_with_standby(&standby);
     let host = HostProcess::start(&release_binaries()?.join("bothost"), &config(&url))?;
     let http = reqwest::Client::new();
     let base = host.url.clone();
-    let session: Value = http
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"username": "alice", "password": PASSWORD}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = session["token"].as_str().unwrap_or_default().to_owned();
-    let conv: Value = http
-        .post(format!("{base}/api/v1/conversations"))
-        .bearer_auth(&token)
-        .json(&json!({"bot": "echo"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let conv = conv["id"].as_i64().unwrap_or_default();
+    let (token, conv) = user_with_conversation(&http, &base, "alice", PASSWORD, "echo").await?;
     let stopped = Instant::now();
     tokio::task::block_in_place(|| {
         primary.stop();

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bothost_bench::{ms, release_binaries, HostProcess, Percentiles};
+use bothost_bench::{ms, release_binaries, user_with_conversation, HostProcess, Percentiles};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -82,23 +82,9 @@ async fn run(clients: usize, activated: bool) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let mut users = Vec::new();
     for i in 0..clients {
-        let body: Value = http
-            .post(format!("{base}/api/v1/auth/register"))
-            .json(&json!({"username": format!("user{i}"), "password": PASSWORD}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let token = body["token"].as_str().unwrap_or_default().to_owned();
-        let conv: Value = http
-            .post(format!("{base}/api/v1/conversations"))
-            .bearer_auth(&token)
-            .json(&json!({"bot": "echo"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        users.push((token, conv["id"].as_i64().unwrap_or_default()));
+        users.push(
+            user_with_conversation(&http, &base, &format!("user{i}"), PASSWORD, "echo").await?,
+        );
     }
 
     let tally = Arc::new(Tally::default());
