@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bothost_testkit::HostProcess;
+use bothost_testkit::{HostProcess, ThrowawayPg};
 use common::web::{register, ApiUser};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -560,7 +560,7 @@ fn the_sqlite_disk_full() {
 /// doubled, and the host recovers by itself.
 #[test]
 fn postgres_restarted_under_load() {
-    let Some(pg) = bothost_testkit::ThrowawayPg::start() else {
+    let Some(pg) = ThrowawayPg::start() else {
         return;
     };
     let host = TestHost::start_with_config(&config(&pg.url(), CHATTY));
@@ -576,73 +576,100 @@ fn postgres_restarted_under_load() {
     check(&host, &load.finish(), false);
 }
 
-/// The fleet: three hosts behind the real HAProxy (`deploy/haproxy/`), on a
-/// PostgreSQL primary with a streaming standby. Six users chat through
-/// HAProxy while one host is killed mid-stream, the others restart their
-/// workers one after the other, and the database fails over to the
-/// promoted standby; every user's history must hold what they saw, once.
+/// Three hosts behind the real HAProxy (the shipped `deploy/haproxy/`
+/// configuration with a third server line), on `db_url`.
+struct Fleet {
+    hosts: Vec<TestHost>,
+    proxy: std::process::Child,
+    front: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// `None` (the test skips) without haproxy, except under CI.
+    fn start(db_url: &str) -> Option<Self> {
+        if std::process::Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "CI=true but haproxy is missing"
+            );
+            return None;
+        }
+        let config = config(db_url, CHATTY).replace(
+            "bind = \"127.0.0.1:0\"",
+            "bind = \"127.0.0.1:0\"\ndrain_delay = \"2s\"",
+        );
+        let hosts: Vec<TestHost> = (0..3)
+            .map(|_| TestHost::start_with_config(&config))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"),
+        )
+        .unwrap();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!("{shipped}    server host3 \"${{BOTHOST_3}}\"\n"),
+        )
+        .unwrap();
+        let port = common::fake::free_port();
+        let proxy = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .env("HAPROXY_BIND", format!("127.0.0.1:{port}"))
+            .env("BOTHOST_1", hosts[0].addr())
+            .env("BOTHOST_2", hosts[1].addr())
+            .env("BOTHOST_3", hosts[2].addr())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy");
+        let front = format!("http://127.0.0.1:{port}");
+        hosts[1].wait_for("HAProxy serving", Duration::from_secs(15), || {
+            let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            (up && http_get(&front, "/readyz").0 == 200).then_some(())
+        });
+        Some(Self {
+            hosts,
+            proxy,
+            front,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.proxy.kill();
+        let _ = self.proxy.wait();
+    }
+}
+
+/// The fleet on a PostgreSQL primary with a streaming standby: six users
+/// chat through HAProxy while one host is killed mid-stream, the others
+/// restart their workers one after the other, and the database fails over
+/// to the promoted standby; every user's history must hold what they saw,
+/// once.
 #[test]
 fn the_fleet_behind_haproxy_through_a_host_kill_rolling_restarts_and_a_failover() {
-    use bothost_testkit::ThrowawayPg;
-    if std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_err()
-    {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "CI=true but haproxy is missing"
-        );
-        return;
-    }
     let Some(primary) = ThrowawayPg::start() else {
         return;
     };
     let standby = ThrowawayPg::standby_of(&primary);
-    let url = primary.url_with_standby(&standby);
-    let config = config(&url, CHATTY).replace(
-        "bind = \"127.0.0.1:0\"",
-        "bind = \"127.0.0.1:0\"\ndrain_delay = \"2s\"",
-    );
-    let mut hosts: Vec<TestHost> = (0..3)
-        .map(|_| TestHost::start_with_config(&config))
-        .collect();
-    // The shipped configuration, with a third server line.
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"),
-    )
-    .unwrap();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!("{shipped}    server host3 \"${{BOTHOST_3}}\"\n"),
-    )
-    .unwrap();
-    let port = common::fake::free_port();
-    let mut proxy = std::process::Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .env("HAPROXY_BIND", format!("127.0.0.1:{port}"))
-        .env("BOTHOST_1", hosts[0].addr())
-        .env("BOTHOST_2", hosts[1].addr())
-        .env("BOTHOST_3", hosts[2].addr())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("haproxy");
-    let front = format!("http://127.0.0.1:{port}");
-    hosts[1].wait_for("HAProxy serving", Duration::from_secs(15), || {
-        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        (up && http_get(&front, "/readyz").0 == 200).then_some(())
-    });
-
-    let load = Chaos::start(&front, 6, "chatty");
+    let Some(fleet) = Fleet::start(&primary.url_with_standby(&standby)) else {
+        return;
+    };
+    let load = Chaos::start(&fleet.front, 6, "chatty");
     load.wait_turns(6);
-    hosts[0].signal(Signal::SIGKILL);
+    fleet.hosts[0].signal(Signal::SIGKILL);
     load.wait_turns(6);
-    for host in &hosts[1..] {
+    for host in &fleet.hosts[1..] {
         let out = host.cli(&["restart", "--all", "--rolling"]);
         assert!(
             out.status.success(),
@@ -655,9 +682,44 @@ fn the_fleet_behind_haproxy_through_a_host_kill_rolling_restarts_and_a_failover(
     standby.promote();
     load.wait_turns(12);
     let logs = load.finish();
-    let survivor = hosts.remove(1);
-    check(&survivor, &logs, true);
+    check(&fleet.hosts[1], &logs, true);
     assert!(resent(&logs) > 0, "no turn was cut");
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+}
+
+/// Rolling restarts on every host of the fleet, one after the other, under
+/// load through HAProxy: not one turn fails.
+#[test]
+fn rolling_restarts_across_the_fleet_fail_no_turn() {
+    let Some(base) = bothost_testkit::test_database_url() else {
+        return;
+    };
+    let rt = runtime();
+    let schema = rt
+        .block_on(bothost_testkit::PgSchema::create(&base, "fleet_rolling"))
+        .unwrap();
+    let Some(fleet) = Fleet::start(&schema.url) else {
+        return;
+    };
+    let load = Chaos::start(&fleet.front, 6, "chatty");
+    load.wait_turns(6);
+    for host in &fleet.hosts {
+        let out = host.cli(&["restart", "--all", "--rolling"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        load.wait_turns(3);
+    }
+    load.wait_turns(6);
+    let logs = load.finish();
+    check(&fleet.hosts[0], &logs, false);
+    let failed: Vec<&Turn> = logs
+        .iter()
+        .flat_map(|l| &l.turns)
+        .filter(|t| !matches!(&t.end, End::Done { status, .. } if status == "complete"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    drop(fleet);
+    rt.block_on(schema.drop_schema()).unwrap();
 }
