@@ -199,6 +199,15 @@ impl Chats {
             .map_or(true, |set| ids.iter().any(|id| set.contains(id)))
     }
 
+    /// The error for a message another turn (here or on another host) is
+    /// answering now.
+    pub fn in_progress() -> TurnError {
+        TurnError::new(
+            ErrorCode::InProgress,
+            "this message is still being answered",
+        )
+    }
+
     fn claim(&self, id: i64) -> Option<Claim> {
         let mut set = self.in_flight.lock().ok()?;
         set.insert(id).then(|| Claim {
@@ -258,14 +267,8 @@ impl Chats {
 
         // Claimed first: a reply stored while the turn still streams is
         // `partial` and must not be replayed as if it were the answer.
-        let in_progress = || {
-            TurnError::new(
-                ErrorCode::InProgress,
-                "this message is still being answered",
-            )
-        };
         let Some(_claim) = self.claim(user_message_id) else {
-            let _ = events.send(fail(in_progress()));
+            let _ = events.send(fail(Self::in_progress()));
             return;
         };
         // Held until the reply is stored: no other host answers meanwhile.
@@ -276,7 +279,7 @@ impl Chats {
         {
             Ok(Some(lease)) => lease,
             Ok(None) => {
-                let _ = events.send(fail(in_progress()));
+                let _ = events.send(fail(Self::in_progress()));
                 return;
             }
             Err(e) => {

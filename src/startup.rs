@@ -274,6 +274,7 @@ fn spawn_limits_sweeper(state: web::Data<AppState>) {
         loop {
             tick.tick().await;
             state.limits.forget_idle();
+            state.limits.forget_fleet_windows(&state.store).await;
         }
     });
 }

@@ -778,32 +778,30 @@ impl Store {
     }
 
     /// One more hit for `subject` in the minute starting at `window_start`
-    /// (ms); answers the minute's hits so far, this one included. Minutes
-    /// before the last are forgotten on the way, now and then.
+    /// (ms); answers the minute's hits so far, this one included.
     pub async fn hit_window(&self, subject: &str, window_start: i64) -> Result<i32, StoreError> {
-        let forget = window_start % 7 == 0;
-        with_conn!(self, write "hit_window", |conn| {
-            async {
-                if forget {
-                    diesel::delete(rate_windows::table.filter(rate_windows::window_start.lt(window_start - 60_000)))
-                        .execute(conn)
-                        .await?;
-                }
-                diesel::insert_into(rate_windows::table)
-                    .values((
-                        rate_windows::subject.eq(subject),
-                        rate_windows::window_start.eq(window_start),
-                        rate_windows::hits.eq(1),
-                    ))
-                    .on_conflict((rate_windows::subject, rate_windows::window_start))
-                    .do_update()
-                    .set(rate_windows::hits.eq(rate_windows::hits + 1))
-                    .returning(rate_windows::hits)
-                    .get_result::<i32>(conn)
-                    .await
-            }
-            .await
-        })
+        with_conn!(self, write "hit_window", |conn| diesel::insert_into(rate_windows::table)
+            .values((
+                rate_windows::subject.eq(subject),
+                rate_windows::window_start.eq(window_start),
+                rate_windows::hits.eq(1),
+            ))
+            .on_conflict((rate_windows::subject, rate_windows::window_start))
+            .do_update()
+            .set(rate_windows::hits.eq(rate_windows::hits + 1))
+            .returning(rate_windows::hits)
+            .get_result::<i32>(conn)
+            .await)
+    }
+
+    /// Forgets the minutes that started before `before` (ms).
+    pub async fn forget_windows(&self, before: i64) -> Result<(), StoreError> {
+        with_conn!(self, write "forget_windows", |conn| diesel::delete(
+            rate_windows::table.filter(rate_windows::window_start.lt(before))
+        )
+        .execute(conn)
+        .await
+        .map(drop))
     }
 
     /// Extends `holder`'s lease on message `id` to `ttl` from now.

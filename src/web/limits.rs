@@ -91,14 +91,8 @@ impl Limits {
     /// Checks a message before anything is stored: a usable client id, some
     /// text, and no more than `max_message_chars`.
     pub fn check_message(&self, client_msg_id: &str, content: &str) -> Result<(), ApiError> {
-        no_nul("client_msg_id", client_msg_id)?;
+        check_client_msg_id(client_msg_id)?;
         no_nul("content", content)?;
-        if client_msg_id.is_empty() || client_msg_id.chars().count() > 64 {
-            return Err(ApiError::bad_request(
-                "invalid_client_msg_id",
-                "client_msg_id must be 1 to 64 characters",
-            ));
-        }
         // The OpenAPI document states this rule as the pattern `[^ \t\n\r]`.
         if content
             .chars()
@@ -226,7 +220,7 @@ impl Limits {
             return Ok(());
         }
         let now = now_ms();
-        let window = now - now.rem_euclid(60_000);
+        let window = minute_of(now);
         let retry = u64::try_from((window + 60_000 - now) / 1000).unwrap_or(1);
         let over = |hits: i32, max: u32| u32::try_from(hits).map_or(true, |h| h > max);
         if over(
@@ -259,6 +253,17 @@ impl Limits {
         Ok(())
     }
 
+    /// Forgets the fleet's minutes before the last (run by the sweeper,
+    /// not per message).
+    pub async fn forget_fleet_windows(&self, store: &Store) {
+        if !store.is_shared() {
+            return;
+        }
+        if let Err(e) = store.forget_windows(minute_of(now_ms()) - 60_000).await {
+            tracing::warn!("cannot forget old rate windows: {e}");
+        }
+    }
+
     /// Forgets keys that have been quiet, so memory stays bounded.
     pub fn forget_idle(&self) {
         self.per_user.retain_recent();
@@ -277,6 +282,24 @@ fn check<K: std::hash::Hash + Eq + Clone>(
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         ApiError::too_many(message, wait.as_secs_f64().ceil() as u64)
     })
+}
+
+/// The start of the minute (ms since the epoch) holding `ms`: a fleet rate
+/// window.
+fn minute_of(ms: i64) -> i64 {
+    ms - ms.rem_euclid(60_000)
+}
+
+/// A client message id: 1 to 64 characters, no NUL.
+pub fn check_client_msg_id(client_msg_id: &str) -> Result<(), ApiError> {
+    no_nul("client_msg_id", client_msg_id)?;
+    if client_msg_id.is_empty() || client_msg_id.chars().count() > 64 {
+        return Err(ApiError::bad_request(
+            "invalid_client_msg_id",
+            "client_msg_id must be 1 to 64 characters",
+        ));
+    }
+    Ok(())
 }
 
 /// Text with a NUL character is refused, the same on both backends:

@@ -13,16 +13,8 @@ use actix_web::http::StatusCode;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::chat::Ask;
+use crate::chat::{Ask, Chats};
 use crate::store::{Conversation, Message};
-
-fn in_progress() -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "in_progress",
-        "this message is still being answered",
-    )
-}
 
 async fn user_message(
     state: &AppState,
@@ -56,7 +48,7 @@ pub async fn regenerate(
         ));
     }
     if state.chats.any_in_flight(&[message.id]) {
-        return Err(in_progress());
+        return Err(Chats::in_progress().into());
     }
     Ok(Ask {
         client_msg_id: message.client_msg_id.unwrap_or_default(),
@@ -81,7 +73,7 @@ pub async fn edit(
         .user_message_ids_from(conv.id, message.id)
         .await?;
     if state.chats.any_in_flight(&affected) {
-        return Err(in_progress());
+        return Err(Chats::in_progress().into());
     }
     state.store.truncate_from(conv.id, message.id).await?;
     Ok(Ask::message(new_client_msg_id, content))

@@ -39,7 +39,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
-use super::limits::WebSocketSlot;
+use super::limits::{check_client_msg_id, WebSocketSlot};
 use super::rewind;
 use super::sessions::AuthUser;
 use super::state::AppState;
@@ -511,15 +511,11 @@ impl WsSession {
             Wanted::Message(content) | Wanted::Edit { content, .. } => {
                 self.state.limits.check_message(client_msg_id, content)?
             }
-            // Its text is stored already; the id must still be one.
-            Wanted::Regenerate => self.state.limits.check_message(client_msg_id, "x")?,
+            // Its text is stored already.
+            Wanted::Regenerate => check_client_msg_id(client_msg_id)?,
         }
         if self.turns.contains_key(client_msg_id) {
-            return Err(ApiError::new(
-                actix_web::http::StatusCode::CONFLICT,
-                "in_progress",
-                "this message is still being answered",
-            ));
+            return Err(crate::chat::Chats::in_progress().into());
         }
         self.state.limits.message(self.user.id, self.ip)?;
         let slot = self.state.limits.start_turn(self.user.id)?;
