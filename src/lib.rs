@@ -6,7 +6,7 @@
 
 pub mod backoff;
 pub mod backup;
-pub mod cgroup;
+pub mod ceiling;
 pub mod chat;
 pub mod checks;
 pub mod cli;

@@ -104,7 +104,14 @@ pub fn pss(pid: u32) -> Option<u64> {
 
 /// The `KEY  N kB` line of `/proc/PID/FILE`, in bytes.
 fn proc_bytes(pid: u32, file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    status_bytes(
+        &std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?,
+        key,
+    )
+}
+
+/// The `KEY  N kB` line of a `/proc/PID/status`-like text, in bytes.
+pub fn status_bytes(text: &str, key: &str) -> Option<u64> {
     let kb: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix(key))?

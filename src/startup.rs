@@ -25,7 +25,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::cgroup::Ceilings;
+use crate::ceiling::Ceilings;
 use crate::chat::Chats;
 use crate::config::{Config, TlsConfig};
 use crate::control;
@@ -218,9 +218,14 @@ fn start_supervisor(
         .context("cannot read process memory (sysinfo)")?
         .with_pss(config.supervisor.memory_measure == crate::config::MemoryMeasure::Pss);
     let rechecks = inference::Rechecks::new(&config.inference);
-    let supervisor = Supervisor::new(config, metrics.clone(), sampler, Ceilings::detect())
-        .with_rechecks(rechecks.clone())
-        .start();
+    let supervisor = Supervisor::new(
+        config,
+        metrics.clone(),
+        sampler,
+        Ceilings::detect(config.supervisor.memory_ceiling),
+    )
+    .with_rechecks(rechecks.clone())
+    .start();
     let monitors = inference::start(
         &config.inference,
         metrics,

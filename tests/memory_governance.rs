@@ -342,10 +342,58 @@ fn watch_peak(pid: u32) -> std::thread::JoinHandle<u64> {
     })
 }
 
+/// `governed` with `supervisor.memory_ceiling = ceiling`.
+fn ceiling_config(ceiling: &str, bots_toml: &str) -> String {
+    governed(bots_toml).replace(
+        "[supervisor]\n",
+        &format!("[supervisor]\nmemory_ceiling = \"{ceiling}\"\n"),
+    )
+}
+
+/// The host's log lines about workers, for a failure message.
+fn worker_lines(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains("worker") || l.contains("memory"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Who stops a worker at its ceiling on this host: the `ceiling` label of
+/// `bothost_memory_enforcement_info`, checked against `bothost status`.
+fn enforcer(host: &TestHost) -> &'static str {
+    let described = host.status().memory_enforcement;
+    let enforcer = ["kernel", "rlimit", "user space only"]
+        .into_iter()
+        .find(|e| described.starts_with(e))
+        .unwrap_or_else(|| panic!("unknown enforcement: {described}"));
+    let label = if enforcer == "user space only" {
+        "supervisor"
+    } else {
+        enforcer
+    };
+    assert_eq!(
+        host.metric(&format!(
+            r#"bothost_memory_enforcement_info{{ceiling="{label}",measure="rss_tree"}}"#
+        )),
+        Some(1.0),
+        "{described}"
+    );
+    label
+}
+
 #[test]
 fn a_runaway_inside_one_turn_is_stopped_at_its_ceiling_and_nobody_else_notices() {
+    // Where the kernel may make cgroups, `auto` uses one; `rlimit` uses the
+    // data-segment limit there is everywhere.
+    for ceiling in ["auto", "rlimit"] {
+        runaway_is_stopped(ceiling);
+    }
+}
+
+fn runaway_is_stopped(ceiling: &str) {
     // 1 MB a token, a token every 10 ms: 100 MB/s inside one long turn.
-    let host = TestHost::start_with_config(&governed(
+    let host = TestHost::start_with_config(&ceiling_config(
+        ceiling,
         r#"
 [[bots]]
 name = "runaway"
@@ -375,24 +423,20 @@ token_delay = "0s"
     );
     let peak = peak.join().expect("watcher");
     let budget = before.budget_bytes;
-    let kernel = host.status().memory_enforcement.starts_with("kernel");
-    let enforcer = if kernel { "kernel" } else { "supervisor" };
-    assert_eq!(
-        host.metric(&format!(
-            r#"bothost_memory_enforcement_info{{ceiling="{enforcer}",measure="rss_tree"}}"#
-        )),
-        Some(1.0)
-    );
+    let enforcer = enforcer(&host);
+    if ceiling == "rlimit" {
+        assert_eq!(enforcer, "rlimit");
+    }
     // The kernel's limit (110 %) is exact; alone, the Supervisor's 105 %
     // ceiling may see the worker a reading late.
-    let bound = if kernel {
-        budget * 110 / 100
-    } else {
+    let bound = if enforcer == "supervisor" {
         budget * 125 / 100
+    } else {
+        budget * 110 / 100
     };
     assert!(
         peak <= bound,
-        "peak {peak} over {bound} (budget {budget}, kernel: {kernel})"
+        "peak {peak} over {bound} (budget {budget}, ceiling: {enforcer})"
     );
     host.wait_for("the runaway replaced", Duration::from_secs(10), || {
         let b = host.bot("runaway");
@@ -401,8 +445,8 @@ token_delay = "0s"
     assert_eq!(
         host.metric(r#"bothost_worker_restarts_total{bot="runaway",reason="memory"}"#),
         Some(1.0),
-        "{}",
-        host.http_get("/metrics").1
+        "{ceiling}: {}",
+        worker_lines(&host.log())
     );
     assert_eq!(
         host.metric(r#"bothost_worker_restarts_total{bot="runaway",reason="crash"}"#),
@@ -417,6 +461,49 @@ token_delay = "0s"
     );
     let (ok, out, err) = host.chat("calm", "still there?");
     assert!(ok, "{out}{err}");
+}
+
+/// One allocation far past the ceiling, made and touched between two
+/// readings: only a ceiling the kernel enforces can stop it before it
+/// lands. With `off`, the same worker really does reach it (the test
+/// would catch a kernel ceiling that silently does nothing).
+#[test]
+fn a_burst_past_the_ceiling_is_refused_by_the_kernel() {
+    let bots = r#"
+[[bots]]
+name = "burst"
+memory_budget = "40MB"
+[bots.builtin]
+leak_per_message = "150MB"
+"#;
+    for ceiling in ["auto", "rlimit", "off"] {
+        let host = TestHost::start_with_config(&ceiling_config(ceiling, bots));
+        let before = host.bot("burst");
+        let budget = before.budget_bytes;
+        let peak = watch_peak(before.pid.expect("burst serves"));
+        let (ok, out, _) = host.chat("burst", "hi");
+        assert!(!ok, "{ceiling}: the burst turn cannot complete: {out}");
+        let peak = peak.join().expect("watcher");
+        host.wait_for("the burst replaced", Duration::from_secs(10), || {
+            (host.bot("burst").generation >= 2).then_some(())
+        });
+        assert_eq!(
+            host.metric(r#"bothost_worker_restarts_total{bot="burst",reason="memory"}"#),
+            Some(1.0),
+            "{ceiling}: {}",
+            worker_lines(&host.log())
+        );
+        match enforcer(&host) {
+            "supervisor" => assert!(
+                peak > budget * 110 / 100,
+                "{ceiling}: without a kernel ceiling the burst lands ({peak})"
+            ),
+            kernel => assert!(
+                peak <= budget * 110 / 100,
+                "{ceiling} ({kernel}): peak {peak} over 110 % of {budget}"
+            ),
+        }
+    }
 }
 
 /// Processes whose process group is `pgid`.

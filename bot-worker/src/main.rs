@@ -4,8 +4,12 @@
 //! Logs go to stderr as `LEVEL message` lines, which the host re-logs under
 //! the bot's name; the host adds timestamps.
 
+mod alloc;
 mod engine;
 mod serve;
+
+#[global_allocator]
+static ALLOCATOR: alloc::ExitWhenRefused = alloc::ExitWhenRefused;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

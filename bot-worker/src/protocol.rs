@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any change an older peer would misread. Checked in the handshake.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// A worker's exit status when an allocation is refused (under the host's
+/// data-segment limit, its memory ceiling): a death at the ceiling, which
+/// the host reports as reason `memory`, not a crash.
+pub const EXIT_OUT_OF_MEMORY: i32 = 86;
+
 /// Everything a worker needs to serve one bot, sent in `Hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BotSpec {

@@ -218,15 +218,23 @@ pub fn memory_headroom(config: &Config, available: Option<u64>) -> Check {
 }
 
 /// Who stops a worker at its memory ceiling here: the kernel (a cgroup per
-/// worker) or only the Supervisor's sampling.
-pub fn memory_ceiling(ceilings: &crate::cgroup::Ceilings) -> Check {
+/// worker), a data-segment limit per worker, or only the Supervisor's
+/// sampling.
+pub fn memory_ceiling(ceilings: &crate::ceiling::Ceilings) -> Check {
+    let hint = "run bothost where it may create memory cgroups, e.g. systemd's Delegate=memory";
     match ceilings.enforcer() {
         "kernel" => Check::pass("memory_ceiling", ceilings.describe()),
+        "rlimit" => Check::warn(
+            "memory_ceiling",
+            format!(
+                "{}; it bounds each worker process on its own, not a bot's helpers together ({hint})",
+                ceilings.describe()
+            ),
+        ),
         _ => Check::warn(
             "memory_ceiling",
             format!(
-                "{}; a runaway can pass its budget between two samples (run bothost where it \
-                 may create memory cgroups, e.g. systemd's Delegate=memory)",
+                "{}; a runaway can pass its budget between two samples ({hint})",
                 ceilings.describe()
             ),
         ),

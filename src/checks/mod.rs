@@ -96,7 +96,9 @@ pub async fn run(path: &Path, paths: &Paths) -> Report {
     checks.push(host::runtime_dir(&config));
     checks.push(host::worker_binary(&config).await);
     checks.push(host::memory_headroom(&config, host::available_memory()));
-    checks.push(host::memory_ceiling(&crate::cgroup::Ceilings::inspect()));
+    checks.push(host::memory_ceiling(&crate::ceiling::Ceilings::inspect(
+        config.supervisor.memory_ceiling,
+    )));
     checks.push(host::inference(&config).await);
     checks.push(host::api_keys(&config, |k| std::env::var(k).ok()));
     checks.push(host::restart_schedule(&config));

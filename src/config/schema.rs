@@ -201,6 +201,20 @@ impl MemoryMeasure {
     }
 }
 
+/// `supervisor.memory_ceiling`: which ceiling the kernel enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryCeiling {
+    /// A memory cgroup per worker where the host may create one, else a
+    /// data-segment limit.
+    #[default]
+    Auto,
+    /// A data-segment limit, even where a cgroup could be had.
+    Rlimit,
+    /// None: the Supervisor's sampling alone.
+    Off,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorConfig {
@@ -251,6 +265,9 @@ pub struct SupervisorConfig {
     /// What a worker's memory is: `rss` (resident pages, shared ones counted
     /// in full) or `pss` (shared pages split between their users).
     pub memory_measure: MemoryMeasure,
+    /// Which ceiling the kernel enforces: `auto` (a memory cgroup per
+    /// worker, else a data-segment limit), `rlimit`, or `off`.
+    pub memory_ceiling: MemoryCeiling,
     /// Readings in a row over budget before a `memory` restart.
     pub over_budget_samples: u32,
     /// The span of readings the leak trend is fitted over.
@@ -290,6 +307,7 @@ impl Default for SupervisorConfig {
             quarantine_max: Duration::from_secs(60 * 60),
             memory_warn_ratio: 0.8,
             memory_measure: MemoryMeasure::Rss,
+            memory_ceiling: MemoryCeiling::Auto,
             over_budget_samples: 3,
             leak_window: Duration::from_secs(600),
             leak_warmup: Duration::from_secs(60),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::{broadcast, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::bot::{Bot, HeldTurn};
 use super::endpoints::Endpoints;
@@ -25,7 +25,7 @@ use super::messages::{
 };
 use super::policy::CrashPolicy;
 use crate::backoff::Backoff;
-use crate::cgroup::Ceilings;
+use crate::ceiling::{self, Ceilings};
 use crate::config::Config;
 use crate::inference::{EndpointChecked, Rechecks};
 use crate::memory::{self, MemoryWatch, Sampler};
@@ -53,6 +53,8 @@ pub struct Supervisor {
     host_next: Instant,
     /// How a worker's memory ceiling is enforced here, in words.
     enforcement: String,
+    /// Workers run under a data limit, refitted at every reading.
+    data_limits: bool,
     rolling: bool,
     shutting_down: bool,
     settle_waiters: Vec<oneshot::Sender<()>>,
@@ -66,6 +68,7 @@ impl Supervisor {
     /// `config` must have been validated (as `Config::load` does).
     pub fn new(config: &Config, metrics: Metrics, sampler: Sampler, ceilings: Ceilings) -> Self {
         let enforcement = ceilings.describe();
+        let data_limits = matches!(ceilings, Ceilings::DataLimit { .. });
         metrics
             .memory_enforcement_info
             .with_label_values(&[
@@ -103,6 +106,7 @@ impl Supervisor {
                         drain_timeout: s.drain_timeout,
                         stop_grace: s.stop_grace,
                         ceilings: Arc::clone(&ceilings),
+                        memory_budget: memory.budget,
                         memory_limit: memory.kernel_ceiling(),
                     }),
                     memory,
@@ -126,6 +130,7 @@ impl Supervisor {
             host_rss: None,
             host_next: Instant::now(),
             enforcement,
+            data_limits,
             rolling: false,
             shutting_down: false,
             settle_waiters: Vec::new(),
@@ -303,6 +308,12 @@ impl Supervisor {
             let Some(&rss) = sample.workers.get(&pid) else {
                 continue;
             };
+            if self.data_limits {
+                let ceiling = self.bots[idx].memory.kernel_ceiling();
+                if let Err(e) = ceiling::rlimit::fit(pid, ceiling) {
+                    debug!(pid, "cannot refit a worker's data limit (gone?): {e}");
+                }
+            }
             if is_current {
                 self.observe_current(idx, rss, now, ctx);
             } else if rss >= self.bots[idx].memory.ceiling() {

@@ -13,6 +13,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::ceiling::AtExec;
 use crate::process::bind_to_host;
 
 /// A listening socket only its owner can connect to. The runtime directory
@@ -27,14 +28,14 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Starts `bot-worker --socket SOCKET`, in the memory cgroup whose
-/// `cgroup.procs` is `cgroup` when there is one (joined before exec, so
-/// the whole worker is counted), with the host's environment scrubbed to
-/// the basics and `keys` (its own endpoints' API-key variables).
+/// Starts `bot-worker --socket SOCKET` under its memory ceiling (`at_exec`,
+/// applied before exec, so the whole worker is counted), with the host's
+/// environment scrubbed to the basics and `keys` (its own endpoints'
+/// API-key variables).
 pub fn spawn_child(
     binary: &Path,
     socket: &Path,
-    cgroup: Option<std::ffi::CString>,
+    at_exec: AtExec,
     keys: &[String],
 ) -> io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(binary);
@@ -45,14 +46,12 @@ pub fn spawn_child(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     bind_to_host(&mut cmd);
-    if let Some(procs) = cgroup {
-        // SAFETY: `join_self` makes only async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || {
-                crate::cgroup::join_self(&procs);
-                Ok(())
-            });
-        }
+    // SAFETY: `AtExec::apply` makes only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            at_exec.apply();
+            Ok(())
+        });
     }
     cmd.spawn()
 }
@@ -125,7 +124,7 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                spawn_child(&fake, &socket, None, &[])
+                spawn_child(&fake, &socket, AtExec::default(), &[])
                     .unwrap()
                     .id()
                     .unwrap()

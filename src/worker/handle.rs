@@ -13,6 +13,10 @@
 //!        child exit, socket EOF, bad frame, missed heartbeats, start timeout
 //! ```
 //!
+//! A socket EOF waits up to [`EXIT_AFTER_EOF`] for the exit status, which
+//! tells a death at the memory ceiling (the worker's out-of-memory exit
+//! under a data limit) from a crash.
+//!
 //! Entering `Dead` fails every in-flight turn at once (no request ever
 //! hangs), SIGKILLs the worker's process group, and sends `Gone` to the
 //! Supervisor exactly once. The actor itself stops only after the child has
@@ -28,7 +32,7 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bot_worker::frame::encode_frame;
@@ -48,9 +52,12 @@ use super::child::{bind_private, relay_logs, spawn_child, write_loop};
 use super::messages::{
     Cause, Drain, Kill, SetEndpointsDown, StartTurn, WorkerEvent, WorkerSettings,
 };
-use crate::cgroup::Group;
+use crate::ceiling::Ceiling;
 use crate::process::{describe_exit, signal_group};
 use crate::turn::{CancelTurn, ErrorCode, TurnError, TurnEvent};
+
+/// How long a socket EOF waits for the worker's exit status.
+const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -86,8 +93,12 @@ pub struct WorkerHandle {
     ping_seq: u64,
     /// Fired (by being dropped) when the actor stops.
     on_stop: Vec<oneshot::Sender<()>>,
-    /// This generation's kernel memory limit, where there is one.
-    group: Option<Group>,
+    /// This generation's kernel memory ceiling.
+    ceiling: Ceiling,
+    /// How the process ended, once reaped.
+    exit: Option<ExitStatus>,
+    /// Why the connection ended, while the exit status is awaited.
+    lost: Option<Cause>,
 }
 
 impl WorkerHandle {
@@ -120,7 +131,9 @@ impl WorkerHandle {
             last_heard: Instant::now(),
             ping_seq: 0,
             on_stop: Vec::new(),
-            group: None,
+            ceiling: Ceiling::None,
+            exit: None,
+            lost: None,
         }
     }
 
@@ -131,10 +144,10 @@ impl WorkerHandle {
     fn spawn(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
         let listener = bind_private(&self.socket_path)
             .map_err(|e| format!("cannot listen on {}: {e}", self.socket_path.display()))?;
-        self.group = self.make_group();
-        let procs = self.group.as_ref().and_then(|g| g.procs_path());
+        self.ceiling = self.make_ceiling();
+        let at_exec = self.ceiling.at_exec(self.settings.memory_limit);
         let keys = api_key_vars(&self.settings.spec.engine);
-        let mut child = spawn_child(&self.settings.binary, &self.socket_path, procs, &keys)
+        let mut child = spawn_child(&self.settings.binary, &self.socket_path, at_exec, &keys)
             .map_err(|e| {
                 format!(
                     "cannot start the worker {}: {e}",
@@ -146,7 +159,10 @@ impl WorkerHandle {
             .ok_or("the worker exited before it could be watched")?;
         self.pid = Some(pid);
         info!(bot = %self.bot(), generation = self.generation, pid, "worker spawned");
-        self.check_group(pid);
+        if let Err(e) = self.ceiling.check_spawned(pid) {
+            warn!(bot = %self.bot(), "cannot put the worker under its memory ceiling: {e}");
+            self.drop_ceiling();
+        }
 
         if let Some(stderr) = child.stderr.take() {
             actix_rt::spawn(relay_logs(
@@ -250,8 +266,10 @@ impl WorkerHandle {
                     );
                 }
                 self.phase = Phase::Ready;
-                if let (Some(group), Some(pid)) = (&self.group, self.pid) {
-                    if let Err(e) = group.fit_to_rss(pid, self.settings.memory_limit) {
+                if let Some(pid) = self.pid {
+                    let (budget, ceiling) =
+                        (self.settings.memory_budget, self.settings.memory_limit);
+                    if let Err(e) = self.ceiling.fit(pid, budget, ceiling) {
                         warn!(bot = %self.bot(), "cannot fit the worker's memory limit to its RSS: {e}");
                     }
                 }
@@ -337,15 +355,11 @@ impl WorkerHandle {
             return;
         }
         // A worker the kernel stopped at its memory limit shows up as a
-        // closed socket or a SIGKILL: say why.
+        // closed socket, a SIGKILL or its out-of-memory exit: say why.
         let cause = match cause {
-            Cause::Crashed(_) if self.group.as_ref().is_some_and(Group::oom_killed) => {
+            Cause::Crashed(_) | Cause::ProtocolError(_) if self.ceiling.stopped_it(self.exit) => {
                 Cause::MemoryCeiling {
-                    rss: self
-                        .group
-                        .as_ref()
-                        .and_then(Group::peak)
-                        .unwrap_or(self.settings.memory_limit),
+                    rss: self.ceiling.peak().unwrap_or(self.settings.memory_limit),
                     ceiling: self.settings.memory_limit,
                 }
             }
@@ -408,42 +422,30 @@ impl WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// This generation's memory cgroup, where the kernel can enforce one.
-    /// The name carries the host's pid: several hosts may share a parent.
-    fn make_group(&self) -> Option<Group> {
+    /// This generation's kernel ceiling, where the kernel can enforce one.
+    /// A group's name carries the host's pid: several hosts may share a
+    /// parent.
+    fn make_ceiling(&self) -> Ceiling {
         let name = format!(
             "bothost-{}-{}-{}",
             std::process::id(),
             self.bot(),
             self.generation
         );
-        match self
-            .settings
-            .ceilings
-            .create(&name, self.settings.memory_limit)
-        {
-            Ok(group) => group,
+        let (budget, ceiling) = (self.settings.memory_budget, self.settings.memory_limit);
+        match self.settings.ceilings.for_worker(&name, budget, ceiling) {
+            Ok(made) => made,
             Err(e) => {
                 warn!(bot = %self.bot(), "cannot create the worker's memory cgroup: {e}");
-                None
+                Ceiling::None
             }
         }
     }
 
-    /// The worker joined its group before exec; if that failed, it is put
-    /// there now (the limit then misses its start-up pages), or the group is
-    /// given up and the user-space ceiling alone guards it, as logged.
-    fn check_group(&mut self, pid: u32) {
-        let Some(group) = &self.group else { return };
-        if group.contains(pid) {
-            return;
-        }
-        if let Err(e) = group.add(pid) {
-            warn!(bot = %self.bot(), "cannot put the worker in its memory cgroup: {e}");
-            if let Some(group) = self.group.take() {
-                group.remove();
-            }
-        }
+    /// Gives the kernel ceiling up (the user-space ceiling alone guards
+    /// this generation, as logged).
+    fn drop_ceiling(&mut self) {
+        std::mem::replace(&mut self.ceiling, Ceiling::None).remove();
     }
 }
 
@@ -464,9 +466,7 @@ impl Actor for WorkerHandle {
     fn stopped(&mut self, _: &mut Context<Self>) {
         let _ = std::fs::remove_file(&self.socket_path);
         self.signal(Signal::SIGKILL);
-        if let Some(group) = self.group.take() {
-            group.remove();
-        }
+        self.drop_ceiling();
         self.on_stop.clear();
     }
 }
@@ -477,6 +477,11 @@ impl StreamHandler<Result<WorkerMessage, FrameError>> for WorkerHandle {
             Ok(msg) => {
                 self.last_heard = Instant::now();
                 self.on_message(msg, ctx);
+            }
+            // The peer is gone (reset, or closed mid-frame): as an EOF.
+            Err(e @ FrameError::Io(_)) => self.connection_lost(Cause::Crashed(e.to_string()), ctx),
+            Err(e @ FrameError::Truncated { .. }) => {
+                self.connection_lost(Cause::ProtocolError(e.to_string()), ctx)
             }
             Err(e) => self.die(
                 Cause::ProtocolError(format!("{e}; closing its connection")),
@@ -489,11 +494,29 @@ impl StreamHandler<Result<WorkerMessage, FrameError>> for WorkerHandle {
     /// reaped first.
     fn finished(&mut self, ctx: &mut Context<Self>) {
         if self.phase != Phase::Draining {
-            self.die(
+            self.connection_lost(
                 Cause::Crashed("the worker closed its connection".into()),
                 ctx,
             );
         }
+    }
+}
+
+impl WorkerHandle {
+    /// A worker that exits closes its socket (or resets it, with frames
+    /// unread) a moment before it can be reaped, and its exit status says
+    /// why it went (its out-of-memory exit): that is waited for, briefly.
+    /// The first word on how it ended is kept (a broken frame, then EOF).
+    fn connection_lost(&mut self, cause: Cause, ctx: &mut Context<Self>) {
+        if self.lost.is_some() {
+            return;
+        }
+        self.lost = Some(cause);
+        ctx.run_later(EXIT_AFTER_EOF, |act, ctx| {
+            if let Some(cause) = act.lost.take() {
+                act.die(cause, ctx);
+            }
+        });
     }
 }
 
@@ -507,14 +530,22 @@ impl Handler<ChildExited> for WorkerHandle {
         self.signal(Signal::SIGKILL);
         self.reaped = true;
         let how = match msg.0 {
-            Ok(status) => describe_exit(status),
+            Ok(status) => {
+                self.exit = Some(status);
+                describe_exit(status)
+            }
             Err(e) => format!("could not be waited for: {e}"),
         };
         if self.phase == Phase::Draining {
             info!(bot = %self.bot(), generation = self.generation, "worker exited after drain ({how})");
             self.die(Cause::Stopped, ctx);
         } else {
-            self.die(Cause::Crashed(format!("the worker {how}")), ctx);
+            // A broken frame says more than the exit; a closed socket less.
+            let cause = match self.lost.take() {
+                Some(broken @ Cause::ProtocolError(_)) => broken,
+                _ => Cause::Crashed(format!("the worker {how}")),
+            };
+            self.die(cause, ctx);
         }
         ctx.stop();
     }

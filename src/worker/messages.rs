@@ -9,7 +9,7 @@ use actix::prelude::*;
 use bot_worker::{BotSpec, ChatMessage};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cgroup::Ceilings;
+use crate::ceiling::Ceilings;
 use crate::turn::{CancelTurn, TurnError, TurnEvent};
 
 /// What a WorkerHandle needs to start and watch one generation.
@@ -23,9 +23,11 @@ pub struct WorkerSettings {
     pub heartbeat_timeout: Duration,
     pub drain_timeout: Duration,
     pub stop_grace: Duration,
-    /// Where each generation gets its kernel memory limit, if anywhere.
+    /// How each generation gets its kernel memory ceiling, if at all.
     pub ceilings: std::sync::Arc<Ceilings>,
-    /// That limit, in bytes.
+    /// The bot's budget (a cgroup v2 pushes back from there), in bytes.
+    pub memory_budget: u64,
+    /// The kernel's ceiling, in bytes.
     pub memory_limit: u64,
 }
 
