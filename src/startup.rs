@@ -296,6 +296,7 @@ fn start_http(
             .add(("Strict-Transport-Security", "max-age=31536000"));
         App::new()
             .wrap(actix_web::middleware::Condition::new(tls, hsts))
+            .wrap_fn(crate::web::admit)
             .wrap_fn(crate::web::record)
             .configure(configure(state.clone()))
     })

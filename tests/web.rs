@@ -405,6 +405,60 @@ fn rate_limits_and_the_in_flight_cap_answer_429_with_retry_after() {
 }
 
 #[test]
+fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
+    let supervisor =
+        FAST_SUPERVISOR.replace("[server]\n", "[server]\nmax_requests_in_flight = 1\n");
+    let bots = "[[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"100ms\"\n";
+    let host = TestHost::start_with_config(&format!(
+        "{supervisor}\n[auth]\njwt_secret = \"{SECRET}\"\n{bots}"
+    ));
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    std::thread::scope(|s| {
+        // A REST turn holds its place until the whole reply is in.
+        let turn = s.spawn(|| {
+            alice.post(
+                &format!("/api/v1/conversations/{conv}/messages"),
+                json!({"client_msg_id": "long", "content": "tell me a long story"}),
+            )
+        });
+        let refused = host.wait_for(
+            "a refusal while the turn runs",
+            Duration::from_secs(10),
+            || {
+                let res = alice.get("/api/v1/bots");
+                (res.status() == 503).then_some(res)
+            },
+        );
+        assert!(
+            !turn.is_finished(),
+            "refused while the host was busy, not after"
+        );
+        assert_eq!(
+            refused
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        assert_eq!(error_code(refused), (503, "overloaded".into()));
+        // What an operator and a load balancer need is never refused.
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(host.http_get(path).0, 200, "{path}");
+        }
+        let res = turn.join().expect("turn");
+        assert_eq!(res.status(), 200, "the admitted turn was served");
+    });
+    // A refused request did nothing: sent again, it is served.
+    assert_eq!(alice.get("/api/v1/bots").status(), 200);
+    assert!(
+        host.metric(r#"bothost_http_requests_total{route="/api/v1/bots",status="503"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "refusals are counted"
+    );
+}
+
+#[test]
 fn closed_registration_admin_users_and_the_admin_api() {
     let host = TestHost::start_with_config(&format!(
         "{FAST_SUPERVISOR}\n[auth]\njwt_secret = \"{SECRET}\"\nopen_registration = false\n{}",

@@ -24,11 +24,24 @@ function newClientId() {
   return Date.now().toString(36) + Math.random().toString(36).slice(2);
 }
 
+// A busy host answers 503 `overloaded` at once, before doing anything, with
+// Retry-After: the same request is sent again after that wait plus jitter
+// (so thousands of browsers coming back after a restart spread out), a few
+// times, within about 15 s. A GET is also retried on any 503.
+const API_ATTEMPTS = 6;
+
 async function api(method, path, body) {
   const headers = { "Content-Type": "application/json" };
   if (state.token) headers.Authorization = "Bearer " + state.token;
-  const res = await fetch("/api/v1" + path, { method, headers, body: body ? JSON.stringify(body) : undefined });
-  const data = await res.json().catch(() => ({}));
+  let res, data;
+  for (let attempt = 1; ; attempt++) {
+    res = await fetch("/api/v1" + path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+    data = await res.json().catch(() => ({}));
+    const code = data.error && data.error.code;
+    const again = res.status === 503 && (code === "overloaded" || method === "GET");
+    if (!again || attempt === API_ATTEMPTS) break;
+    await sleep(retryDelay(res, attempt));
+  }
   // Logged out, or the session was ended elsewhere (log out everywhere,
   // password changed, account disabled): back to the log-in form.
   const ended = data.error && data.error.code === "account_disabled";
@@ -40,6 +53,18 @@ async function api(method, path, body) {
     throw err;
   }
   return data;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// Retry-After (seconds) or 1 s, doubling with each attempt up to 4 s, then
+// anywhere from half to one and a half times that.
+function retryDelay(res, attempt) {
+  const asked = Number(res.headers.get("Retry-After")) || 1;
+  const base = Math.min(asked * Math.pow(2, attempt - 1), 4) * 1000;
+  return base * (0.5 + Math.random());
 }
 
 // ---- sign in -------------------------------------------------------------

@@ -44,6 +44,10 @@ pub struct ServerConfig {
     /// connections. 0 on a host with no load balancer in front.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub drain_delay: Duration,
+    /// API requests worked on at once; past it a request is answered 503
+    /// `overloaded` with `Retry-After` at once, instead of waiting its
+    /// turn (and timing out) behind all the others.
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +58,7 @@ impl Default for ServerConfig {
             ws_heartbeat: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
+            max_requests_in_flight: 512,
         }
     }
 }

@@ -71,6 +71,9 @@ impl Config {
         if l.max_message_chars == 0 {
             return bad("limits.max_message_chars", "must be at least 1".into());
         }
+        if self.server.max_requests_in_flight == 0 {
+            return bad("server.max_requests_in_flight", "must be at least 1".into());
+        }
         if self.server.ws_heartbeat.is_zero() {
             return bad("server.ws_heartbeat", "must be greater than 0".into());
         }

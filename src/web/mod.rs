@@ -7,6 +7,7 @@
 //! (`error`). They hold no rules of their own. Modules: `api` (REST), `ws`
 //! (the WebSocket session), `page` (the embedded web page).
 
+mod admission;
 mod api;
 pub mod auth;
 mod caller;
@@ -21,12 +22,14 @@ mod ws;
 
 use std::time::Instant;
 
+use actix_web::body::EitherBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::status::{BotState, StatusReport};
 use crate::supervisor::GetStatus;
+pub use admission::Admission;
 pub use api::API_ROUTES;
 pub use auth::Auth;
 use error::ApiError;
@@ -83,6 +86,39 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 
 /// Counts every response by route pattern (not raw path: ids would make
 /// unbounded label values) and status, and times it.
+/// Admission (see `admission`): a counted request over the limit is
+/// answered 503 `overloaded` at once, without reaching its handler.
+pub fn admit<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>> + 'static
+where
+    B: 'static,
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    S::Future: 'static,
+{
+    let ticket = match req.app_data::<web::Data<AppState>>() {
+        Some(state) if admission::counted(req.path()) => match state.admission.enter() {
+            Ok(ticket) => Some(ticket),
+            Err(refused) => {
+                let response = req.error_response(refused).map_into_right_body();
+                return futures_util::future::Either::Left(std::future::ready(Ok(response)));
+            }
+        },
+        _ => None,
+    };
+    let fut = srv.call(req);
+    futures_util::future::Either::Right(async move {
+        let res = fut.await;
+        drop(ticket);
+        res.map(ServiceResponse::map_into_left_body)
+    })
+}
+
 pub fn record<S, B>(
     req: actix_web::dev::ServiceRequest,
     srv: &S,

@@ -23,6 +23,8 @@ pub struct AppState {
     pub auth: Auth,
     pub sessions: Sessions,
     pub limits: Limits,
+    /// API requests worked on at once, and the limit.
+    pub admission: super::admission::Admission,
     pub open_registration: bool,
     /// Each bot's context window.
     pub history_windows: HashMap<String, u32>,
@@ -57,6 +59,7 @@ impl AppState {
             metrics,
             auth,
             limits: Limits::new(config.limits.clone()),
+            admission: super::admission::Admission::new(config.server.max_requests_in_flight),
             open_registration: config.auth.open_registration,
             history_windows: config
                 .bots

@@ -98,6 +98,23 @@ let restBlocked = false;
 await page.route(/\/api\/v1\/conversations\/\d+\/messages$/, (route) =>
   restBlocked && route.request().method() === "POST" ? route.abort("internetdisconnected") : route.continue());
 
+// A busy host: the first bot listing and the first new conversation are
+// answered 503 `overloaded` (as the host does, tested in tests/web.rs); the
+// page must wait and send them again, and the user see nothing of it.
+const overloaded = { "GET /api/v1/bots": 1, "POST /api/v1/conversations": 1 };
+let refusals = 0;
+await page.route(/\/api\/v1\/(bots|conversations)$/, (route) => {
+  const key = `${route.request().method()} ${new URL(route.request().url()).pathname}`;
+  if (!overloaded[key]) return route.continue();
+  overloaded[key]--;
+  refusals++;
+  return route.fulfill({
+    status: 503,
+    headers: { "Retry-After": "1", "Content-Type": "application/json" },
+    body: JSON.stringify({ error: { code: "overloaded", message: "the server is busy; please try again in a moment" } }),
+  });
+});
+
 try {
   await page.goto(base);
   await page.fill("#username", "browseruser");
@@ -119,6 +136,9 @@ try {
   if (await page.locator("#login-view").isVisible()) fail("the sign-in form is still shown after signing in");
   await page.locator("#conversations li .conv-title", { hasText: "hello browser" }).waitFor();
   step("chatted; the reply streamed in; the conversation is named after it");
+  if (refusals !== 2) fail(`expected 2 overloaded answers to be retried, saw ${refusals}`);
+  if (await page.locator("#login-error:not(:empty)").count()) fail("an overloaded answer reached the user");
+  step("two 503 overloaded answers were waited out and retried unseen");
   await page.screenshot({ path: `${shots}/1-chat.png` });
 
   // The connection drops: the banner shows at once.
