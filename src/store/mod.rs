@@ -19,6 +19,7 @@
 //! ([`StoreError`]): unavailable (503), conflict, not found.
 
 pub mod dump;
+mod cached;
 mod error;
 pub mod inspect;
 mod migrate;
@@ -32,6 +33,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel_async::RunQueryDsl;
+use cached::Cached;
 use pool::Pools;
 
 pub use error::StoreError;
@@ -70,11 +72,12 @@ pub struct Store {
 /// Only a sort hint: a failure is logged, and the write it follows stands.
 macro_rules! touch {
     ($conn:expr, $conversation_id:expr, $now:expr) => {
-        if let Err(e) =
+        if let Err(e) = Cached(
             diesel::update(conversations::table.filter(conversations::id.eq($conversation_id)))
-                .set(conversations::updated_at.eq($now))
-                .execute($conn)
-                .await
+                .set(conversations::updated_at.eq($now)),
+        )
+        .execute($conn)
+        .await
         {
             tracing::warn!(
                 conversation = $conversation_id,
@@ -498,12 +501,14 @@ impl Store {
         // the touch is only a sort hint (two round trips instead of four).
         with_conn!(self, write "append_user_message", |conn| {
             async {
-                let inserted = diesel::insert_into(messages::table)
-                    .values(&new)
-                    .on_conflict((messages::conversation_id, messages::client_msg_id))
-                    .do_nothing()
-                    .returning(Message::as_returning())
-                    .get_result(conn)
+                let inserted = Cached(
+                    diesel::insert_into(messages::table)
+                        .values(&new)
+                        .on_conflict((messages::conversation_id, messages::client_msg_id))
+                        .do_nothing()
+                        .returning(Message::as_returning()),
+                )
+                .get_result(conn)
                     .await
                     .optional()?;
                 if let Some(message) = inserted {
@@ -542,12 +547,14 @@ impl Store {
         };
         with_conn!(self, write "append_reply", |conn| {
             async {
-                let inserted = diesel::insert_into(messages::table)
-                    .values(&new)
-                    .on_conflict(messages::reply_to)
-                    .do_nothing()
-                    .returning(Message::as_returning())
-                    .get_result(conn)
+                let inserted = Cached(
+                    diesel::insert_into(messages::table)
+                        .values(&new)
+                        .on_conflict(messages::reply_to)
+                        .do_nothing()
+                        .returning(Message::as_returning()),
+                )
+                .get_result(conn)
                     .await
                     .optional()?;
                 if let Some(message) = inserted {
@@ -571,19 +578,21 @@ impl Store {
     pub async fn save_reply(&self, reply: NewReply<'_>) -> Result<Message, StoreError> {
         let now = now_ms();
         let updated = with_conn!(self, write "save_reply", |conn| {
-            diesel::update(
-                messages::table
-                    .filter(messages::reply_to.eq(reply.reply_to))
-                    .filter(messages::status.eq(ReplyStatus::Partial.as_str())),
+            Cached(
+                diesel::update(
+                    messages::table
+                        .filter(messages::reply_to.eq(reply.reply_to))
+                        .filter(messages::status.eq(ReplyStatus::Partial.as_str())),
+                )
+                .set((
+                    messages::content.eq(reply.content),
+                    messages::status.eq(reply.status.as_str()),
+                    messages::prompt_tokens.eq(reply.prompt_tokens),
+                    messages::completion_tokens.eq(reply.completion_tokens),
+                    messages::updated_at.eq(now),
+                ))
+                .returning(Message::as_returning()),
             )
-            .set((
-                messages::content.eq(reply.content),
-                messages::status.eq(reply.status.as_str()),
-                messages::prompt_tokens.eq(reply.prompt_tokens),
-                messages::completion_tokens.eq(reply.completion_tokens),
-                messages::updated_at.eq(now),
-            ))
-            .returning(Message::as_returning())
             .get_result(conn)
             .await
             .optional()
@@ -740,26 +749,28 @@ impl Store {
         use diesel::query_dsl::methods::FilterDsl;
         let now = now_ms();
         let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        with_conn!(self, write "take_lease", |conn| diesel::insert_into(turn_leases::table)
-            .values((
-                turn_leases::message_id.eq(id),
-                turn_leases::user_id.eq(user_id),
-                turn_leases::holder.eq(holder),
-                turn_leases::expires_at.eq(until),
-            ))
-            .on_conflict(turn_leases::message_id)
-            .do_update()
-            .set((
-                turn_leases::holder.eq(holder),
-                turn_leases::expires_at.eq(until),
-            ))
-            .filter(
-                turn_leases::expires_at
-                    .lt(now)
-                    .or(turn_leases::holder.eq(holder)),
-            )
-            .returning(turn_leases::message_id)
-            .get_result::<i64>(conn)
+        with_conn!(self, write "take_lease", |conn| Cached(
+            diesel::insert_into(turn_leases::table)
+                .values((
+                    turn_leases::message_id.eq(id),
+                    turn_leases::user_id.eq(user_id),
+                    turn_leases::holder.eq(holder),
+                    turn_leases::expires_at.eq(until),
+                ))
+                .on_conflict(turn_leases::message_id)
+                .do_update()
+                .set((
+                    turn_leases::holder.eq(holder),
+                    turn_leases::expires_at.eq(until),
+                ))
+                .filter(
+                    turn_leases::expires_at
+                        .lt(now)
+                        .or(turn_leases::holder.eq(holder)),
+                )
+                .returning(turn_leases::message_id)
+        )
+        .get_result::<i64>(conn)
             .await
             .optional())
         .map(|taken| taken.is_some())
@@ -780,17 +791,19 @@ impl Store {
     /// One more hit for `subject` in the minute starting at `window_start`
     /// (ms); answers the minute's hits so far, this one included.
     pub async fn hit_window(&self, subject: &str, window_start: i64) -> Result<i32, StoreError> {
-        with_conn!(self, write "hit_window", |conn| diesel::insert_into(rate_windows::table)
-            .values((
-                rate_windows::subject.eq(subject),
-                rate_windows::window_start.eq(window_start),
-                rate_windows::hits.eq(1),
-            ))
-            .on_conflict((rate_windows::subject, rate_windows::window_start))
-            .do_update()
-            .set(rate_windows::hits.eq(rate_windows::hits + 1))
-            .returning(rate_windows::hits)
-            .get_result::<i32>(conn)
+        with_conn!(self, write "hit_window", |conn| Cached(
+            diesel::insert_into(rate_windows::table)
+                .values((
+                    rate_windows::subject.eq(subject),
+                    rate_windows::window_start.eq(window_start),
+                    rate_windows::hits.eq(1),
+                ))
+                .on_conflict((rate_windows::subject, rate_windows::window_start))
+                .do_update()
+                .set(rate_windows::hits.eq(rate_windows::hits + 1))
+                .returning(rate_windows::hits)
+        )
+        .get_result::<i32>(conn)
             .await)
     }
 
@@ -812,12 +825,14 @@ impl Store {
         ttl: std::time::Duration,
     ) -> Result<(), StoreError> {
         let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        with_conn!(self, write "renew_lease", |conn| diesel::update(
-            turn_leases::table
-                .filter(turn_leases::message_id.eq(id))
-                .filter(turn_leases::holder.eq(holder))
+        with_conn!(self, write "renew_lease", |conn| Cached(
+            diesel::update(
+                turn_leases::table
+                    .filter(turn_leases::message_id.eq(id))
+                    .filter(turn_leases::holder.eq(holder))
+            )
+            .set(turn_leases::expires_at.eq(until))
         )
-        .set(turn_leases::expires_at.eq(until))
         .execute(conn)
         .await
         .map(drop))

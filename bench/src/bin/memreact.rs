@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use bothost::process::vm_rss as rss;
-use bothost_bench::{host_status, mib, start_host};
+use bothost_bench::{cpu_time, host_status, mib, start_host};
 
 const BUDGET: u64 = 100_000_000;
 const LEAK: &str = "512KB";
@@ -32,24 +32,15 @@ struct Cycle {
     lifetime: Duration,
 }
 
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
 fn idle(bots: usize, keys: &str) -> anyhow::Result<()> {
     let tables: String = (0..bots)
         .map(|i| format!("[[bots]]\nname = \"b{i}\"\n"))
         .collect();
     let host = start_host(&format!("restart_schedule = \"off\"\n{keys}"), &tables)?;
     std::thread::sleep(Duration::from_secs(5)); // start-up settles
-                                                // /proc counts in USER_HZ, 100 a second on Linux whatever the kernel's HZ.
-    let ticks = 100.0;
-    let (before, t0) = (cpu_ticks(host.pid()).unwrap_or(0), Instant::now());
+    let (before, t0) = (cpu_time(host.pid()).unwrap_or_default(), Instant::now());
     std::thread::sleep(Duration::from_secs(30));
-    let used = (cpu_ticks(host.pid()).unwrap_or(0) - before) as f64 / ticks;
+    let used = (cpu_time(host.pid()).unwrap_or_default() - before).as_secs_f64();
     println!(
         "{bots} idle bots ({keys:?}): the host used {:.3} s of CPU in {:.0} s: {:.2} % of one core",
         used,

@@ -26,10 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bothost_bench::{bench_database_url, mib, ms, start_host, HostProcess, Percentiles, PgSchema};
+use bothost_bench::{
+    bench_database_url, mib, ms, start_host, CpuSnapshot, HostProcess, Percentiles, PgSchema,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+
+mod storm;
 
 const BOTS: usize = 5;
 /// Connections in the latency phase: enough to keep every bot busy, few
@@ -47,6 +51,13 @@ type WsStream =
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--storm") {
+        let clients: usize = args.get(1).map_or(Ok(10_000), |s| s.parse())?;
+        raise_fd_limit()?;
+        let schema = bench_schema().await?;
+        let result = storm::run(clients, schema.as_ref()).await;
+        return drop_schema(schema, result).await;
+    }
     let held: Vec<usize> = args
         .first()
         .map_or("1000,10000", String::as_str)
@@ -58,36 +69,36 @@ async fn main() -> anyhow::Result<()> {
     let seconds: u64 = args.get(2).map_or(Ok(30), |s| s.parse())?;
     raise_fd_limit()?;
 
-    let schema = match bench_database_url() {
-        Some(base) => Some(PgSchema::create(&base, "bench").await?),
-        None => None,
-    };
-    let result = run(
-        &held,
-        chatters,
-        Duration::from_secs(seconds),
-        schema.as_ref(),
-    )
-    .await;
+    let schema = bench_schema().await?;
+    let result = run(&held, chatters, Duration::from_secs(seconds), schema.as_ref()).await;
+    drop_schema(schema, result).await
+}
+
+/// A PostgreSQL schema of the bench's own when the bench database variable
+/// is set; else the bench runs on SQLite.
+async fn bench_schema() -> anyhow::Result<Option<PgSchema>> {
+    match bench_database_url() {
+        Some(base) => Ok(Some(PgSchema::create(&base, "bench").await?)),
+        None => Ok(None),
+    }
+}
+
+async fn drop_schema(schema: Option<PgSchema>, result: anyhow::Result<()>) -> anyhow::Result<()> {
     if let Some(schema) = schema {
         schema.drop_schema().await?;
     }
     result
 }
 
-async fn run(
-    held: &[usize],
-    chatters: usize,
-    duration: Duration,
-    schema: Option<&PgSchema>,
-) -> anyhow::Result<()> {
+/// Five builtin bots at zero delay, limits far above the load (so the
+/// figures measure the host, not the rate limiter, which has its own
+/// tests), the store `schema` or SQLite.
+fn bench_tables(schema: Option<&PgSchema>) -> String {
     let database = match schema {
-        Some(s) => format!("[database]\nurl = \"{}\"\n", s.url),
+        Some(s) => format!("[database]\nurl = \"{}\"\nshared = false\n", s.url),
         None => String::new(),
     };
-    // Limits far above the load, so the figures measure the host, not the
-    // rate limiter (which has its own tests).
-    let tables = format!(
+    format!(
         "{database}[limits]\nmessages_per_minute_per_user = 100000000\n\
          messages_per_minute_per_ip = 100000000\nlogins_per_minute_per_ip = 100000\n\
          websockets_per_ip = 1000000\nwebsockets_per_user = 1000000\nconversations_per_minute_per_user = 1000000\n\
@@ -97,8 +108,16 @@ async fn run(
                 "[[bots]]\nname = \"bench-{i}\"\n[bots.builtin]\ntoken_delay = \"0s\"\n"
             ))
             .collect::<String>()
-    );
-    let host = start_host("restart_schedule = \"off\"", &tables)?;
+    )
+}
+
+async fn run(
+    held: &[usize],
+    chatters: usize,
+    duration: Duration,
+    schema: Option<&PgSchema>,
+) -> anyhow::Result<()> {
+    let host = start_host("restart_schedule = \"off\"", &bench_tables(schema))?;
     let backend = if schema.is_some() {
         "PostgreSQL"
     } else {
@@ -229,6 +248,8 @@ struct ChatFigures {
     completed: u64,
     /// Of those, found complete in the store.
     persisted: u64,
+    /// CPU per completed turn of the host, its workers and PostgreSQL.
+    cpu: String,
 }
 
 impl ChatFigures {
@@ -241,6 +262,7 @@ impl ChatFigures {
             self.persisted,
             self.completed
         );
+        println!("{}", self.cpu);
         println!("| from `send` to | P50 | P95 | P99 | max |");
         println!("|---|---|---|---|---|");
         for (what, samples) in [
@@ -296,6 +318,7 @@ async fn chat_load(
             tokio::spawn(chatter(ws, *conversation, stop, figures))
         })
         .collect();
+    let cpu_before = CpuSnapshot::take(host.pid());
     // A line every 5 s: a slowdown or a growing host shows as a trend.
     let started = tokio::time::Instant::now();
     let mut last = 0;
@@ -316,6 +339,7 @@ async fn chat_load(
     for (task, (_, conversation)) in tasks.into_iter().zip(&conversations) {
         counted.insert(*conversation, task.await?);
     }
+    let cpu = CpuSnapshot::take(host.pid()).per_turn_since(&cpu_before, counted.values().sum());
     let mut persisted = 0;
     for (token, conversation) in &conversations {
         let stored = complete_turns(http, base, token, *conversation).await?;
@@ -324,6 +348,7 @@ async fn chat_load(
     let mut figures = std::mem::take(&mut *figures.lock().expect("figures"));
     figures.persisted = persisted;
     figures.completed = counted.values().sum();
+    figures.cpu = cpu;
     Ok(figures)
 }
 
