@@ -468,10 +468,13 @@ struct End {
     completion_tokens: Option<i32>,
 }
 
-/// The one writer of a turn's reply: the text so far as `partial` at the
-/// first token and then every [`FLUSH_EVERY`] (one UPDATE, not a row per
-/// token), and the final reply as soon as the turn ends. Being the only
-/// writer, a late flush can never overwrite the final reply.
+/// The one writer of a turn's reply. A turn that ends within
+/// [`FLUSH_EVERY`] of its first token is written once, as its final reply
+/// (one INSERT: most turns). A longer one is written as `partial` then,
+/// and again every [`FLUSH_EVERY`] while its text grows (one UPDATE, not a
+/// row per token), so a host that dies mid-reply leaves what was shown;
+/// its final reply is written as soon as it ends. Being the only writer, a
+/// late flush can never overwrite the final reply.
 async fn write_reply(
     store: Store,
     conversation_id: i64,
@@ -480,10 +483,14 @@ async fn write_reply(
 ) -> Result<Message, StoreError> {
     let gone = || StoreError::Setup("the turn ended without a reply".into());
     progress.changed().await.map_err(|_| gone())?;
+    let mut written = false;
     loop {
+        // Rest until the next flush, unless the turn ends first.
+        let _ = tokio::time::timeout(FLUSH_EVERY, progress.wait_for(|p| p.end.is_some())).await;
         let (text, end) = snapshot(&mut progress);
         if let Some(end) = end {
-            return store_reply(&store, end.reply(conversation_id, reply_to, &text)).await;
+            let reply = end.reply(conversation_id, reply_to, &text);
+            return store_reply(&store, reply, written).await;
         }
         let partial = NewReply {
             conversation_id,
@@ -493,17 +500,17 @@ async fn write_reply(
             prompt_tokens: None,
             completion_tokens: None,
         };
-        if let Err(e) = store.save_reply(partial).await {
-            warn!(reply_to, "cannot write the reply so far: {e}");
+        let saved = if written {
+            store.save_reply(partial).await
+        } else {
+            store.append_reply(partial).await
+        };
+        match saved {
+            Ok(_) => written = true,
+            Err(e) => warn!(reply_to, "cannot write the reply so far: {e}"),
         }
-        // Rest until the next flush, unless the turn ends first; then wait
-        // for more text (or the end) before writing again.
-        let ended = tokio::time::timeout(FLUSH_EVERY, progress.wait_for(|p| p.end.is_some()))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !ended {
-            progress.changed().await.map_err(|_| gone())?;
-        }
+        // Then wait for more text (or the end) before writing again.
+        progress.changed().await.map_err(|_| gone())?;
     }
 }
 
@@ -527,12 +534,22 @@ impl End {
 }
 
 /// A reply the user has seen must not be lost to a brief database hiccup:
-/// a few retries before giving up.
-async fn store_reply(store: &Store, reply: NewReply<'_>) -> Result<Message, StoreError> {
+/// a few retries before giving up. `partial_written`: a `partial` reply is
+/// stored and is brought up to date; else the reply is a new row.
+async fn store_reply(
+    store: &Store,
+    reply: NewReply<'_>,
+    partial_written: bool,
+) -> Result<Message, StoreError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     let mut attempt = 1;
     loop {
-        match store.save_reply(reply.clone()).await {
+        let stored = if partial_written {
+            store.save_reply(reply.clone()).await
+        } else {
+            store.append_reply(reply.clone()).await
+        };
+        match stored {
             Err(StoreError::Unavailable(why)) if attempt < 4 => {
                 let delay = backoff.next_delay();
                 warn!(

@@ -83,8 +83,9 @@ fn a_message_is_answered_once_whichever_host_a_resend_reaches() {
         let mut ws = on_a.ws().await;
         ws.chat(conv, "m2", text).await;
         assert_eq!(ws.next().await["type"], "ack");
-        // Long enough for the first write of the partial reply.
-        for _ in 0..8 {
+        // Long enough for the first write of the partial reply (250 ms
+        // after the first token).
+        for _ in 0..10 {
             assert_eq!(ws.next().await["type"], "delta");
         }
         a.signal(Signal::SIGKILL);

@@ -18,8 +18,8 @@
 //! the other. Errors are classified into what a caller can act on
 //! ([`StoreError`]): unavailable (503), conflict, not found.
 
-pub mod dump;
 mod cached;
+pub mod dump;
 mod error;
 pub mod inspect;
 mod migrate;
@@ -30,10 +30,10 @@ mod schema;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use cached::Cached;
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel_async::RunQueryDsl;
-use cached::Cached;
 use pool::Pools;
 
 pub use error::StoreError;
@@ -528,7 +528,9 @@ impl Store {
     }
 
     /// Stores the bot's reply to user message `reply_to` (once: a second
-    /// call returns the first reply).
+    /// call returns the first reply). The conversation's activity time is
+    /// its last user message's: a reply leaves it alone (one statement
+    /// less per turn).
     pub async fn append_reply(&self, reply: NewReply<'_>) -> Result<Message, StoreError> {
         let now = now_ms();
         let conversation_id = reply.conversation_id;
@@ -558,7 +560,6 @@ impl Store {
                     .await
                     .optional()?;
                 if let Some(message) = inserted {
-                    touch!(conn, conversation_id, now);
                     return Ok(message);
                 }
                 messages::table

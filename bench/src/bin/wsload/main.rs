@@ -70,7 +70,13 @@ async fn main() -> anyhow::Result<()> {
     raise_fd_limit()?;
 
     let schema = bench_schema().await?;
-    let result = run(&held, chatters, Duration::from_secs(seconds), schema.as_ref()).await;
+    let result = run(
+        &held,
+        chatters,
+        Duration::from_secs(seconds),
+        schema.as_ref(),
+    )
+    .await;
     drop_schema(schema, result).await
 }
 
@@ -95,7 +101,7 @@ async fn drop_schema(schema: Option<PgSchema>, result: anyhow::Result<()>) -> an
 /// tests), the store `schema` or SQLite.
 fn bench_tables(schema: Option<&PgSchema>) -> String {
     let database = match schema {
-        Some(s) => format!("[database]\nurl = \"{}\"\nshared = false\n", s.url),
+        Some(s) => format!("[database]\nurl = \"{}\"\n", s.url),
         None => String::new(),
     };
     format!(

@@ -217,7 +217,9 @@ impl Client {
                     tokio::time::sleep(jittered(wait, attempt)).await;
                 }
                 Err(Refusal::Retry { status, .. }) => {
-                    return Err(format!("resend: still refused ({status:?}) after {GIVE_UP:?}"))
+                    return Err(format!(
+                        "resend: still refused ({status:?}) after {GIVE_UP:?}"
+                    ))
                 }
                 Err(Refusal::Fatal(e)) => return Err(format!("resend: {e}")),
             }
@@ -321,7 +323,8 @@ impl Client {
                 Message::Text(t) => t,
                 _ => continue,
             };
-            let f: Value = serde_json::from_str(&text).map_err(|e| Refusal::Fatal(e.to_string()))?;
+            let f: Value =
+                serde_json::from_str(&text).map_err(|e| Refusal::Fatal(e.to_string()))?;
             if f["client_msg_id"] != self.message_id.as_str() {
                 continue;
             }
@@ -373,7 +376,9 @@ async fn check_store(
     for chunk in conversations.chunks(PREPARE_PARALLELISM) {
         let pages = futures_util::future::join_all(chunk.iter().map(|(token, id)| async move {
             let page: Vec<Value> = http
-                .get(format!("{base}/api/v1/conversations/{id}/messages?limit=10"))
+                .get(format!(
+                    "{base}/api/v1/conversations/{id}/messages?limit=10"
+                ))
                 .bearer_auth(token)
                 .send()
                 .await?
