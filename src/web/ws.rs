@@ -588,6 +588,13 @@ impl WsSession {
                         return;
                     }
                     event = rx.recv() => match event {
+                        Some(ChatEvent::Delta(text)) => {
+                            let (text, next) = gather_deltas(text, &mut rx);
+                            me.do_send(Push(frame(&cid, ChatEvent::Delta(text))));
+                            if let Some(next) = next {
+                                me.do_send(Push(frame(&cid, next)));
+                            }
+                        }
                         Some(event) => me.do_send(Push(frame(&cid, event))),
                         None => break,
                     },
@@ -622,6 +629,24 @@ async fn forward_status(mut changes: broadcast::Receiver<StatusChange>, to: Reci
     }
 }
 
+/// `text` and the deltas queued behind it, as one: under load a turn's
+/// tokens pile up faster than frames go out, and one frame for them all is
+/// one message for the connection's actor, one serialization and one write
+/// instead of many. The page appends either way. Also the first event
+/// after them, if one was taken off the queue.
+fn gather_deltas(
+    mut text: String,
+    rx: &mut mpsc::UnboundedReceiver<ChatEvent>,
+) -> (String, Option<ChatEvent>) {
+    while let Ok(event) = rx.try_recv() {
+        match event {
+            ChatEvent::Delta(more) => text.push_str(&more),
+            other => return (text, Some(other)),
+        }
+    }
+    (text, None)
+}
+
 fn frame(cid: &str, event: ChatEvent) -> ServerFrame {
     let client_msg_id = cid.to_owned();
     match event {
@@ -653,6 +678,27 @@ fn frame(cid: &str, event: ChatEvent) -> ServerFrame {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn queued_deltas_go_out_as_one_and_what_follows_them_is_kept() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for piece in ["lo", ", ", "world"] {
+            tx.send(ChatEvent::Delta(piece.into())).unwrap();
+        }
+        tx.send(ChatEvent::Failed {
+            error: crate::chat::Chats::in_progress(),
+            reply: None,
+        })
+        .unwrap();
+        tx.send(ChatEvent::Delta("after".into())).unwrap();
+        let (text, next) = gather_deltas("Hel".into(), &mut rx);
+        assert_eq!(text, "Hello, world");
+        assert!(matches!(next, Some(ChatEvent::Failed { .. })), "{next:?}");
+        // Nothing past the first other event was taken.
+        assert!(matches!(rx.try_recv(), Ok(ChatEvent::Delta(t)) if t == "after"));
+        let (text, next) = gather_deltas("alone".into(), &mut rx);
+        assert_eq!((text.as_str(), next.is_none()), ("alone", true));
+    }
 
     proptest! {
         /// A client frame of any text parses or is refused; a `send` with
