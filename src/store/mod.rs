@@ -777,35 +777,43 @@ impl Store {
         .map(|taken| taken.is_some())
     }
 
-    /// How many turns of user `id` some host is answering now.
-    pub async fn live_turns(&self, user_id: i64) -> Result<u64, StoreError> {
+    /// The fleet's bookkeeping for one message, in one round trip: a hit
+    /// for `user_subject`'s and (if any) `ip_subject`'s minute starting at
+    /// `window_start` (ms), and how many turns of user `user_id` some host
+    /// is answering now. PostgreSQL only (see [`Store::is_shared`]).
+    pub async fn fleet_hits(
+        &self,
+        user_subject: &str,
+        ip_subject: Option<&str>,
+        window_start: i64,
+        user_id: i64,
+    ) -> Result<FleetHits, StoreError> {
+        use diesel::sql_types::{BigInt, Nullable, Text};
+        // The rows are upserted in one order (the user's, then the
+        // address's), so two messages never wait on each other's rows in a
+        // cycle.
+        const SQL: &str = "\
+            WITH hit AS ( \
+                INSERT INTO rate_windows (subject, window_start, hits) \
+                SELECT s, $3, 1 FROM unnest(ARRAY[$1, $2]::text[]) WITH ORDINALITY AS u(s, n) \
+                WHERE s IS NOT NULL ORDER BY n \
+                ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_windows.hits + 1 \
+                RETURNING subject, hits) \
+            SELECT COALESCE((SELECT hits FROM hit WHERE subject = $1), 0) AS user_hits, \
+                   COALESCE((SELECT hits FROM hit WHERE subject = $2), 0) AS ip_hits, \
+                   (SELECT count(*) FROM turn_leases \
+                    WHERE user_id = $4 AND expires_at > $5) AS live_turns";
         let now = now_ms();
-        let n: i64 = with_conn!(self, "live_turns", |conn| turn_leases::table
-            .filter(turn_leases::user_id.eq(user_id))
-            .filter(turn_leases::expires_at.gt(now))
-            .count()
-            .get_result(conn)
-            .await)?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    /// One more hit for `subject` in the minute starting at `window_start`
-    /// (ms); answers the minute's hits so far, this one included.
-    pub async fn hit_window(&self, subject: &str, window_start: i64) -> Result<i32, StoreError> {
-        with_conn!(self, write "hit_window", |conn| Cached(
-            diesel::insert_into(rate_windows::table)
-                .values((
-                    rate_windows::subject.eq(subject),
-                    rate_windows::window_start.eq(window_start),
-                    rate_windows::hits.eq(1),
-                ))
-                .on_conflict((rate_windows::subject, rate_windows::window_start))
-                .do_update()
-                .set(rate_windows::hits.eq(rate_windows::hits + 1))
-                .returning(rate_windows::hits)
+        with_conn!(self, write "fleet_hits", |conn| Cached(
+            diesel::sql_query(SQL)
+                .bind::<Text, _>(user_subject)
+                .bind::<Nullable<Text>, _>(ip_subject)
+                .bind::<BigInt, _>(window_start)
+                .bind::<BigInt, _>(user_id)
+                .bind::<BigInt, _>(now)
         )
-        .get_result::<i32>(conn)
-            .await)
+        .get_result::<FleetHits>(conn)
+        .await)
     }
 
     /// Forgets the minutes that started before `before` (ms).
@@ -902,6 +910,17 @@ impl Store {
     pub fn pool_snapshot(&self) -> PoolSnapshot {
         pool::snapshot(&self.pools)
     }
+}
+
+/// What [`Store::fleet_hits`] counted.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct FleetHits {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub user_hits: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub ip_hits: i32,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub live_turns: i64,
 }
 
 #[derive(Clone)]

@@ -223,28 +223,24 @@ impl Limits {
         let window = minute_of(now);
         let retry = u64::try_from((window + 60_000 - now) / 1000).unwrap_or(1);
         let over = |hits: i32, max: u32| u32::try_from(hits).map_or(true, |h| h > max);
-        if over(
-            store.hit_window(&format!("u:{user}"), window).await?,
-            self.config.messages_per_minute_per_user,
-        ) {
+        let ip = ip.map(|ip| format!("ip:{ip}"));
+        let hits = store
+            .fleet_hits(&format!("u:{user}"), ip.as_deref(), window, user)
+            .await?;
+        if over(hits.user_hits, self.config.messages_per_minute_per_user) {
             return Err(ApiError::too_many(
                 "you are sending messages too fast",
                 retry,
             ));
         }
-        if let Some(ip) = ip {
-            if over(
-                store.hit_window(&format!("ip:{ip}"), window).await?,
-                self.config.messages_per_minute_per_ip,
-            ) {
-                return Err(ApiError::too_many(
-                    "too many messages from your address",
-                    retry,
-                ));
-            }
+        if ip.is_some() && over(hits.ip_hits, self.config.messages_per_minute_per_ip) {
+            return Err(ApiError::too_many(
+                "too many messages from your address",
+                retry,
+            ));
         }
         let max = self.config.max_in_flight_per_user;
-        if store.live_turns(user).await? >= u64::from(max) {
+        if u64::try_from(hits.live_turns).unwrap_or(0) >= u64::from(max) {
             return Err(ApiError::too_many(
                 format!("you already have {max} replies in progress; wait for one to finish"),
                 1,
