@@ -414,6 +414,10 @@ fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
     ));
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("slow");
+    let ws_user = register(&host.url, "wendy");
+    let ws_conv = ws_user.conversation("slow");
+    let rt = runtime();
+    let mut ws = rt.block_on(ws_user.ws());
     std::thread::scope(|s| {
         // A REST turn holds its place until the whole reply is in.
         let turn = s.spawn(|| {
@@ -442,6 +446,16 @@ fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
             Some("1")
         );
         assert_eq!(error_code(refused), (503, "overloaded".into()));
+        // A WebSocket opened before: its turn waits its turn too.
+        let frame = rt.block_on(async {
+            ws.chat(ws_conv, "w1", "hi").await;
+            ws.next().await
+        });
+        assert_eq!(
+            (frame["code"].as_str(), frame["retry_after"].as_u64()),
+            (Some("overloaded"), Some(1)),
+            "{frame}"
+        );
         // What an operator and a load balancer need is never refused.
         for path in ["/healthz", "/readyz", "/metrics"] {
             assert_eq!(host.http_get(path).0, 200, "{path}");

@@ -15,6 +15,7 @@ const state = {
   pending: new Map(),       // client_msg_id -> {conversationId, content, acked}
   ws: null,
   retry: 0,
+  resends: new Map(),   // client id -> times sent again after a busy answer
   restarting: false,
   reconnectTimer: null,
 };
@@ -584,14 +585,22 @@ function onFrame(f) {
       // Not taken because the host restarts: it stays pending and goes out
       // again on the next connection.
       if (f.code === "restarting") break;
-      // Still being answered (a resend raced the first try): ask again in a
-      // moment, when the stored answer can be replayed.
-      if (f.code === "in_progress") {
+      // Still being answered (a resend raced the first try), or the host is
+      // busy (refused before anything was done, or its database briefly
+      // unavailable): send the same message again after the wait asked for,
+      // with jitter, when the stored answer can be replayed or the host has
+      // room. A few times; then the error shows.
+      const transient = ["in_progress", "overloaded", "store_unavailable"].includes(f.code);
+      const tries = (state.resends.get(id) || 0) + 1;
+      if (transient && tries <= 5) {
+        state.resends.set(id, tries);
+        const wait = (f.retry_after || 1) * 1000 * (0.5 + Math.random());
         setTimeout(() => {
           if (state.pending.has(id) && state.ws && state.ws.readyState === WebSocket.OPEN) sendOverWs(id);
-        }, 1000 + Math.random() * 500);
+        }, wait);
         break;
       }
+      state.resends.delete(id);
       state.pending.delete(id);
       const r = id && document.querySelector(`[data-client="${CSS.escape(id)}"]`);
       const target = r || (id ? bubble("u:" + id, "user") : null);

@@ -519,6 +519,9 @@ impl WsSession {
         }
         self.state.limits.message(self.user.id, self.ip)?;
         let slot = self.state.limits.start_turn(self.user.id)?;
+        // Counted with the API's requests until the reply starts: the
+        // database work before it is what a storm of turns queues on.
+        let mut ticket = Some(self.state.admission.enter()?);
         let (state, me, owner, ip) = (self.state.clone(), ctx.address(), self.user.id, self.ip);
         let cid = client_msg_id.to_owned();
         let claims = self.user.claims.clone();
@@ -588,14 +591,21 @@ impl WsSession {
                         return;
                     }
                     event = rx.recv() => match event {
+                        Some(ChatEvent::Accepted { message, replay }) => {
+                            me.do_send(Push(frame(&cid, ChatEvent::Accepted { message, replay })));
+                        }
                         Some(ChatEvent::Delta(text)) => {
+                            drop(ticket.take());
                             let (text, next) = gather_deltas(text, &mut rx);
                             me.do_send(Push(frame(&cid, ChatEvent::Delta(text))));
                             if let Some(next) = next {
                                 me.do_send(Push(frame(&cid, next)));
                             }
                         }
-                        Some(event) => me.do_send(Push(frame(&cid, event))),
+                        Some(event) => {
+                            drop(ticket.take());
+                            me.do_send(Push(frame(&cid, event)));
+                        }
                         None => break,
                     },
                 }

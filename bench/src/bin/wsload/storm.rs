@@ -333,7 +333,10 @@ impl Client {
                 (Some("done"), _) if f["status"] == "complete" => return Ok(()),
                 // Busy or answered elsewhere just now: the page waits and
                 // sends the same message again.
-                (Some("error"), Some("rate_limited" | "in_progress" | "overloaded")) => {
+                (
+                    Some("error"),
+                    Some("rate_limited" | "in_progress" | "overloaded" | "store_unavailable"),
+                ) => {
                     let secs = f["retry_after"].as_u64().unwrap_or(1);
                     return Err(Refusal::Retry {
                         status: Some(429),
