@@ -229,6 +229,37 @@ async fn register_users(
     Ok(tokens)
 }
 
+/// A page of messages (or any JSON list) `url` gives `token`'s user.
+async fn get_page(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+/// A new conversation of `token`'s user with bot `bench-{i % BOTS}`.
+async fn create_conversation(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    i: usize,
+) -> anyhow::Result<i64> {
+    let created: Value = http
+        .post(format!("{base}/api/v1/conversations"))
+        .bearer_auth(token)
+        .json(&json!({"bot": format!("bench-{}", i % BOTS)}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    created["id"].as_i64().context("no conversation id")
+}
+
 async fn connect(addr: &str, token: &str) -> anyhow::Result<WsStream> {
     let url = format!("ws://{addr}/api/v1/ws?token={token}");
     let (ws, _) = tokio_tungstenite::connect_async(url)
@@ -303,16 +334,7 @@ async fn chat_load(
     let mut conversations = Vec::new();
     for i in 0..chatters {
         let token = tokens[i % tokens.len()].clone();
-        let created: Value = http
-            .post(format!("{base}/api/v1/conversations"))
-            .bearer_auth(&token)
-            .json(&json!({"bot": format!("bench-{}", i % BOTS)}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let conversation = created["id"].as_i64().context("no conversation id")?;
+        let conversation = create_conversation(http, base, &token, i).await?;
         conversations.push((token.clone(), conversation));
         sockets.push(connect(host.addr(), &token).await?);
     }
@@ -457,14 +479,7 @@ async fn complete_turns(
         if let Some(b) = before {
             url.push_str(&format!("&before={b}"));
         }
-        let page: Vec<Value> = http
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let page = get_page(http, &url, token).await?;
         replies += page
             .iter()
             .filter(|m| {

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{bench_tables, register_users, WsStream, BOTS};
+use super::{bench_tables, create_conversation, get_page, register_users, WsStream};
 
 /// Clients start at a random moment within this.
 const SPREAD: Duration = Duration::from_secs(2);
@@ -169,16 +169,7 @@ async fn prepare(
     for chunk in (0..clients).collect::<Vec<_>>().chunks(PREPARE_PARALLELISM) {
         let made = futures_util::future::join_all(chunk.iter().map(|&i| async move {
             let token = &tokens[i % tokens.len()];
-            let created: Value = http
-                .post(format!("{base}/api/v1/conversations"))
-                .bearer_auth(token)
-                .json(&json!({"bot": format!("bench-{}", i % BOTS)}))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            let id = created["id"].as_i64().context("no conversation id")?;
+            let id = create_conversation(http, base, token, i).await?;
             anyhow::Ok((token.clone(), id))
         }))
         .await;
@@ -378,17 +369,8 @@ async fn check_store(
     let mut wrong = Vec::new();
     for chunk in conversations.chunks(PREPARE_PARALLELISM) {
         let pages = futures_util::future::join_all(chunk.iter().map(|(token, id)| async move {
-            let page: Vec<Value> = http
-                .get(format!(
-                    "{base}/api/v1/conversations/{id}/messages?limit=10"
-                ))
-                .bearer_auth(token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            anyhow::Ok((*id, page))
+            let url = format!("{base}/api/v1/conversations/{id}/messages?limit=10");
+            anyhow::Ok((*id, get_page(http, &url, token).await?))
         }))
         .await;
         for page in pages {
