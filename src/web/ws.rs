@@ -590,25 +590,24 @@ impl WsSession {
                         }
                         return;
                     }
-                    event = rx.recv() => {
-                        let Some(event) = event else { break };
-                        // The reply has started (or the turn ended): its
-                        // database work is done, it leaves admission.
-                        if !matches!(event, ChatEvent::Accepted { .. }) {
+                    event = rx.recv() => match event {
+                        Some(ChatEvent::Accepted { message, replay }) => {
+                            me.do_send(Push(frame(&cid, ChatEvent::Accepted { message, replay })));
+                        }
+                        Some(ChatEvent::Delta(text)) => {
                             drop(ticket.take());
-                        }
-                        let (event, next) = match event {
-                            ChatEvent::Delta(text) => {
-                                let (text, next) = gather_deltas(text, &mut rx);
-                                (ChatEvent::Delta(text), next)
+                            let (text, next) = gather_deltas(text, &mut rx);
+                            me.do_send(Push(frame(&cid, ChatEvent::Delta(text))));
+                            if let Some(next) = next {
+                                me.do_send(Push(frame(&cid, next)));
                             }
-                            other => (other, None),
-                        };
-                        me.do_send(Push(frame(&cid, event)));
-                        if let Some(next) = next {
-                            me.do_send(Push(frame(&cid, next)));
                         }
-                    }
+                        Some(event) => {
+                            drop(ticket.take());
+                            me.do_send(Push(frame(&cid, event)));
+                        }
+                        None => break,
+                    },
                 }
             }
             me.do_send(TurnEnded(cid));
