@@ -455,8 +455,10 @@ fn the_machine_address_runtime_dir_worker_and_memory() {
     .unwrap();
     site.expect("worker_binary", "fail", "speaks protocol 1");
 
-    // Budgets the machine cannot hold.
-    let budget = sysinfo_available() / 2 / 1_000_000 + 1;
+    // Budgets the machine cannot hold: one bot plus its handover need twice
+    // its budget, here twice what is free, so memory freed between this
+    // reading and the check's cannot turn the failure into a warning.
+    let budget = sysinfo_available() / 1_000_000 + 1;
     site.write_supervisor(&format!("memory_budget = \"{budget}MB\""));
     site.expect("memory_headroom", "fail", "lower memory budgets");
 

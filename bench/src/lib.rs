@@ -3,6 +3,9 @@
 //! figure printing. Benchmarks print figures;
 //! they never assert timings.
 
+pub mod fake;
+pub mod ws;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +33,13 @@ pub fn write_config(dir: &Path, supervisor_keys: &str, tables: &str) -> anyhow::
     std::fs::write(&path, config_text(supervisor_keys, tables))?;
     Ok(path)
 }
+
+/// A `[limits]` table far above any benchmark's load, so the figures
+/// measure the host, not the rate limiter (which has its own tests).
+pub const NO_LIMITS: &str = "[limits]\nmessages_per_minute_per_user = 100000000\n\
+    messages_per_minute_per_ip = 100000000\nlogins_per_minute_per_ip = 100000\n\
+    websockets_per_ip = 1000000\nwebsockets_per_user = 1000000\n\
+    conversations_per_minute_per_user = 1000000\nmax_in_flight_per_user = 100000\n";
 
 /// The release `bothost serve` with `supervisor_keys` under `[supervisor]`
 /// and `tables` (bots, limits, ...) after it; returns once it listens.

@@ -14,42 +14,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bothost::control::{Client, ControlRequest, ControlResponse};
+use bothost_bench::fake::{direct_chat, FakeOllama};
 use bothost_bench::{host_status, ms, release_binaries, start_host, Percentiles};
-use serde_json::json;
-
-struct Fake {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Fake {
-    fn start(port: u16, name: &str, token_delay_ms: u64) -> anyhow::Result<Self> {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(release_binaries()?.join("fake-ollama"))
-            .args(["--port", &port.to_string(), "--name", name])
-            .args(["--token-delay-ms", &token_delay_ms.to_string()])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .context("run `cargo build --release --workspace` first")?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("fake-ollama listening on ")
-            .context("fake-ollama did not start")?
-            .to_owned();
-        Ok(Self { child, url })
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn endpoint(name: &str, url: &str, extra: &str) -> String {
     format!(
@@ -72,32 +40,6 @@ async fn main() -> anyhow::Result<()> {
     added_latency(turns, delay).await?;
     failover(delay).await?;
     supervised_restart().await
-}
-
-/// (time to first token, time to done) of one direct call to the fake.
-async fn direct_turn(
-    http: &reqwest::Client,
-    url: &str,
-    n: usize,
-) -> anyhow::Result<(Duration, Duration)> {
-    let started = Instant::now();
-    let mut response = http
-        .post(format!("{url}/api/chat"))
-        .json(&json!({"model": "llama3.2", "stream": true,
-                      "messages": [{"role": "user", "content": format!("turn {n}")}]}))
-        .send()
-        .await?;
-    let mut first = None;
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        first.get_or_insert_with(|| started.elapsed());
-        body.extend_from_slice(&chunk);
-        if body.ends_with(b"\n") && body.windows(11).any(|w| w == b"\"done\":true") {
-            break;
-        }
-    }
-    let done = started.elapsed();
-    Ok((first.unwrap_or(done), done))
 }
 
 /// (time to first token, time to done) of one turn through bothost.
@@ -125,19 +67,19 @@ async fn hosted_turn(client: &mut Client, n: usize) -> anyhow::Result<(Duration,
 }
 
 async fn added_latency(turns: usize, delay: u64) -> anyhow::Result<()> {
-    let fake = Fake::start(0, "primary", delay)?;
+    let fake = FakeOllama::start(0, "primary", delay)?;
     let host = start_host("", &format!("{}{BOT}", endpoint("primary", &fake.url, "")))?;
     let http = reqwest::Client::new();
     let mut client = Client::connect(&host.control_socket()).await?;
     // Warm both paths (connections, the worker's HTTP pool).
     for n in 0..10 {
-        direct_turn(&http, &fake.url, n).await?;
+        direct_chat(&http, &fake.url, &format!("turn {n}")).await?;
         hosted_turn(&mut client, n).await?;
     }
     let (mut d_first, mut d_done, mut h_first, mut h_done) = (vec![], vec![], vec![], vec![]);
     // Interleaved, so both see the same machine noise.
     for n in 0..turns {
-        let (f, d) = direct_turn(&http, &fake.url, n).await?;
+        let (f, d) = direct_chat(&http, &fake.url, &format!("turn {n}")).await?;
         d_first.push(f);
         d_done.push(d);
         let (f, d) = hosted_turn(&mut client, n).await?;
@@ -167,8 +109,8 @@ async fn added_latency(turns: usize, delay: u64) -> anyhow::Result<()> {
 }
 
 async fn failover(delay: u64) -> anyhow::Result<()> {
-    let primary = Fake::start(0, "primary", delay)?;
-    let secondary = Fake::start(0, "secondary", delay)?;
+    let primary = FakeOllama::start(0, "primary", delay)?;
+    let secondary = FakeOllama::start(0, "secondary", delay)?;
     let endpoints = format!(
         "{}{}",
         endpoint("primary", &primary.url, ""),
@@ -182,8 +124,7 @@ async fn failover(delay: u64) -> anyhow::Result<()> {
     }
     let normal = Percentiles::of(&mut normal).p50;
     let mut primary = primary;
-    let _ = primary.child.kill();
-    let _ = primary.child.wait();
+    primary.kill();
     let (first, done) = hosted_turn(&mut client, 100).await?;
     let (after, _) = hosted_turn(&mut client, 101).await?;
     println!("\n## Failover, primary killed (connection refused)");

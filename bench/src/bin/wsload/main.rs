@@ -26,12 +26,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bothost_bench::ws::{connect, turn, WsStream, CONNECTION_CLOSED};
 use bothost_bench::{
     bench_database_url, mib, ms, start_host, CpuSnapshot, HostProcess, Percentiles, PgSchema,
+    NO_LIMITS,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 mod storm;
 
@@ -44,9 +45,6 @@ const PASSWORD: &str = "correct horse battery staple";
 /// Connections opened at once while building up the held set: well under
 /// the listen backlog.
 const CONNECT_PARALLELISM: usize = 200;
-
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -105,10 +103,7 @@ fn bench_tables(schema: Option<&PgSchema>) -> String {
         None => String::new(),
     };
     format!(
-        "{database}[limits]\nmessages_per_minute_per_user = 100000000\n\
-         messages_per_minute_per_ip = 100000000\nlogins_per_minute_per_ip = 100000\n\
-         websockets_per_ip = 1000000\nwebsockets_per_user = 1000000\nconversations_per_minute_per_user = 1000000\n\
-         max_in_flight_per_user = 100000\n{}",
+        "{database}{NO_LIMITS}{}",
         (0..BOTS)
             .map(|i| format!(
                 "[[bots]]\nname = \"bench-{i}\"\n[bots.builtin]\ntoken_delay = \"0s\"\n"
@@ -260,14 +255,6 @@ async fn create_conversation(
     created["id"].as_i64().context("no conversation id")
 }
 
-async fn connect(addr: &str, token: &str) -> anyhow::Result<WsStream> {
-    let url = format!("ws://{addr}/api/v1/ws?token={token}");
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .context("WebSocket connect")?;
-    Ok(ws)
-}
-
 /// Keeps one idle connection open: reading answers the server's pings.
 async fn hold(mut ws: WsStream, alive: Arc<AtomicU64>) {
     alive.fetch_add(1, Ordering::Relaxed);
@@ -392,13 +379,7 @@ async fn chatter(
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let id = format!("c{conversation}-{n}");
-        let frame = json!({"type": "send", "conversation_id": conversation,
-                           "client_msg_id": id, "content": format!("load turn {n}")});
-        let sent = Instant::now();
-        let outcome = match ws.send(Message::text(frame.to_string())).await {
-            Ok(()) => one_turn(&mut ws, &id, sent).await,
-            Err(e) => Err(e.to_string()),
-        };
+        let outcome = turn(&mut ws, conversation, &id, &format!("load turn {n}")).await;
         // Turns that end after the clock stopped are stored (and checked)
         // but not counted in the rate.
         let counted = !stop.load(Ordering::Relaxed);
@@ -418,50 +399,13 @@ async fn chatter(
                     eprintln!("turn error: {e}");
                 }
                 f.errors += 1;
-                if ws_closed(&e) {
+                if e == CONNECTION_CLOSED {
                     break;
                 }
             }
         }
     }
     completed
-}
-
-fn ws_closed(e: &str) -> bool {
-    e == "connection closed"
-}
-
-/// Reads frames for turn `id` until `done`: (time to first delta, to done).
-async fn one_turn(
-    ws: &mut WsStream,
-    id: &str,
-    sent: Instant,
-) -> Result<(Duration, Duration), String> {
-    let mut first = None;
-    loop {
-        let Some(msg) = ws.next().await else {
-            return Err("connection closed".into());
-        };
-        let text = match msg.map_err(|e| e.to_string())? {
-            Message::Text(t) => t,
-            _ => continue,
-        };
-        let frame: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        if frame["client_msg_id"] != id {
-            continue; // bot_status pushes
-        }
-        match frame["type"].as_str() {
-            Some("delta") => {
-                first.get_or_insert_with(|| sent.elapsed());
-            }
-            Some("done") if frame["status"] == "complete" => {
-                let done = sent.elapsed();
-                return Ok((first.unwrap_or(done), done));
-            }
-            Some("ack") => {}
-            _ => return Err(format!("turn {id}: {text}")),
-        }
-    }
 }
 
 /// Turns of a conversation whose user message and complete reply are

@@ -27,7 +27,9 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{bench_tables, create_conversation, get_page, register_users, WsStream};
+use bothost_bench::ws::WsStream;
+
+use super::{bench_tables, create_conversation, get_page, register_users};
 
 /// Clients start at a random moment within this.
 const SPREAD: Duration = Duration::from_secs(2);
