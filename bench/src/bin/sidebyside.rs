@@ -122,7 +122,10 @@ enum Target {
 
 enum Client {
     Http(reqwest::Client),
-    Ws { ws: WsStream, conversation: i64 },
+    Ws {
+        ws: Box<WsStream>,
+        conversation: i64,
+    },
 }
 
 impl Path {
@@ -182,7 +185,10 @@ impl Path {
                         user_with_conversation(&http, base, &name, "side by side pass", "llama")
                             .await?;
                     let ws = connect(host.addr(), &token).await?;
-                    Client::Ws { ws, conversation }
+                    Client::Ws {
+                        ws: Box::new(ws),
+                        conversation,
+                    }
                 }
                 _ => Client::Http(reqwest::Client::new()),
             };
