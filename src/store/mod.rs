@@ -68,25 +68,6 @@ pub struct Store {
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
 /// backend the store uses, times it as `$op`, and classifies its errors.
-/// Marks a conversation active now, so it sorts first in its owner's list.
-/// Only a sort hint: a failure is logged, and the write it follows stands.
-macro_rules! touch {
-    ($conn:expr, $conversation_id:expr, $now:expr) => {
-        if let Err(e) = Cached(
-            diesel::update(conversations::table.filter(conversations::id.eq($conversation_id)))
-                .set(conversations::updated_at.eq($now)),
-        )
-        .execute($conn)
-        .await
-        {
-            tracing::warn!(
-                conversation = $conversation_id,
-                "cannot mark the conversation active: {e}"
-            );
-        }
-    };
-}
-
 /// `with_conn!(store, "op", |conn| body)` for reads; `with_conn!(store,
 /// write "op", |conn| body)` for writes, which on SQLite take the store's
 /// one write slot first: SQLite admits one writer at a time, and writers
@@ -497,8 +478,9 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
-        // No transaction: the unique index makes the insert idempotent, and
-        // the touch is only a sort hint (two round trips instead of four).
+        // No transaction: the unique index makes the insert idempotent. The
+        // database marks the conversation active itself (a trigger,
+        // migration `touch`): one round trip for a new message.
         with_conn!(self, write "append_user_message", |conn| {
             async {
                 let inserted = Cached(
@@ -512,7 +494,6 @@ impl Store {
                     .await
                     .optional()?;
                 if let Some(message) = inserted {
-                    touch!(conn, conversation_id, now);
                     return Ok::<_, DieselError>((message, true));
                 }
                 let existing = messages::table

@@ -1,0 +1,1 @@
+DROP TRIGGER messages_touch_conversation;
