@@ -586,6 +586,10 @@ fn store_error(e: &StoreError, what: &str) -> TurnError {
             ErrorCode::StoreUnavailable,
             format!("{what}: the database is unavailable; please try again shortly"),
         ),
+        StoreError::NotFound => TurnError::new(
+            ErrorCode::NotFound,
+            format!("{what}: the conversation no longer exists"),
+        ),
         // The cause is for the operator's log, never for the user.
         other => {
             tracing::error!("{what}: {other}");

@@ -59,6 +59,8 @@ named_enum! {
         StoreUnavailable = "store_unavailable",
         /// The same message is being answered by another request right now.
         InProgress = "in_progress",
+        /// The conversation is gone (deleted in another tab or device).
+        NotFound = "not_found",
         Internal = "internal",
     }
 }

@@ -115,6 +115,42 @@ fn another_users_conversation_is_not_found_by_any_route() {
 }
 
 #[test]
+fn a_conversation_deleted_while_its_websocket_chats_in_it_is_not_found() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("fast");
+    runtime().block_on(async {
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "d1", "first").await;
+        let (_, _, done) = ws.turn().await;
+        assert_eq!(done["status"], "complete", "{done}");
+        // Deleted in another tab: the open connection's next message there
+        // is refused, and nothing is stored for a conversation that is gone.
+        let deleted = off_runtime(|| {
+            client()
+                .delete(format!("{}/api/v1/conversations/{conv}", host.url))
+                .bearer_auth(&alice.token)
+                .send()
+                .expect("DELETE")
+                .status()
+        });
+        assert!(deleted.is_success(), "{deleted}");
+        ws.chat(conv, "d2", "second").await;
+        let frame = ws.next().await;
+        assert_eq!(
+            (frame["type"].as_str(), frame["code"].as_str()),
+            (Some("error"), Some("not_found")),
+            "{frame}"
+        );
+        // The connection carries on with the user's other conversations.
+        let other = off_runtime(|| alice.conversation("fast"));
+        ws.chat(other, "d3", "elsewhere").await;
+        let (_, _, done) = ws.turn().await;
+        assert_eq!(done["status"], "complete", "{done}");
+    });
+}
+
+#[test]
 fn missing_bad_and_expired_tokens_are_refused_with_their_own_codes() {
     let host = web_host("");
     let c = client();

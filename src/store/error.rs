@@ -26,6 +26,11 @@ impl From<DieselError> for StoreError {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 StoreError::Conflict(info.message().to_owned())
             }
+            // What the row refers to is gone (a message for a conversation
+            // deleted meanwhile).
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                StoreError::NotFound
+            }
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
             | DieselError::BrokenTransactionManager => StoreError::Unavailable(e.to_string()),
             DieselError::DatabaseError(_, info) if is_connection_loss(info.message()) => {

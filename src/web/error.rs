@@ -114,7 +114,7 @@ impl From<TurnError> for ApiError {
 /// The HTTP status of a turn's error.
 fn turn_status(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::UnknownBot => StatusCode::NOT_FOUND,
+        ErrorCode::UnknownBot | ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::BotUnavailable
         | ErrorCode::Restarting
         | ErrorCode::InferenceUnavailable

@@ -45,7 +45,7 @@ use super::sessions::AuthUser;
 use super::state::AppState;
 use crate::chat::{Ask, ChatEvent};
 use crate::status::{BotState, StatusChange};
-use crate::store::ReplyStatus;
+use crate::store::{Conversation, ReplyStatus};
 use crate::supervisor::SubscribeStatus;
 
 /// The codec refuses (and closes on) frames above this; smaller frames over
@@ -161,6 +161,7 @@ pub async fn connect(
         state,
         last_heard: Instant::now(),
         turns: HashMap::new(),
+        conversations: HashMap::new(),
         status_task: None,
         closing: false,
     };
@@ -185,6 +186,12 @@ struct WsSession {
     /// SQLite call half-way, and diesel-async then blocks in place, which
     /// panics on this single-threaded runtime.
     turns: HashMap<String, CancellationToken>,
+    /// Conversations this connection's user has chatted in, read once:
+    /// ownership cannot change, and a conversation deleted since is refused
+    /// by the store when the message is inserted (`not_found`), so a turn
+    /// needs no read of its own. Emptied when it reaches
+    /// [`KNOWN_CONVERSATIONS`].
+    conversations: HashMap<i64, Conversation>,
     status_task: Option<AbortHandle>,
     /// The host is shutting down: no new turns, close when the last ends.
     closing: bool,
@@ -197,6 +204,14 @@ struct Push(ServerFrame);
 #[derive(Message)]
 #[rtype(result = "()")]
 struct TurnEnded(String);
+
+/// A conversation a turn read and found to be the user's.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Known(Conversation);
+
+/// At most this many conversations are remembered per connection.
+const KNOWN_CONVERSATIONS: usize = 64;
 
 /// A turn refused before it began. When the reason is the session itself
 /// (401/403: it has ended, or the account is disabled), the connection is
@@ -256,6 +271,17 @@ impl Handler<Push> for WsSession {
             Ok(text) => ctx.text(text),
             Err(e) => tracing::error!("cannot encode a frame: {e}"),
         }
+    }
+}
+
+impl Handler<Known> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, Known(conversation): Known, _: &mut Self::Context) {
+        if self.conversations.len() >= KNOWN_CONVERSATIONS {
+            self.conversations.clear();
+        }
+        self.conversations.insert(conversation.id, conversation);
     }
 }
 
@@ -525,6 +551,7 @@ impl WsSession {
         let (state, me, owner, ip) = (self.state.clone(), ctx.address(), self.user.id, self.ip);
         let cid = client_msg_id.to_owned();
         let claims = self.user.claims.clone();
+        let known = self.conversations.get(&conversation_id).cloned();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         actix_rt::spawn(async move {
@@ -535,7 +562,12 @@ impl WsSession {
                 me.do_send(TurnRefused(cid, e));
                 return;
             }
-            let conv = match state.store.conversation(owner, conversation_id).await {
+            let read = known.is_none();
+            let conv = match known {
+                Some(conv) => Ok(Some(conv)),
+                None => state.store.conversation(owner, conversation_id).await,
+            };
+            let conv = match conv {
                 Ok(Some(conv)) => conv,
                 Ok(None) => {
                     me.do_send(Push(ServerFrame::error(
@@ -551,6 +583,16 @@ impl WsSession {
                     return;
                 }
             };
+            match (&wanted, conv.title.is_empty()) {
+                // Named after this message from now on: the chat service
+                // titles an untitled conversation only.
+                (Wanted::Message(content), true) => me.do_send(Known(Conversation {
+                    title: crate::chat::title_from(content),
+                    ..conv.clone()
+                })),
+                _ if read => me.do_send(Known(conv.clone())),
+                _ => {}
+            }
             if stopped.is_cancelled() {
                 return;
             }
