@@ -500,12 +500,7 @@ async fn write_reply(
             prompt_tokens: None,
             completion_tokens: None,
         };
-        let saved = if written {
-            store.save_reply(partial).await
-        } else {
-            store.append_reply(partial).await
-        };
-        match saved {
+        match put_reply(&store, partial, written).await {
             Ok(_) => written = true,
             Err(e) => warn!(reply_to, "cannot write the reply so far: {e}"),
         }
@@ -544,12 +539,7 @@ async fn store_reply(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     let mut attempt = 1;
     loop {
-        let stored = if partial_written {
-            store.save_reply(reply.clone()).await
-        } else {
-            store.append_reply(reply.clone()).await
-        };
-        match stored {
+        match put_reply(store, reply.clone(), partial_written).await {
             Err(StoreError::Unavailable(why)) if attempt < 4 => {
                 let delay = backoff.next_delay();
                 warn!(
@@ -561,6 +551,20 @@ async fn store_reply(
             }
             other => return other,
         }
+    }
+}
+
+/// Brings the stored `partial` reply up to date, or (none written yet)
+/// stores the reply as a new row.
+async fn put_reply(
+    store: &Store,
+    reply: NewReply<'_>,
+    partial_written: bool,
+) -> Result<Message, StoreError> {
+    if partial_written {
+        store.save_reply(reply).await
+    } else {
+        store.append_reply(reply).await
     }
 }
 
