@@ -40,7 +40,9 @@ use tracing::warn;
 use crate::backoff::Backoff;
 use crate::lease::Leases;
 use crate::metrics::Metrics;
-use crate::store::{Conversation, Message, MessageRole, NewReply, ReplyStatus, Store, StoreError};
+use crate::store::{
+    Conversation, Message, MessageRole, NewReply, ReplyStatus, Store, StoreError, UserTurn,
+};
 use crate::supervisor::{start_turn, Supervisor};
 use crate::turn::{ErrorCode, TurnError, TurnEvent};
 
@@ -236,10 +238,21 @@ impl Chats {
             let _ = events.send(fail(Self::restarting()));
             return;
         }
-        let (message, created) = match store
-            .append_user_message(conversation.id, client_msg_id, content)
-            .await
-        {
+        let stored = store
+            .begin_user_turn(
+                conversation.id,
+                client_msg_id,
+                content,
+                history_window,
+                self.leases.terms(conversation.owner_id),
+            )
+            .await;
+        let UserTurn {
+            message,
+            created,
+            context,
+            leased,
+        } = match stored {
             Ok(stored) => stored,
             Err(e) => {
                 let _ = events.send(fail(store_error(&e, "your message could not be saved")));
@@ -272,11 +285,14 @@ impl Chats {
             return;
         };
         // Held until the reply is stored: no other host answers meanwhile.
-        let _lease = match self
-            .leases
-            .take(user_message_id, conversation.owner_id)
-            .await
-        {
+        let lease = if leased {
+            Ok(Some(self.leases.adopt(user_message_id)))
+        } else {
+            self.leases
+                .take(user_message_id, conversation.owner_id)
+                .await
+        };
+        let _lease = match lease {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 let _ = events.send(fail(Self::in_progress()));
@@ -311,7 +327,11 @@ impl Chats {
             }
         }
 
-        let context = match store.context(conversation.id, history_window).await {
+        let context = match context {
+            Some(context) => Ok(context),
+            None => store.context(conversation.id, history_window).await,
+        };
+        let context = match context {
             Ok(context) => context,
             Err(e) => {
                 let _ = events.send(fail(store_error(&e, "your conversation could not be read")));

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
-use crate::store::{Store, StoreError};
+use crate::store::{now_ms, LeaseTerms, Store, StoreError};
 
 /// How long a lease lasts unless renewed.
 pub const TTL: Duration = Duration::from_secs(10);
@@ -61,6 +61,24 @@ impl Leases {
         {
             return Ok(None);
         }
+        Ok(Some(self.adopt(id)))
+    }
+
+    /// The terms to store a new user message of `user_id` with, its lease
+    /// taken in the same statement ([`Store::begin_user_turn`]); `None`
+    /// without a shared database.
+    pub fn terms(&self, user_id: i64) -> Option<LeaseTerms<'_>> {
+        let until = now_ms().saturating_add(i64::try_from(TTL.as_millis()).unwrap_or(i64::MAX));
+        self.store.is_shared().then(|| LeaseTerms {
+            user_id,
+            holder: &self.holder,
+            until,
+        })
+    }
+
+    /// Holds (renews, then gives back) the lease on message `id` that this
+    /// host took, by [`Leases::take`] or with the message ([`Leases::terms`]).
+    pub fn adopt(&self, id: i64) -> Lease {
         let (store, holder) = (self.store.clone(), Arc::clone(&self.holder));
         let renewal = tokio::spawn(async move {
             let mut tick = tokio::time::interval(RENEW_EVERY);
@@ -72,11 +90,11 @@ impl Leases {
                 }
             }
         });
-        Ok(Some(Lease(Some(Held {
+        Lease(Some(Held {
             leases: self.clone(),
             id,
             renewal: renewal.abort_handle(),
-        }))))
+        }))
     }
 }
 

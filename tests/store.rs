@@ -144,6 +144,62 @@ async fn a_conversation_is_visible_to_its_owner_only_and_lists_by_activity() {
 }
 
 #[tokio::test]
+async fn a_new_turn_stores_its_message_with_its_context_and_lease() {
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let backend = s.backend();
+        let (user, conv) = user_and_conversation(s, "alice").await;
+        for i in 0..4 {
+            s.append_user_message(conv, &format!("old{i}"), &format!("old {i}"))
+                .await
+                .unwrap();
+        }
+        let terms = || store::LeaseTerms {
+            user_id: user,
+            holder: "this-host",
+            until: store::now_ms() + 10_000,
+        };
+        let turn = s
+            .begin_user_turn(conv, "new", "the new one", 3, Some(terms()))
+            .await
+            .unwrap();
+        assert!(turn.created, "{backend}");
+        assert_eq!(turn.message.content, "the new one");
+        let stored = s.history(conv, None, 10).await.unwrap();
+        assert_eq!(stored[0], turn.message, "{backend}: stored, once");
+        assert_eq!(stored.len(), 5, "{backend}");
+        if backend == "postgres" {
+            // One statement: the context (oldest first, ending with the
+            // new message) and the lease came with it.
+            let context: Vec<_> = turn
+                .context
+                .unwrap()
+                .into_iter()
+                .map(|m| m.content)
+                .collect();
+            assert_eq!(context, ["old 2", "old 3", "the new one"]);
+            assert!(turn.leased);
+            let ttl = Duration::from_secs(10);
+            let held = s.take_lease(turn.message.id, user, "another-host", ttl);
+            assert!(!held.await.unwrap(), "another host finds the lease held");
+        } else {
+            assert_eq!((turn.context, turn.leased), (None, false), "{backend}");
+        }
+        // A resend: the stored message, and the caller does the rest.
+        let again = s
+            .begin_user_turn(conv, "new", "sent again", 3, Some(terms()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.created, again.context, again.leased),
+            (false, None, false)
+        );
+        assert_eq!(again.message, turn.message, "{backend}");
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn the_same_client_message_id_is_stored_once_and_replies_once() {
     for db in backends(&config()).await {
         let s = &db.store;

@@ -508,6 +508,95 @@ impl Store {
         })
     }
 
+    /// A user's message and what its turn needs, in one round trip where
+    /// the backend allows: stores the message (as [`Store::append_user_message`]),
+    /// and when it is new, reads the bot's context (the last `window`
+    /// messages, this one included) and, given `lease`, takes the turn's
+    /// lease on it. PostgreSQL does all three in one statement (a turn's
+    /// first token waits for every round trip before it); SQLite stores the
+    /// message only, and the caller reads the rest.
+    pub async fn begin_user_turn(
+        &self,
+        conversation_id: i64,
+        client_msg_id: &str,
+        content: &str,
+        window: u32,
+        lease: Option<LeaseTerms<'_>>,
+    ) -> Result<UserTurn, StoreError> {
+        use diesel::sql_types::{BigInt, Nullable, Text};
+        if !matches!(&*self.pools, Pools::Postgres(_)) {
+            let (message, created) = self
+                .append_user_message(conversation_id, client_msg_id, content)
+                .await?;
+            return Ok(UserTurn {
+                message,
+                created,
+                context: None,
+                leased: false,
+            });
+        }
+        // The context is read from the snapshot before the insert: the rows
+        // before this message, to which it is added.
+        const SQL: &str = "\
+            WITH m AS ( \
+                INSERT INTO messages (conversation_id, role, content, status, client_msg_id, \
+                                      created_at, updated_at) \
+                VALUES ($1, 'user', $2, 'complete', $3, $4, $4) \
+                ON CONFLICT (conversation_id, client_msg_id) DO NOTHING \
+                RETURNING *), \
+            lease AS ( \
+                INSERT INTO turn_leases (message_id, user_id, holder, expires_at) \
+                SELECT id, $6, $7, $8 FROM m WHERE $7 IS NOT NULL) \
+            SELECT true AS new, m.* FROM m \
+            UNION ALL \
+            SELECT false AS new, before.* FROM ( \
+                SELECT * FROM messages WHERE conversation_id = $1 \
+                ORDER BY id DESC LIMIT $5) AS before \
+            WHERE EXISTS (SELECT 1 FROM m)";
+        let now = now_ms();
+        let (user_id, holder, until) = match &lease {
+            Some(terms) => (terms.user_id, Some(terms.holder), terms.until),
+            None => (0, None, 0),
+        };
+        let rows = with_conn!(self, write "begin_user_turn", |conn| Cached(
+            diesel::sql_query(SQL)
+                .bind::<BigInt, _>(conversation_id)
+                .bind::<Text, _>(content)
+                .bind::<Text, _>(client_msg_id)
+                .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(i64::from(window.saturating_sub(1)))
+                .bind::<BigInt, _>(user_id)
+                .bind::<Nullable<Text>, _>(holder)
+                .bind::<BigInt, _>(until)
+        )
+        .load::<TurnRow>(conn)
+        .await)?;
+        if rows.iter().any(|r| r.new) {
+            let mut context = rows
+                .into_iter()
+                .map(Message::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            context.sort_unstable_by_key(|m| m.id);
+            let message = context.last().cloned().ok_or(StoreError::NotFound)?;
+            return Ok(UserTurn {
+                message,
+                created: true,
+                context: Some(context),
+                leased: lease.is_some(),
+            });
+        }
+        // Stored before: the existing row, and the caller does the rest.
+        let (message, created) = self
+            .append_user_message(conversation_id, client_msg_id, content)
+            .await?;
+        Ok(UserTurn {
+            message,
+            created,
+            context: None,
+            leased: false,
+        })
+    }
+
     /// Stores the bot's reply to user message `reply_to` (once: a second
     /// call returns the first reply). The conversation's activity time is
     /// its last user message's: a reply leaves it alone (one statement
@@ -929,4 +1018,67 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The turn lease a new user message is stored with (see
+/// [`Store::begin_user_turn`] and `lease`).
+pub struct LeaseTerms<'a> {
+    pub user_id: i64,
+    pub holder: &'a str,
+    /// Milliseconds since the epoch.
+    pub until: i64,
+}
+
+/// What [`Store::begin_user_turn`] did.
+#[derive(Debug)]
+pub struct UserTurn {
+    pub message: Message,
+    /// False: the message was stored before (a resend).
+    pub created: bool,
+    /// The bot's context, oldest first, when it was read with the message.
+    pub context: Option<Vec<Message>>,
+    /// The lease was taken with the message.
+    pub leased: bool,
+}
+
+/// A row of [`Store::begin_user_turn`]'s statement: a message, and whether
+/// it is the one just stored. (Raw SQL rows are read by column name, and
+/// `Message`'s roles and statuses need converting from their text.)
+#[derive(diesel::QueryableByName)]
+#[diesel(table_name = messages)]
+struct TurnRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    new: bool,
+    id: i64,
+    conversation_id: i64,
+    role: String,
+    content: String,
+    status: String,
+    client_msg_id: Option<String>,
+    reply_to: Option<i64>,
+    prompt_tokens: Option<i32>,
+    completion_tokens: Option<i32>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<TurnRow> for Message {
+    type Error = StoreError;
+
+    fn try_from(row: TurnRow) -> Result<Self, StoreError> {
+        let bad = |e: String| StoreError::Query(DieselError::DeserializationError(e.into()));
+        Ok(Message {
+            id: row.id,
+            conversation_id: row.conversation_id,
+            role: MessageRole::try_from(row.role).map_err(bad)?,
+            content: row.content,
+            status: ReplyStatus::try_from(row.status).map_err(bad)?,
+            client_msg_id: row.client_msg_id,
+            reply_to: row.reply_to,
+            prompt_tokens: row.prompt_tokens,
+            completion_tokens: row.completion_tokens,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
 }
