@@ -462,6 +462,11 @@ fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
                 json!({"client_msg_id": "long", "content": "tell me a long story"}),
             )
         });
+        // Asked only once the turn holds the one place: a request of ours
+        // that came first would have refused the turn instead.
+        host.wait_for("the turn in the worker", Duration::from_secs(10), || {
+            (host.bot("slow").in_flight > 0).then_some(())
+        });
         let refused = host.wait_for(
             "a refusal while the turn runs",
             Duration::from_secs(10),
