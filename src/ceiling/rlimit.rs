@@ -50,8 +50,8 @@ pub fn fit(pid: u32, ceiling: u64) -> io::Result<u64> {
     Ok(bytes)
 }
 
-/// The data limit `pid` runs under.
-pub fn current(pid: u32) -> io::Result<u64> {
+/// The data limit `pid` runs under (soft and hard).
+fn get(pid: u32) -> io::Result<libc::rlimit> {
     let mut old = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -61,28 +61,20 @@ pub fn current(pid: u32) -> io::Result<u64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(old.rlim_cur)
+    Ok(old)
 }
 
 fn set(pid: u32, bytes: u64) -> io::Result<()> {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    // The soft limit never asks for more than the hard one allows.
+    let hard = get(pid)?.rlim_max;
+    let new = libc::rlimit {
+        rlim_cur: bytes.min(hard),
+        rlim_max: hard,
     };
-    let pid = pid_t(pid)?;
-    // SAFETY: prlimit reads `old`'s hard limit back first so the new soft
-    // limit never asks for more than the process may have.
-    unsafe {
-        if libc::prlimit(pid, libc::RLIMIT_DATA, std::ptr::null(), &mut old) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let new = libc::rlimit {
-            rlim_cur: bytes.min(old.rlim_max),
-            rlim_max: old.rlim_max,
-        };
-        if libc::prlimit(pid, libc::RLIMIT_DATA, &new, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    // SAFETY: prlimit sets from a value on the stack and reads nothing back.
+    let rc = unsafe { libc::prlimit(pid_t(pid)?, libc::RLIMIT_DATA, &new, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -114,7 +106,7 @@ mod tests {
         let rss = crate::process::status_bytes(&status, "VmRSS:").unwrap();
         let ceiling = rss + (10 << 20);
         let set = fit(pid, ceiling).unwrap();
-        let now = current(pid);
+        let now = get(pid).map(|l| l.rlim_cur);
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(set, data + (10 << 20));

@@ -67,10 +67,6 @@ impl Admission {
         }
         Ok(ticket)
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
 }
 
 /// Whether a request to `path` is counted (see the module's doc).
@@ -91,7 +87,11 @@ mod tests {
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.code, "overloaded");
         assert_eq!(refused.retry_after, Some(1));
-        assert_eq!(admission.in_flight(), 2, "a refusal holds no place");
+        assert_eq!(
+            admission.in_flight.load(Ordering::Acquire),
+            2,
+            "a refusal holds no place"
+        );
         drop(a);
         assert!(admission.enter().is_ok());
     }

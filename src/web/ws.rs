@@ -632,24 +632,25 @@ impl WsSession {
                         }
                         return;
                     }
-                    event = rx.recv() => match event {
-                        Some(ChatEvent::Accepted { message, replay }) => {
-                            me.do_send(Push(frame(&cid, ChatEvent::Accepted { message, replay })));
-                        }
-                        Some(ChatEvent::Delta(text)) => {
+                    event = rx.recv() => {
+                        let Some(event) = event else { break };
+                        // The reply has started (or the turn ended): its
+                        // database work is done, it leaves admission.
+                        if !matches!(event, ChatEvent::Accepted { .. }) {
                             drop(ticket.take());
-                            let (text, next) = gather_deltas(text, &mut rx);
-                            me.do_send(Push(frame(&cid, ChatEvent::Delta(text))));
-                            if let Some(next) = next {
-                                me.do_send(Push(frame(&cid, next)));
+                        }
+                        let (event, next) = match event {
+                            ChatEvent::Delta(text) => {
+                                let (text, next) = gather_deltas(text, &mut rx);
+                                (ChatEvent::Delta(text), next)
                             }
+                            other => (other, None),
+                        };
+                        me.do_send(Push(frame(&cid, event)));
+                        if let Some(next) = next {
+                            me.do_send(Push(frame(&cid, next)));
                         }
-                        Some(event) => {
-                            drop(ticket.take());
-                            me.do_send(Push(frame(&cid, event)));
-                        }
-                        None => break,
-                    },
+                    }
                 }
             }
             me.do_send(TurnEnded(cid));
