@@ -15,7 +15,10 @@
 //!
 //! Both backends run the very same query code: [`with_conn!`] expands one
 //! body per backend, so a query cannot be written for one and forgotten for
-//! the other. Errors are classified into what a caller can act on
+//! the other. The one exception is [`Store::begin_user_turn`]: on
+//! PostgreSQL a new message, its context and its lease are one statement
+//! (two round trips fewer before a turn's first token); SQLite, whose
+//! statements cost no round trip, runs the shared code. Errors are classified into what a caller can act on
 //! ([`StoreError`]): unavailable (503), conflict, not found.
 
 mod cached;
