@@ -22,12 +22,14 @@
 //!
 //! ```text
 //! python3 -m venv /tmp/litellm && /tmp/litellm/bin/pip install 'litellm[proxy]'
-//! /tmp/litellm/bin/litellm --model ollama_chat/llama3.2 --api_base http://127.0.0.1:11500 --port 4000 &
+//! LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY=true \
+//!     /tmp/litellm/bin/litellm --model ollama_chat/llama3.2 --api_base http://127.0.0.1:11500 --port 4000 &
 //! FAKE_OLLAMA_PORT=11500 LITELLM_URL=http://127.0.0.1:4000 cargo run --release -p bothost-bench --bin sidebyside
 //! ```
 //!
-//! (`LITELLM_MODEL` names the model LiteLLM is asked for, `llama3.2` by
-//! default.) At 1 and then 20 concurrent chats, each round runs every path
+//! (The variable lets the proxy start without a master key, on this
+//! machine only. `LITELLM_MODEL` names the model LiteLLM is asked for,
+//! `llama3.2` by default.) At 1 and then 20 concurrent chats, each round runs every path
 //! in turn for the same time, so all see the same machine noise; a turn
 //! counts when it ends within its round. Printed per path: turns a second
 //! and their ratio to direct, time to the first token (P50, P99) and what
