@@ -6,12 +6,6 @@ use bothost::cli::{self, Cli, Command};
 use bothost::{config::Config, startup, telemetry};
 use clap::Parser;
 
-/// The host allocates and frees per token, per frame and per statement
-/// (and SQLite through it) from many threads; glibc's malloc spent a sixth
-/// of the host's CPU on that under load (`perf`), mimalloc far less.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
