@@ -36,6 +36,10 @@ use crate::store::{self, Store};
 use crate::supervisor::{AwaitSettled, GetStatus, Shutdown, Supervisor};
 use crate::web::{configure, AppState, Auth};
 
+/// How long a stopping host lets its HTTP workers take up the connections
+/// accepted just before it stopped accepting (see `Host::stop`).
+const HANDOFF_GRACE: Duration = Duration::from_millis(100);
+
 /// `bothost serve`: builds the host, prints the line scripts wait for, runs
 /// until SIGINT or SIGTERM.
 pub fn serve(config: Config) -> anyhow::Result<()> {
@@ -179,6 +183,11 @@ impl Host {
             "shutting down: no new turns; those in flight finish, then WebSockets close (1012)"
         );
         self.http.pause().await;
+        // Connections accepted just before the pause may still be queued for
+        // an HTTP worker, and actix drops (resets) the queued ones when it
+        // stops; the drain below can be instant (no WebSocket, no turn), so
+        // the workers get this long to take them up first.
+        tokio::time::sleep(HANDOFF_GRACE).await;
         self.state.chats.close();
         let sockets = &self.state.metrics.ws_connections;
         let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(1);
