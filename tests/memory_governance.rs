@@ -494,10 +494,22 @@ leak_per_message = "150MB"
             worker_lines(&host.log())
         );
         match enforcer(&host) {
-            "supervisor" => assert!(
-                peak > budget * 110 / 100,
-                "{ceiling}: without a kernel ceiling the burst lands ({peak})"
-            ),
+            // The Supervisor's own reading at the kill counts too: on a
+            // loaded machine the watcher can be descheduled through the
+            // whole burst (CI once saw 38.9 MB of a 150 MB burst).
+            "supervisor" => {
+                let log = host.log();
+                let read = ["at its memory ceiling", "replacing the worker"]
+                    .iter()
+                    .filter_map(|needle| logged_rss(&log, "burst", needle))
+                    .max()
+                    .unwrap_or(0);
+                assert!(
+                    peak.max(read) > budget * 110 / 100,
+                    "{ceiling}: without a kernel ceiling the burst lands \
+                     (watched {peak}, read {read})"
+                )
+            }
             kernel => assert!(
                 peak <= budget * 110 / 100,
                 "{ceiling} ({kernel}): peak {peak} over 110 % of {budget}"
