@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
-use crate::store::{now_ms, LeaseTerms, Store, StoreError};
+use crate::store::{ms_after, now_ms, LeaseTerms, Store, StoreError};
 
 /// How long a lease lasts unless renewed.
 pub const TTL: Duration = Duration::from_secs(10);
@@ -68,11 +68,10 @@ impl Leases {
     /// taken in the same statement ([`Store::begin_user_turn`]); `None`
     /// without a shared database.
     pub fn terms(&self, user_id: i64) -> Option<LeaseTerms<'_>> {
-        let until = now_ms().saturating_add(i64::try_from(TTL.as_millis()).unwrap_or(i64::MAX));
         self.store.is_shared().then(|| LeaseTerms {
             user_id,
             holder: &self.holder,
-            until,
+            until: ms_after(now_ms(), TTL),
         })
     }
 

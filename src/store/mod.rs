@@ -18,8 +18,9 @@
 //! the other. The one exception is [`Store::begin_user_turn`]: on
 //! PostgreSQL a new message, its context and its lease are one statement
 //! (two round trips fewer before a turn's first token); SQLite, whose
-//! statements cost no round trip, runs the shared code. Errors are classified into what a caller can act on
-//! ([`StoreError`]): unavailable (503), conflict, not found.
+//! statements cost no round trip, runs the shared code. Errors are
+//! classified into what a caller can act on ([`StoreError`]): unavailable
+//! (503), conflict, not found.
 
 mod cached;
 pub mod dump;
@@ -588,13 +589,15 @@ impl Store {
                 leased: lease.is_some(),
             });
         }
-        // Stored before: the existing row, and the caller does the rest.
-        let (message, created) = self
-            .append_user_message(conversation_id, client_msg_id, content)
-            .await?;
+        // Stored before (the insert met its unique index): the existing
+        // row, and the caller does the rest.
+        let message = self
+            .user_message(conversation_id, client_msg_id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         Ok(UserTurn {
             message,
-            created,
+            created: false,
             context: None,
             leased: false,
         })
@@ -822,7 +825,7 @@ impl Store {
         // filter, not a query's.
         use diesel::query_dsl::methods::FilterDsl;
         let now = now_ms();
-        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let until = ms_after(now, ttl);
         with_conn!(self, write "take_lease", |conn| Cached(
             diesel::insert_into(turn_leases::table)
                 .values((
@@ -906,7 +909,7 @@ impl Store {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<(), StoreError> {
-        let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let until = ms_after(now_ms(), ttl);
         with_conn!(self, write "renew_lease", |conn| Cached(
             diesel::update(
                 turn_leases::table
@@ -1014,6 +1017,11 @@ fn fts5_words(query: &str) -> String {
         .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `by` after `from`, both as the store writes times (a lease's expiry).
+pub fn ms_after(from: i64, by: std::time::Duration) -> i64 {
+    from.saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Now, as the store writes times: milliseconds since the epoch.

@@ -192,7 +192,7 @@ impl Path {
                         conversation,
                     }
                 }
-                _ => Client::Http(reqwest::Client::new()),
+                _ => Client::Http(http.clone()),
             };
             self.clients.push(client);
         }
@@ -233,7 +233,6 @@ impl Path {
 }
 
 /// What a chat task needs to reach its path, owned.
-#[derive(Clone)]
 enum Address {
     Ndjson(String),
     Ws,
