@@ -41,3 +41,7 @@ impl<Q> QueryId for Cached<Q> {
 impl<Q: Query> Query for Cached<Q> {
     type SqlType = Q::SqlType;
 }
+
+/// Runs on a plain connection too (the async methods need nothing: their
+/// trait covers every query).
+impl<Q, Conn> diesel::RunQueryDsl<Conn> for Cached<Q> {}

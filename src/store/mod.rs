@@ -15,13 +15,15 @@
 //!
 //! Both backends run the very same query code: [`with_conn!`] expands one
 //! body per backend, so a query cannot be written for one and forgotten for
-//! the other. The one exception is [`Store::begin_user_turn`]: on
-//! PostgreSQL a new message, its context and its lease are one statement
-//! (two round trips fewer before a turn's first token); SQLite, whose
-//! statements cost no round trip, runs the shared code. Errors are
+//! the other. The one exception is [`Store::begin_user_turn`], which every
+//! turn waits for before its first token: on PostgreSQL a new message, its
+//! context and its lease are one statement (two round trips fewer); on
+//! SQLite the message and its context are one task on the blocking pool
+//! ([`blocking`], with the same query builders). Errors are
 //! classified into what a caller can act on ([`StoreError`]): unavailable
 //! (503), conflict, not found.
 
+mod blocking;
 mod cached;
 pub mod dump;
 mod error;
@@ -107,11 +109,7 @@ macro_rules! with_conn {
             }
         }
         .await;
-        $store
-            .metrics
-            .db_query_duration
-            .with_label_values(&[$op])
-            .observe(started.elapsed().as_secs_f64());
+        $store.timed($op, started);
         result
     }};
 }
@@ -462,63 +460,15 @@ impl Store {
     }
 
     /// Stores a user's message unless one with the same client id exists in
-    /// the conversation. Returns the row and whether it is new.
-    pub async fn append_user_message(
-        &self,
-        conversation_id: i64,
-        client_msg_id: &str,
-        content: &str,
-    ) -> Result<(Message, bool), StoreError> {
-        let now = now_ms();
-        let new = NewMessage {
-            conversation_id,
-            role: MessageRole::User.as_str(),
-            content,
-            status: ReplyStatus::Complete.as_str(),
-            client_msg_id: Some(client_msg_id),
-            reply_to: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            created_at: now,
-            updated_at: now,
-        };
-        // No transaction: the unique index makes the insert idempotent. The
-        // database marks the conversation active itself (a trigger,
-        // migration `touch`): one round trip for a new message.
-        with_conn!(self, write "append_user_message", |conn| {
-            async {
-                let inserted = Cached(
-                    diesel::insert_into(messages::table)
-                        .values(&new)
-                        .on_conflict((messages::conversation_id, messages::client_msg_id))
-                        .do_nothing()
-                        .returning(Message::as_returning()),
-                )
-                .get_result(conn)
-                    .await
-                    .optional()?;
-                if let Some(message) = inserted {
-                    return Ok::<_, DieselError>((message, true));
-                }
-                let existing = messages::table
-                    .filter(messages::conversation_id.eq(conversation_id))
-                    .filter(messages::client_msg_id.eq(client_msg_id))
-                    .select(Message::as_select())
-                    .first(conn)
-                    .await?;
-                Ok((existing, false))
-            }
-            .await
-        })
-    }
-
-    /// A user's message and what its turn needs, in one round trip where
-    /// the backend allows: stores the message (as [`Store::append_user_message`]),
-    /// and when it is new, reads the bot's context (the last `window`
-    /// messages, this one included) and, given `lease`, takes the turn's
-    /// lease on it. PostgreSQL does all three in one statement (a turn's
-    /// first token waits for every round trip before it); SQLite stores the
-    /// message only, and the caller reads the rest.
+    /// the conversation (the unique index decides, never a check first)
+    /// and, when it is new, reads what its turn needs: the bot's context
+    /// (the last `window` messages, this one included) and, given `lease`,
+    /// the turn's lease. A turn's first token waits for all of it, so each
+    /// backend takes the fewest trips it can: PostgreSQL one statement,
+    /// SQLite one blocking call (through diesel-async every statement is a
+    /// hop to the blocking pool and back; SQLite takes no lease here, the
+    /// caller does). A message stored before comes back with `created:
+    /// false` and nothing else.
     pub async fn begin_user_turn(
         &self,
         conversation_id: i64,
@@ -527,18 +477,47 @@ impl Store {
         window: u32,
         lease: Option<LeaseTerms<'_>>,
     ) -> Result<UserTurn, StoreError> {
-        use diesel::sql_types::{BigInt, Nullable, Text};
-        if !matches!(&*self.pools, Pools::Postgres(_)) {
-            let (message, created) = self
-                .append_user_message(conversation_id, client_msg_id, content)
-                .await?;
-            return Ok(UserTurn {
-                message,
-                created,
-                context: None,
-                leased: false,
-            });
+        match &*self.pools {
+            Pools::Postgres(_) => {
+                self.begin_turn_postgres(conversation_id, client_msg_id, content, window, lease)
+                    .await
+            }
+            Pools::Sqlite(pool) => {
+                let started = Instant::now();
+                let _writing = self.sqlite_writes.lock().await;
+                let result = async {
+                    let mut conn = pool.get().await?;
+                    let (message, context) = conn
+                        .spawn_blocking(blocking::begin_turn(
+                            conversation_id,
+                            client_msg_id.to_owned(),
+                            content.to_owned(),
+                            window,
+                        ))
+                        .await?;
+                    Ok(UserTurn {
+                        message,
+                        created: context.is_some(),
+                        context,
+                        leased: false,
+                    })
+                }
+                .await;
+                self.timed("begin_user_turn", started);
+                result
+            }
         }
+    }
+
+    async fn begin_turn_postgres(
+        &self,
+        conversation_id: i64,
+        client_msg_id: &str,
+        content: &str,
+        window: u32,
+        lease: Option<LeaseTerms<'_>>,
+    ) -> Result<UserTurn, StoreError> {
+        use diesel::sql_types::{BigInt, Nullable, Text};
         // The context is read from the snapshot before the insert: the rows
         // before this message, to which it is added.
         const SQL: &str = "\
@@ -729,13 +708,14 @@ impl Store {
         conversation_id: i64,
         client_msg_id: &str,
     ) -> Result<Option<Message>, StoreError> {
-        with_conn!(self, "user_message", |conn| messages::table
-            .filter(messages::conversation_id.eq(conversation_id))
-            .filter(messages::client_msg_id.eq(client_msg_id))
-            .select(Message::as_select())
-            .first(conn)
-            .await
-            .optional())
+        with_conn!(self, "user_message", |conn| by_client_id(
+            conversation_id,
+            client_msg_id
+        )
+        .select(Message::as_select())
+        .first(conn)
+        .await
+        .optional())
     }
 
     /// The ids of a conversation's user messages from `from_id` on.
@@ -971,10 +951,7 @@ impl Store {
         conversation_id: i64,
         window: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut page = with_conn!(self, "context", |conn| messages::table
-            .filter(messages::conversation_id.eq(conversation_id))
-            .order(messages::id.desc())
-            .limit(i64::from(window))
+        let mut page = with_conn!(self, "context", |conn| newest(conversation_id, window)
             .select(Message::as_select())
             .load::<Message>(conn)
             .await)?;
@@ -982,10 +959,36 @@ impl Store {
         Ok(page)
     }
 
+    /// Records how long operation `op`, begun at `started`, took.
+    fn timed(&self, op: &str, started: Instant) {
+        self.metrics
+            .db_query_duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// The pool as it is now.
     pub fn pool_snapshot(&self) -> PoolSnapshot {
         pool::snapshot(&self.pools)
     }
+}
+
+/// A conversation's message with client id `client_msg_id`.
+#[diesel::dsl::auto_type]
+pub(crate) fn by_client_id<'a>(conversation_id: i64, client_msg_id: &'a str) -> _ {
+    messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .filter(messages::client_msg_id.eq(client_msg_id))
+}
+
+/// A conversation's newest `window` messages, newest first.
+#[diesel::dsl::auto_type]
+pub(crate) fn newest(conversation_id: i64, window: u32) -> _ {
+    let window: i64 = window.into();
+    messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .order(messages::id.desc())
+        .limit(window)
 }
 
 /// What [`Store::fleet_hits`] counted.

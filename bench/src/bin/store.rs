@@ -85,9 +85,16 @@ async fn bench(name: &str, target: DatabaseTarget, run: Duration) -> anyhow::Res
     let owner = store.create_user("reader", "h", UserRole::User).await?.id;
     let conv = store.create_conversation(owner, "helper", "").await?.id;
     for i in 0..1000 {
-        let (m, _) = store
-            .append_user_message(conv, &format!("r{i}"), "a question of some length")
-            .await?;
+        let m = store
+            .begin_user_turn(
+                conv,
+                &format!("r{i}"),
+                "a question of some length",
+                20,
+                None,
+            )
+            .await?
+            .message;
         store.append_reply(reply(conv, m.id)).await?;
     }
     let middle = store.history(conv, None, 100).await?.last().map(|m| m.id);
@@ -151,9 +158,17 @@ async fn persist(
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let t = Instant::now();
-                let (m, _) = store
-                    .append_user_message(conv, &format!("{w}-{i}"), "a question of some length")
-                    .await?;
+                // A turn's writes, and its context read with the message.
+                let m = store
+                    .begin_user_turn(
+                        conv,
+                        &format!("{w}-{i}"),
+                        "a question of some length",
+                        20,
+                        None,
+                    )
+                    .await?
+                    .message;
                 store.append_reply(reply(conv, m.id)).await?;
                 latencies.push(t.elapsed());
                 turns.fetch_add(1, Ordering::Relaxed);
