@@ -442,9 +442,14 @@ fn rate_limits_and_the_in_flight_cap_answer_429_with_retry_after() {
 
 #[test]
 fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
-    let supervisor =
-        FAST_SUPERVISOR.replace("[server]\n", "[server]\nmax_requests_in_flight = 1\n");
-    let bots = "[[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"100ms\"\n";
+    let supervisor = FAST_SUPERVISOR
+        .replace("[server]\n", "[server]\nmax_requests_in_flight = 1\n")
+        .replace(
+            "stop_grace = \"1s\"",
+            "stop_grace = \"1s\"\nturn_idle_timeout = \"5s\"",
+        );
+    let bots = "[[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"100ms\"\n\
+                hang_on = \"stall\"\n";
     let host = TestHost::start_with_config(&format!(
         "{supervisor}\n[auth]\njwt_secret = \"{SECRET}\"\n{bots}"
     ));
@@ -454,21 +459,26 @@ fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
     let ws_conv = ws_user.conversation("slow");
     let rt = runtime();
     let mut ws = rt.block_on(ws_user.ws());
-    std::thread::scope(|s| {
-        // A REST turn holds its place until the whole reply is in.
-        let turn = s.spawn(|| {
-            alice.post(
-                &format!("/api/v1/conversations/{conv}/messages"),
-                json!({"client_msg_id": "long", "content": "tell me a long story"}),
-            )
-        });
-        // Asked only once the turn holds the one place: a request of ours
-        // that came first would have refused the turn instead.
+    // A turn in the worker: it has passed admission. Asked before, a
+    // request of ours could take the one place and refuse the turn.
+    let in_the_worker = || {
         host.wait_for("the turn in the worker", Duration::from_secs(10), || {
             (host.bot("slow").in_flight > 0).then_some(())
-        });
+        })
+    };
+    let post = |client_msg_id: &str, content: &str| {
+        alice.post(
+            &format!("/api/v1/conversations/{conv}/messages"),
+            json!({"client_msg_id": client_msg_id, "content": content}),
+        )
+    };
+    std::thread::scope(|s| {
+        // A turn whose reply has not started holds its place (until the
+        // idle deadline ends it).
+        let stalled = s.spawn(|| post("stalled", "please stall"));
+        in_the_worker();
         let refused = host.wait_for(
-            "a refusal while the turn runs",
+            "a refusal while the turn waits for its reply",
             Duration::from_secs(10),
             || {
                 let res = alice.get("/api/v1/bots");
@@ -476,7 +486,7 @@ fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
             },
         );
         assert!(
-            !turn.is_finished(),
+            !stalled.is_finished(),
             "refused while the host was busy, not after"
         );
         assert_eq!(
@@ -501,7 +511,24 @@ fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
         for path in ["/healthz", "/readyz", "/metrics"] {
             assert_eq!(host.http_get(path).0, 200, "{path}");
         }
-        let res = turn.join().expect("turn");
+        let stalled = stalled.join().expect("stalled turn");
+        assert_eq!(error_code(stalled), (504, "engine_timeout".into()));
+    });
+    std::thread::scope(|s| {
+        // A reply that has started leaves admission while it streams (some
+        // thirty tokens 100 ms apart): the host takes other work meanwhile.
+        let streaming = s.spawn(|| post("long", "tell me a long story"));
+        in_the_worker();
+        host.wait_for(
+            "a request served while the reply streams",
+            Duration::from_secs(10),
+            || (alice.get("/api/v1/bots").status() == 200).then_some(()),
+        );
+        assert!(
+            !streaming.is_finished(),
+            "served while the reply streamed, not after"
+        );
+        let res = streaming.join().expect("streaming turn");
         assert_eq!(res.status(), 200, "the admitted turn was served");
     });
     // A refused request did nothing: sent again, it is served.

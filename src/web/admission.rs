@@ -9,8 +9,12 @@
 //! An immediate 503 costs microseconds, and the page and the load tool come
 //! back after `Retry-After` with jitter, which spreads the storm out.
 //!
-//! Counted: the API (REST and the WebSocket upgrade, until it is upgraded;
-//! a WebSocket's turns are bounded by the per-user limits instead). Not
+//! Counted: the API (REST and the WebSocket upgrade, until it is
+//! upgraded), and every chat turn until its reply starts
+//! ([`leaves_admission`]): the database work before the first token is
+//! what a storm of turns queues on, and a reply that streams for a minute
+//! must not hold a place meanwhile. A REST request's ticket lives in its
+//! extensions so that the chat handler can give it back early. Not
 //! counted: `/healthz`, `/readyz`, `/metrics` and the page's files, which
 //! an operator and a load balancer need most when the host is busiest.
 //! A refused request did nothing, so a client may resend it as it was (a
@@ -20,8 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
+use actix_web::{HttpMessage, HttpRequest};
 
 use super::error::ApiError;
+use crate::chat::ChatEvent;
 
 /// Seconds a refused client is asked to wait (before its own jitter).
 const RETRY_AFTER_SECONDS: u64 = 1;
@@ -72,6 +78,20 @@ impl Admission {
 /// Whether a request to `path` is counted (see the module's doc).
 pub fn counted(path: &str) -> bool {
     path.starts_with("/api/")
+}
+
+/// Whether a turn that sent `event` has left admission: its reply has
+/// started, or the turn has ended. Until then it is still storing the
+/// message and reading its context.
+pub fn leaves_admission(event: &ChatEvent) -> bool {
+    !matches!(event, ChatEvent::Accepted { .. })
+}
+
+/// Gives back the ticket of the request `req` (the chat handler, once its
+/// reply has started; the admission middleware, at the latest, once the
+/// handler is done).
+pub fn release(req: &HttpRequest) {
+    drop(req.extensions_mut().remove::<Ticket>());
 }
 
 #[cfg(test)]

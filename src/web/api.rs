@@ -358,6 +358,9 @@ async fn answer(
     state.chats.spawn(conv, ask, window, tx);
     let mut message = None;
     while let Some(event) = rx.recv().await {
+        if super::admission::leaves_admission(&event) {
+            super::admission::release(req);
+        }
         match event {
             ChatEvent::Accepted { message: m, .. } => message = Some(m),
             ChatEvent::Delta(_) => {}

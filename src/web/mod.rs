@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use actix_web::body::EitherBody;
 use actix_web::dev::{Service, ServiceResponse};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::status::{BotState, StatusReport};
@@ -101,20 +101,25 @@ where
     >,
     S::Future: 'static,
 {
-    let ticket = match req.app_data::<web::Data<AppState>>() {
+    match req.app_data::<web::Data<AppState>>() {
         Some(state) if admission::counted(req.path()) => match state.admission.enter() {
-            Ok(ticket) => Some(ticket),
+            Ok(ticket) => {
+                req.extensions_mut().insert(ticket);
+            }
             Err(refused) => {
                 let response = req.error_response(refused).map_into_right_body();
                 return futures_util::future::Either::Left(std::future::ready(Ok(response)));
             }
         },
-        _ => None,
-    };
+        _ => {}
+    }
     let fut = srv.call(req);
     futures_util::future::Either::Right(async move {
         let res = fut.await;
-        drop(ticket);
+        if let Ok(res) = &res {
+            // Not held while the body is written out.
+            admission::release(res.request());
+        }
         res.map(ServiceResponse::map_into_left_body)
     })
 }

@@ -634,9 +634,7 @@ impl WsSession {
                     }
                     event = rx.recv() => {
                         let Some(event) = event else { break };
-                        // The reply has started (or the turn ended): its
-                        // database work is done, it leaves admission.
-                        if !matches!(event, ChatEvent::Accepted { .. }) {
+                        if super::admission::leaves_admission(&event) {
                             drop(ticket.take());
                         }
                         let (event, next) = match event {
