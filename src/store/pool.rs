@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{Manager, Metrics, RecycleResult};
+use deadpool::managed::{Manager, Metrics, QueueMode, RecycleResult};
 use diesel::{ConnectionError, SqliteConnection};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection,
@@ -100,7 +100,7 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
                 url.expose_secret(),
                 manager_config,
             );
-            pool_of(manager, config).map(Pools::Postgres)
+            pool_of(manager, config, QueueMode::Fifo).map(Pools::Postgres)
         }
         DatabaseTarget::Sqlite(path) => {
             if let Some(dir) = path.parent() {
@@ -132,7 +132,12 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
                 path.display().to_string(),
                 manager_config,
             );
-            pool_of(manager, config).map(Pools::Sqlite)
+            // The connection used last goes out first. Each SQLite
+            // connection keeps its own page cache, which a write on any
+            // other connection makes it drop and read again from the file;
+            // handed out in turn, every connection's cache was cold at
+            // every turn (a tenth of the host's CPU per turn, measured).
+            pool_of(manager, config, QueueMode::Lifo).map(Pools::Sqlite)
         }
     }
 }
@@ -141,6 +146,7 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
 fn pool_of<C>(
     manager: AsyncDieselConnectionManager<C>,
     config: &DatabaseConfig,
+    queue_mode: QueueMode,
 ) -> Result<Pool<C>, StoreError>
 where
     C: PoolableConnection + Send + 'static,
@@ -148,6 +154,7 @@ where
 {
     Pool::builder(Checked(manager))
         .max_size(config.pool_size)
+        .queue_mode(queue_mode)
         .wait_timeout(Some(config.acquire_timeout))
         .create_timeout(Some(config.connect_timeout))
         .runtime(deadpool::Runtime::Tokio1)
