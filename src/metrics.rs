@@ -10,10 +10,26 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::sync::Arc;
+
 use crate::status::{BotState, RestartReason};
 
+/// Cheap to clone: one reference count (a store, a turn and a request
+/// each carry one; cloned field by field it was some thirty atomic
+/// operations per clone, visible in a turn's profile).
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Series>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Series;
+
+    fn deref(&self) -> &Series {
+        &self.0
+    }
+}
+
+/// Every series, behind [`Metrics`].
+pub struct Series {
     registry: Registry,
     pub worker_up: IntGaugeVec,
     pub worker_generation: IntGaugeVec,
@@ -254,7 +270,7 @@ impl Metrics {
         let host_rss_bytes =
             IntGauge::new("host_rss_bytes", "Resident set size of the bothost process")?;
         registry.register(Box::new(host_rss_bytes.clone()))?;
-        Ok(Self {
+        Ok(Self(Arc::new(Series {
             registry,
             worker_up,
             worker_generation,
@@ -286,7 +302,7 @@ impl Metrics {
             chat_reply,
             inference_up,
             inference_failovers,
-        })
+        })))
     }
 
     /// Creates every series of `bot` at its starting value.
