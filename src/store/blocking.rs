@@ -5,19 +5,20 @@
 //! blocking pool and back (two thread wake-ups, most of the host's kernel
 //! time per turn). Where a turn needs several statements before its first
 //! token, they run here together, with plain diesel; the query builders are
-//! the store's own ([`super::newest`], [`super::by_client_id`]), so what is
-//! read cannot drift from the async path. Nothing here may await.
+//! the store's own ([`super::queries`]), so what is read cannot drift from
+//! the async path. Nothing here may await.
 
 use diesel::prelude::*;
 
 use super::cached::Cached;
 use super::models::{Message, MessageRole, NewMessage, ReplyStatus};
+use super::queries::{by_client_id, newest};
 use super::schema::messages;
-use super::{by_client_id, newest, now_ms};
 
-/// [`Store::begin_user_turn`] on SQLite, as one task for the blocking pool:
+/// [`super::Store::begin_user_turn`] on SQLite, as one task for the blocking pool:
 /// the message, and the context (oldest first) when the message is new.
 pub(super) fn begin_turn(
+    now: i64,
     conversation_id: i64,
     client_msg_id: String,
     content: String,
@@ -26,7 +27,6 @@ pub(super) fn begin_turn(
        + Send
        + 'static {
     move |conn| {
-        let now = now_ms();
         let inserted = Cached(
             diesel::insert_into(messages::table)
                 .values(NewMessage {

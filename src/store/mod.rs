@@ -19,7 +19,7 @@
 //! turn waits for before its first token: on PostgreSQL a new message, its
 //! context and its lease are one statement (two round trips fewer); on
 //! SQLite the message and its context are one task on the blocking pool
-//! ([`blocking`], with the same query builders). Errors are
+//! ([`blocking`], with the same query builders, [`queries`]). Errors are
 //! classified into what a caller can act on ([`StoreError`]): unavailable
 //! (503), conflict, not found.
 
@@ -31,6 +31,7 @@ pub mod inspect;
 mod migrate;
 mod models;
 mod pool;
+mod queries;
 mod schema;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel_async::RunQueryDsl;
 use pool::Pools;
+use queries::{by_client_id, newest};
 
 pub use error::StoreError;
 
@@ -489,6 +491,7 @@ impl Store {
                     let mut conn = pool.get().await?;
                     let (message, context) = conn
                         .spawn_blocking(blocking::begin_turn(
+                            now_ms(),
                             conversation_id,
                             client_msg_id.to_owned(),
                             content.to_owned(),
@@ -971,24 +974,6 @@ impl Store {
     pub fn pool_snapshot(&self) -> PoolSnapshot {
         pool::snapshot(&self.pools)
     }
-}
-
-/// A conversation's message with client id `client_msg_id`.
-#[diesel::dsl::auto_type]
-pub(crate) fn by_client_id<'a>(conversation_id: i64, client_msg_id: &'a str) -> _ {
-    messages::table
-        .filter(messages::conversation_id.eq(conversation_id))
-        .filter(messages::client_msg_id.eq(client_msg_id))
-}
-
-/// A conversation's newest `window` messages, newest first.
-#[diesel::dsl::auto_type]
-pub(crate) fn newest(conversation_id: i64, window: u32) -> _ {
-    let window: i64 = window.into();
-    messages::table
-        .filter(messages::conversation_id.eq(conversation_id))
-        .order(messages::id.desc())
-        .limit(window)
 }
 
 /// What [`Store::fleet_hits`] counted.

@@ -1,0 +1,25 @@
+//! Query builders shared by the async store and its blocking tasks
+//! ([`super::blocking`]): what a query reads is written once, whichever
+//! connection runs it.
+
+use diesel::prelude::*;
+
+use super::schema::messages;
+
+/// A conversation's message with client id `client_msg_id`.
+#[diesel::dsl::auto_type]
+pub(super) fn by_client_id<'a>(conversation_id: i64, client_msg_id: &'a str) -> _ {
+    messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .filter(messages::client_msg_id.eq(client_msg_id))
+}
+
+/// A conversation's newest `window` messages, newest first.
+#[diesel::dsl::auto_type]
+pub(super) fn newest(conversation_id: i64, window: u32) -> _ {
+    let window: i64 = window.into();
+    messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .order(messages::id.desc())
+        .limit(window)
+}
