@@ -292,7 +292,7 @@ impl Chats {
                 .take(user_message_id, conversation.owner_id)
                 .await
         };
-        let _lease = match lease {
+        let lease = match lease {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 let _ = events.send(fail(Self::in_progress()));
@@ -352,6 +352,7 @@ impl Chats {
             conversation.id,
             user_message_id,
             watched,
+            lease.holder(),
         ));
         // Nothing shown yet: the reply so far lives in `progress` alone.
         let shown_nothing = |p: &watch::Sender<Progress>| p.borrow().text.is_empty();
@@ -416,6 +417,10 @@ impl Chats {
             Ok(stored) => stored,
             Err(e) => Err(StoreError::Setup(format!("the reply writer stopped: {e}"))),
         };
+        if stored.is_ok() {
+            // Given back with the reply, in the same statement.
+            lease.given_back();
+        }
         self.metrics
             .chat_reply
             .observe(stored_at.elapsed().as_secs_f64());
@@ -500,6 +505,7 @@ async fn write_reply(
     conversation_id: i64,
     reply_to: i64,
     mut progress: watch::Receiver<Progress>,
+    release: Option<Arc<str>>,
 ) -> Result<Message, StoreError> {
     let gone = || StoreError::Setup("the turn ended without a reply".into());
     progress.changed().await.map_err(|_| gone())?;
@@ -510,7 +516,7 @@ async fn write_reply(
         let (text, end) = snapshot(&mut progress);
         if let Some(end) = end {
             let reply = end.reply(conversation_id, reply_to, &text);
-            return store_reply(&store, reply, written).await;
+            return store_reply(&store, reply, written, release.as_deref()).await;
         }
         let partial = NewReply {
             conversation_id,
@@ -520,7 +526,7 @@ async fn write_reply(
             prompt_tokens: None,
             completion_tokens: None,
         };
-        match put_reply(&store, partial, written).await {
+        match store.put_reply(partial, written, None).await {
             Ok(_) => written = true,
             Err(e) => warn!(reply_to, "cannot write the reply so far: {e}"),
         }
@@ -551,15 +557,20 @@ impl End {
 /// A reply the user has seen must not be lost to a brief database hiccup:
 /// a few retries before giving up. `partial_written`: a `partial` reply is
 /// stored and is brought up to date; else the reply is a new row.
+/// `release`: the turn's lease goes back with it ([`Store::put_reply`]).
 async fn store_reply(
     store: &Store,
     reply: NewReply<'_>,
     partial_written: bool,
+    release: Option<&str>,
 ) -> Result<Message, StoreError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     let mut attempt = 1;
     loop {
-        match put_reply(store, reply.clone(), partial_written).await {
+        match store
+            .put_reply(reply.clone(), partial_written, release)
+            .await
+        {
             Err(StoreError::Unavailable(why)) if attempt < 4 => {
                 let delay = backoff.next_delay();
                 warn!(
@@ -571,20 +582,6 @@ async fn store_reply(
             }
             other => return other,
         }
-    }
-}
-
-/// Brings the stored `partial` reply up to date, or (none written yet)
-/// stores the reply as a new row.
-async fn put_reply(
-    store: &Store,
-    reply: NewReply<'_>,
-    partial_written: bool,
-) -> Result<Message, StoreError> {
-    if partial_written {
-        store.save_reply(reply).await
-    } else {
-        store.append_reply(reply).await
     }
 }
 

@@ -7,7 +7,8 @@
 //! finds the lease held and answers `in_progress` (the page asks again a
 //! moment later and then gets the stored reply), instead of asking a bot a
 //! second time. The holder renews its lease every [`RENEW_EVERY`] while the
-//! turn runs and gives it back when the reply is stored. A host that dies
+//! turn runs and gives it back when the reply is stored (in the same
+//! statement, [`Store::put_reply`]; on the way out otherwise). A host that dies
 //! stops renewing: after [`TTL`] the message can be taken again, and its
 //! stored partial reply is what the next host replays.
 //!
@@ -99,6 +100,21 @@ impl Leases {
 
 /// A taken lease, given back when dropped.
 pub struct Lease(Option<Held>);
+
+impl Lease {
+    /// Who holds it, for a statement that gives it back itself (the turn's
+    /// last write, [`Store::put_reply`]); `None` without a shared database.
+    pub fn holder(&self) -> Option<Arc<str>> {
+        self.0.as_ref().map(|held| Arc::clone(&held.leases.holder))
+    }
+
+    /// Given back by such a statement: only the renewal is left to stop.
+    pub fn given_back(mut self) {
+        if let Some(held) = self.0.take() {
+            held.renewal.abort();
+        }
+    }
+}
 
 struct Held {
     leases: Leases,

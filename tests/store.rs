@@ -214,6 +214,67 @@ async fn a_new_turn_stores_its_message_with_its_context_and_lease() {
 }
 
 #[tokio::test]
+async fn a_turns_last_write_gives_its_lease_back_with_the_reply() {
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let backend = s.backend();
+        let (user, conv) = user_and_conversation(s, "alice").await;
+        let ttl = Duration::from_secs(10);
+        let held_elsewhere =
+            |id| async move { !s.take_lease(id, user, "another-host", ttl).await.unwrap() };
+        let reply = |reply_to, content, status| NewReply {
+            conversation_id: conv,
+            reply_to,
+            content,
+            status,
+            prompt_tokens: None,
+            completion_tokens: None,
+        };
+        // Streamed: a partial write keeps the lease, the last one gives it
+        // back with the reply brought up to date.
+        let (first, _) = append(s, conv, "a", "first").await.unwrap();
+        assert!(s
+            .take_lease(first.id, user, "this-host", ttl)
+            .await
+            .unwrap());
+        let partial = reply(first.id, "Hel", ReplyStatus::Partial);
+        s.put_reply(partial, false, None).await.unwrap();
+        if s.is_shared() {
+            assert!(held_elsewhere(first.id).await, "{backend}: still held");
+        }
+        let done = reply(first.id, "Hello", ReplyStatus::Complete);
+        let stored = s.put_reply(done, true, Some("this-host")).await.unwrap();
+        assert_eq!(
+            (stored.content.as_str(), stored.status),
+            ("Hello", ReplyStatus::Complete),
+            "{backend}"
+        );
+        // Short: one write, the reply and the release.
+        let (second, _) = append(s, conv, "b", "second").await.unwrap();
+        assert!(s
+            .take_lease(second.id, user, "this-host", ttl)
+            .await
+            .unwrap());
+        let done = reply(second.id, "Hi", ReplyStatus::Complete);
+        let stored = s.put_reply(done, false, Some("this-host")).await.unwrap();
+        assert_eq!(stored.content, "Hi", "{backend}");
+        // Written again (a retry after a lost answer): the stored reply.
+        let again = reply(second.id, "Hi again", ReplyStatus::Complete);
+        let replayed = s.put_reply(again, false, Some("this-host")).await.unwrap();
+        assert_eq!(replayed, stored, "{backend}");
+        let history = s.history(conv, None, 10).await.unwrap();
+        assert_eq!(history.len(), 4, "{backend}: one reply each");
+        if s.is_shared() {
+            // Given back: another host may take either (and would replay).
+            for id in [first.id, second.id] {
+                assert!(!held_elsewhere(id).await, "{backend}: {id} given back");
+            }
+        }
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn the_same_client_message_id_is_stored_once_and_replies_once() {
     for db in backends(&config()).await {
         let s = &db.store;

@@ -560,7 +560,7 @@ impl Store {
         if rows.iter().any(|r| r.new) {
             let mut context = rows
                 .into_iter()
-                .map(Message::try_from)
+                .map(|row| Message::try_from(row.message))
                 .collect::<Result<Vec<_>, _>>()?;
             context.sort_unstable_by_key(|m| m.id);
             let message = context.last().cloned().ok_or(StoreError::NotFound)?;
@@ -659,6 +659,73 @@ impl Store {
         match updated {
             Some(message) => Ok(message),
             None => self.append_reply(reply).await,
+        }
+    }
+
+    /// Stores a reply: over the `partial` one already stored when
+    /// `partial_written`, else as a new row. Given `release` (a turn's last
+    /// write, on a shared database), the turn's lease that holder took is
+    /// given back in the same statement: no other host may answer before
+    /// the reply is stored, and none need wait for a second round trip.
+    pub async fn put_reply(
+        &self,
+        reply: NewReply<'_>,
+        partial_written: bool,
+        release: Option<&str>,
+    ) -> Result<Message, StoreError> {
+        match release {
+            Some(holder) if matches!(&*self.pools, Pools::Postgres(_)) => {
+                self.put_reply_releasing(reply, holder).await
+            }
+            _ if partial_written => self.save_reply(reply).await,
+            _ => self.append_reply(reply).await,
+        }
+    }
+
+    async fn put_reply_releasing(
+        &self,
+        reply: NewReply<'_>,
+        holder: &str,
+    ) -> Result<Message, StoreError> {
+        use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+        // The partial row brought up to date, else a new row; a reply that
+        // ended before (the unique index) is read after.
+        const SQL: &str = "\
+            WITH released AS ( \
+                DELETE FROM turn_leases WHERE message_id = $4 AND holder = $8), \
+            updated AS ( \
+                UPDATE messages SET content = $2, status = $3, prompt_tokens = $5, \
+                                    completion_tokens = $6, updated_at = $7 \
+                WHERE reply_to = $4 AND status = 'partial' \
+                RETURNING *), \
+            inserted AS ( \
+                INSERT INTO messages (conversation_id, role, content, status, reply_to, \
+                                      prompt_tokens, completion_tokens, created_at, updated_at) \
+                SELECT $1, 'assistant', $2, $3, $4, $5, $6, $7, $7 \
+                WHERE NOT EXISTS (SELECT 1 FROM updated) \
+                ON CONFLICT (reply_to) DO NOTHING \
+                RETURNING *) \
+            SELECT * FROM updated UNION ALL SELECT * FROM inserted";
+        let now = now_ms();
+        let rows = with_conn!(self, write "put_reply_releasing", |conn| Cached(
+            diesel::sql_query(SQL)
+                .bind::<BigInt, _>(reply.conversation_id)
+                .bind::<Text, _>(reply.content)
+                .bind::<Text, _>(reply.status.as_str())
+                .bind::<BigInt, _>(reply.reply_to)
+                .bind::<Nullable<Integer>, _>(reply.prompt_tokens)
+                .bind::<Nullable<Integer>, _>(reply.completion_tokens)
+                .bind::<BigInt, _>(now)
+                .bind::<Text, _>(holder)
+        )
+        .load::<MessageRow>(conn)
+        .await)?;
+        match rows.into_iter().next() {
+            Some(row) => Message::try_from(row),
+            None => self
+                .reply_to(reply.reply_to)
+                .await?
+                .ok_or(StoreError::NotFound),
         }
     }
 
@@ -1040,14 +1107,11 @@ pub struct UserTurn {
     pub leased: bool,
 }
 
-/// A row of [`Store::begin_user_turn`]'s statement: a message, and whether
-/// it is the one just stored. (Raw SQL rows are read by column name, and
-/// `Message`'s roles and statuses need converting from their text.)
+/// A message as raw SQL returns it (read by column name; `Message`'s roles
+/// and statuses need converting from their text).
 #[derive(diesel::QueryableByName)]
 #[diesel(table_name = messages)]
-struct TurnRow {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    new: bool,
+struct MessageRow {
     id: i64,
     conversation_id: i64,
     role: String,
@@ -1061,10 +1125,20 @@ struct TurnRow {
     updated_at: i64,
 }
 
-impl TryFrom<TurnRow> for Message {
+/// A row of [`Store::begin_user_turn`]'s statement: a message, and whether
+/// it is the one just stored.
+#[derive(diesel::QueryableByName)]
+struct TurnRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    new: bool,
+    #[diesel(embed)]
+    message: MessageRow,
+}
+
+impl TryFrom<MessageRow> for Message {
     type Error = StoreError;
 
-    fn try_from(row: TurnRow) -> Result<Self, StoreError> {
+    fn try_from(row: MessageRow) -> Result<Self, StoreError> {
         let bad = |e: String| StoreError::Query(DieselError::DeserializationError(e.into()));
         Ok(Message {
             id: row.id,
