@@ -8,8 +8,8 @@
 //! moment later and then gets the stored reply), instead of asking a bot a
 //! second time. The holder renews its lease every [`RENEW_EVERY`] while the
 //! turn runs and gives it back when the reply is stored (in the same
-//! statement, [`Store::put_reply`]; on the way out otherwise). A host that dies
-//! stops renewing: after [`TTL`] the message can be taken again, and its
+//! statement, [`Store::put_reply`]; on the way out otherwise). A host that
+//! dies stops renewing: after [`TTL`] the message can be taken again, and its
 //! stored partial reply is what the next host replays.
 //!
 //! It never decides anything about a turn; it only says whether this host
