@@ -33,7 +33,10 @@
 //! in turn for the same time, so all see the same machine noise; a turn
 //! counts when it ends within its round. Printed per path: turns a second
 //! and their ratio to direct, time to the first token (P50, P99) and what
-//! the path adds to direct's P99, and for bothost the host's CPU per turn.
+//! the path adds to direct's P99, that again without each chat's first
+//! turn of a round ("steady": on a virtual machine whose idle vCPUs halt,
+//! a path that sat idle while the others ran is cold for one turn), and
+//! for bothost the host's CPU per turn.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -220,6 +223,7 @@ impl Path {
         for task in tasks {
             let (client, first, errors) = task.await?;
             back.push(client);
+            round.steady.extend(first.iter().skip(1));
             round.first_token.extend(first);
             round.errors += errors;
         }
@@ -332,6 +336,9 @@ async fn openai_chat(
 struct Figures {
     seconds: f64,
     first_token: Vec<Duration>,
+    /// The same without each chat's first turn of a round: that turn
+    /// finds the path cold after idling while the other paths ran.
+    steady: Vec<Duration>,
     errors: u64,
     host_cpu: Option<Duration>,
 }
@@ -340,6 +347,7 @@ impl Figures {
     fn add(&mut self, round: Figures) {
         self.seconds += round.seconds;
         self.first_token.extend(round.first_token);
+        self.steady.extend(round.steady);
         self.errors += round.errors;
         if let Some(cpu) = round.host_cpu {
             *self.host_cpu.get_or_insert(Duration::ZERO) += cpu;
@@ -357,13 +365,19 @@ fn print_table(paths: &[Path], mut figures: Vec<Figures>, concurrent: usize, tot
         if concurrent == 1 { "" } else { "s" },
         total.as_secs()
     );
-    println!("| path | turns/s | of direct | first token P50 | P99 | P99 added | host CPU/turn | errors |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| path | turns/s | of direct | first token P50 | P99 | P99 added | \
+         P99 added, steady | host CPU/turn | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let direct_rate = figures[0].turns_per_second();
     let direct_p99 = Percentiles::of(&mut figures[0].first_token).p99;
+    let direct_steady = Percentiles::of(&mut figures[0].steady).p99;
     for (path, f) in paths.iter().zip(&mut figures) {
         let rate = f.turns_per_second();
         let p = Percentiles::of(&mut f.first_token);
+        let steady = Percentiles::of(&mut f.steady).p99;
+        let steady_added = steady.as_secs_f64() - direct_steady.as_secs_f64();
         let cpu = f.host_cpu.map_or("—".into(), |cpu| {
             format!(
                 "{:.3} ms",
@@ -372,12 +386,13 @@ fn print_table(paths: &[Path], mut figures: Vec<Figures>, concurrent: usize, tot
         });
         let added = p.p99.as_secs_f64() - direct_p99.as_secs_f64();
         println!(
-            "| {} | {rate:.1} | {:.1} % | {} | {} | {:+.1} ms | {cpu} | {} |",
+            "| {} | {rate:.1} | {:.1} % | {} | {} | {:+.1} ms | {:+.1} ms | {cpu} | {} |",
             path.name,
             100.0 * rate / direct_rate.max(f64::EPSILON),
             ms(p.p50),
             ms(p.p99),
             added * 1000.0,
+            steady_added * 1000.0,
             f.errors
         );
     }
