@@ -281,8 +281,21 @@ async fn settle(config: &Config, supervisor: &Addr<Supervisor>) -> anyhow::Resul
     Ok(())
 }
 
-/// Forgets the rate-limit state of clients idle for a while, every minute.
+/// Forgets the rate-limit state of clients idle for a while, every minute;
+/// on a shared database, also writes the messages per address counted here
+/// to the fleet's rows in batches.
 fn spawn_limits_sweeper(state: web::Data<AppState>) {
+    if state.store.is_shared() {
+        let state = state.clone();
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(crate::web::ADDRESS_BATCH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                state.limits.write_address_batch(&state.store).await;
+            }
+        });
+    }
     actix_rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {

@@ -182,17 +182,7 @@ fn limits_per_user_hold_across_hosts() {
     );
     let a = TestHost::start_with_config(&config);
     let b = TestHost::start_with_config(&config);
-    // The count is per wall-clock minute: start well inside one.
-    let second = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            % 60
-    };
-    if second() > 40 {
-        std::thread::sleep(Duration::from_secs(61 - second()));
-    }
+    start_well_inside_a_minute();
     let alice_a = register(&a.url, "alice");
     let alice_b = login(&b.url, "alice").unwrap();
     let conv = alice_a.conversation("slow");
@@ -232,6 +222,93 @@ fn limits_per_user_hold_across_hosts() {
     b.wait_for("bob's turn on A to end", Duration::from_secs(10), || {
         (resend(&bob_b, bob_conv, "second", "and this").status() == 200).then_some(())
     });
+    drop((a, b));
+    rt.block_on(schema.drop_schema()).unwrap();
+}
+
+/// The fleet counts per wall-clock minute: waits, if need be, so that a
+/// test's messages fall into one.
+fn start_well_inside_a_minute() {
+    let second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 60
+    };
+    if second() > 40 {
+        std::thread::sleep(Duration::from_secs(61 - second()));
+    }
+}
+
+/// How many batches of messages per address `host` has written.
+fn address_batches(host: &TestHost) -> f64 {
+    host.metric("bothost_db_query_duration_seconds_count{query=\"add_window_hits\"}")
+        .unwrap_or(0.0)
+}
+
+/// Messages per address are counted by each host and written in batches:
+/// a host asks the database for an address's count with its first message
+/// of the minute, and learns the other hosts' messages when it next writes
+/// its own.
+#[test]
+fn limits_per_address_hold_across_hosts() {
+    let Some(base) = test_database_url() else {
+        return;
+    };
+    let rt = runtime();
+    let schema = rt.block_on(PgSchema::create(&base, "addresses")).unwrap();
+    let config = config(&schema.url)
+        .replace(
+            "messages_per_minute_per_ip = 100000",
+            "messages_per_minute_per_ip = 6",
+        )
+        .replace("token_delay = \"60ms\"", "token_delay = \"0ms\"");
+    let a = TestHost::start_with_config(&config);
+    let b = TestHost::start_with_config(&config);
+    // Two users, one address (127.0.0.1).
+    let alice = register(&a.url, "alice");
+    let bob = register(&b.url, "bob");
+    let on_a = alice.conversation("slow");
+    let on_b = bob.conversation("slow");
+    start_well_inside_a_minute();
+    let sent = |user: &ApiUser, conv: i64, id: &str| resend(user, conv, id, "hi").status().as_u16();
+
+    for i in 0..3 {
+        assert_eq!(sent(&bob, on_b, &format!("b{i}")), 200, "bob's message {i}");
+    }
+    b.wait_for("B to write its count", Duration::from_secs(10), || {
+        (address_batches(&b) >= 1.0).then_some(())
+    });
+    // A's first message of the minute from this address asks the database:
+    // B's three are there, so three more fit, and no fourth.
+    for i in 0..3 {
+        assert_eq!(
+            sent(&alice, on_a, &format!("a{i}")),
+            200,
+            "alice's message {i}"
+        );
+    }
+    assert_eq!(
+        error_code(resend(&alice, on_a, "a3", "hi")),
+        (429, "rate_limited".into())
+    );
+    a.wait_for("A to write its count", Duration::from_secs(10), || {
+        (address_batches(&a) >= 1.0).then_some(())
+    });
+    // B has not written since A's: it lets one more through, writes it,
+    // learns the fleet's count in the answer, and refuses from then on.
+    let written = address_batches(&b);
+    assert_eq!(sent(&bob, on_b, "b3"), 200);
+    b.wait_for(
+        "B to write its count again",
+        Duration::from_secs(10),
+        || (address_batches(&b) > written).then_some(()),
+    );
+    assert_eq!(
+        error_code(resend(&bob, on_b, "b4", "hi")),
+        (429, "rate_limited".into())
+    );
     drop((a, b));
     rt.block_on(schema.drop_schema()).unwrap();
 }

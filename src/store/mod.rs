@@ -942,6 +942,49 @@ impl Store {
         .await)
     }
 
+    /// Adds each `(subject, hits)` of `batch` to its row for the minute
+    /// starting at `window_start` (ms), in the batch's order, and answers
+    /// each row's count after it. PostgreSQL only (see
+    /// [`Store::is_shared`]); on SQLite it answers nothing.
+    pub async fn add_window_hits(
+        &self,
+        window_start: i64,
+        batch: &[(String, i32)],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        use diesel::sql_types::{Array, BigInt, Integer, Text};
+        const SQL: &str = "\
+            INSERT INTO rate_windows (subject, window_start, hits) \
+            SELECT s, $2, h FROM unnest($1::text[], $3::int[]) WITH ORDINALITY AS u(s, h, n) \
+            ORDER BY n \
+            ON CONFLICT (subject, window_start) DO UPDATE SET hits = rate_windows.hits + excluded.hits \
+            RETURNING subject, hits";
+        let Pools::Postgres(pool) = &*self.pools else {
+            return Ok(Vec::new());
+        };
+        let started = Instant::now();
+        let (subjects, hits): (Vec<&str>, Vec<i32>) =
+            batch.iter().map(|(s, n)| (s.as_str(), *n)).unzip();
+        let result = async {
+            let mut conn = pool.get().await?;
+            Ok::<_, StoreError>(
+                Cached(
+                    diesel::sql_query(SQL)
+                        .bind::<Array<Text>, _>(subjects)
+                        .bind::<BigInt, _>(window_start)
+                        .bind::<Array<Integer>, _>(hits),
+                )
+                .load::<WindowCount>(&mut *conn)
+                .await?,
+            )
+        }
+        .await;
+        self.timed("add_window_hits", started);
+        Ok(result?
+            .into_iter()
+            .map(|row| (row.subject, i64::from(row.hits)))
+            .collect())
+    }
+
     /// Forgets the minutes that started before `before` (ms).
     pub async fn forget_windows(&self, before: i64) -> Result<(), StoreError> {
         with_conn!(self, write "forget_windows", |conn| diesel::delete(
@@ -1041,6 +1084,15 @@ impl Store {
     pub fn pool_snapshot(&self) -> PoolSnapshot {
         pool::snapshot(&self.pools)
     }
+}
+
+/// One row [`Store::add_window_hits`] wrote.
+#[derive(Debug, QueryableByName)]
+struct WindowCount {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    subject: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    hits: i32,
 }
 
 /// What [`Store::fleet_hits`] counted.

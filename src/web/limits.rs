@@ -17,6 +17,7 @@ use actix_web::http::StatusCode;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::address_minutes::{AddressMinutes, Count};
 use super::error::ApiError;
 use crate::config::LimitsConfig;
 use crate::store::{now_ms, Store};
@@ -30,6 +31,8 @@ pub struct Limits {
     in_flight: Counted<i64>,
     websockets_per_user: Counted<i64>,
     websockets_per_ip: Counted<IpAddr>,
+    /// The fleet's messages per address this minute ([`Limits::check_fleet`]).
+    addresses: AddressMinutes,
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -125,6 +128,7 @@ impl Limits {
             in_flight: Counted::new(),
             websockets_per_user: Counted::new(),
             websockets_per_ip: Counted::new(),
+            addresses: AddressMinutes::default(),
             config,
         }
     }
@@ -207,8 +211,10 @@ impl Limits {
     /// share the database ([`Store::is_shared`]): messages per minute per
     /// user and per address in one-minute windows, and turns in flight per
     /// user from the live turn leases. This host's own limits (above) still
-    /// apply first. It costs one write per message (two with an address)
-    /// and one count on PostgreSQL; hosts racing may each let one more turn
+    /// apply first. It costs one statement per message on PostgreSQL (a
+    /// write of the user's minute, a count of the user's leases); the
+    /// address's minute is counted here and written in batches
+    /// ([`super::address_minutes`]). Hosts racing may each let one more turn
     /// through than the cap.
     pub async fn check_fleet(
         &self,
@@ -222,22 +228,35 @@ impl Limits {
         let now = now_ms();
         let window = minute_of(now);
         let retry = u64::try_from((window + 60_000 - now) / 1000).unwrap_or(1);
-        let over = |hits: i32, max: u32| u32::try_from(hits).map_or(true, |h| h > max);
+        let max_ip = self.config.messages_per_minute_per_ip;
+        let too_many_from_address =
+            || ApiError::too_many("too many messages from your address", retry);
         let ip = ip.map(|ip| format!("ip:{ip}"));
+        // The address goes to the database only if this host has no count
+        // for it this minute.
+        let ask_for_ip = match ip
+            .as_deref()
+            .map(|ip| self.addresses.count(ip, window, max_ip))
+        {
+            Some(Count::Over) => return Err(too_many_from_address()),
+            Some(Count::Unknown) => ip.as_deref(),
+            Some(Count::Counted) | None => None,
+        };
         let hits = store
-            .fleet_hits(&format!("u:{user}"), ip.as_deref(), window, user)
+            .fleet_hits(&format!("u:{user}"), ask_for_ip, window, user)
             .await?;
+        if let Some(ip) = ask_for_ip {
+            self.addresses.learn(ip, window, i64::from(hits.ip_hits));
+        }
+        let over = |hits: i32, max: u32| u32::try_from(hits).map_or(true, |h| h > max);
         if over(hits.user_hits, self.config.messages_per_minute_per_user) {
             return Err(ApiError::too_many(
                 "you are sending messages too fast",
                 retry,
             ));
         }
-        if ip.is_some() && over(hits.ip_hits, self.config.messages_per_minute_per_ip) {
-            return Err(ApiError::too_many(
-                "too many messages from your address",
-                retry,
-            ));
+        if ask_for_ip.is_some() && over(hits.ip_hits, max_ip) {
+            return Err(too_many_from_address());
         }
         let max = self.config.max_in_flight_per_user;
         if u64::try_from(hits.live_turns).unwrap_or(0) >= u64::from(max) {
@@ -247,6 +266,23 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+
+    /// Adds the messages per address counted here since the last batch to
+    /// the fleet's minute rows, and learns the fleet's counts back.
+    pub async fn write_address_batch(&self, store: &Store) {
+        let window = minute_of(now_ms());
+        let batch = self.addresses.take_batch(window);
+        if batch.is_empty() {
+            return;
+        }
+        match store.add_window_hits(window, &batch).await {
+            Ok(counts) => self.addresses.settle(window, &batch, Some(&counts)),
+            Err(e) => {
+                tracing::warn!("cannot write the messages per address: {e}");
+                self.addresses.settle(window, &batch, None);
+            }
+        }
     }
 
     /// Forgets the fleet's minutes before the last (run by the sweeper,

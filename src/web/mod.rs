@@ -7,6 +7,7 @@
 //! (`error`). They hold no rules of their own. Modules: `api` (REST), `ws`
 //! (the WebSocket session), `page` (the embedded web page).
 
+mod address_minutes;
 mod admission;
 mod api;
 pub mod auth;
@@ -29,6 +30,7 @@ use serde_json::json;
 
 use crate::status::{BotState, StatusReport};
 use crate::supervisor::GetStatus;
+pub use address_minutes::BATCH_EVERY as ADDRESS_BATCH_EVERY;
 pub use admission::Admission;
 pub use api::API_ROUTES;
 pub use auth::Auth;

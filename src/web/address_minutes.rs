@@ -1,0 +1,237 @@
+//! The fleet's count of messages per client address per minute, kept by
+//! each host in memory and added to the shared database in batches, not
+//! with every message.
+//!
+//! Why: every client behind one proxy or NAT has the same address, so with
+//! a write per message all their messages updated one row, each waiting for
+//! the previous update's commit. That row was half the fleet's bookkeeping
+//! cost per turn.
+//!
+//! How a host knows the fleet's count for an address in a minute:
+//! - its first message from that address in the minute is counted in the
+//!   database with the message's own statement, whose answer is the fleet's
+//!   count ([`Count::Unknown`]);
+//! - later ones are counted here ([`Count::Counted`]) and added to the row
+//!   by the next batch (every [`BATCH_EVERY`]), whose answer is the fleet's
+//!   count again, now with the other hosts' messages.
+//!
+//! The price: a host learns of the other hosts' messages from an address
+//! only when it writes its own, so the fleet may let through, over the cap,
+//! what the other hosts let through since this host's last batch (a
+//! quarter of a second of that address's traffic). One host alone counts
+//! exactly. The per-user count stays a row written with every message: a
+//! user's row is never hot, and a user moving between hosts meets an exact
+//! cap.
+//!
+//! It never refuses by itself ([`super::Limits::check_fleet`] decides) and
+//! never talks to the database (the batch task does).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often a host adds what it counted to the database.
+pub const BATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// The addresses seen this minute.
+#[derive(Default)]
+pub struct AddressMinutes(Mutex<HashMap<String, Minute>>);
+
+/// One address's count in one minute, as this host knows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Minute {
+    /// The minute's start (ms since the epoch).
+    start: i64,
+    /// The fleet's count as the database last answered (with every message
+    /// of this host that had reached it then).
+    fleet: i64,
+    /// Counted here, in a batch being written now.
+    sending: i64,
+    /// Counted here, not yet in any batch.
+    unsent: i64,
+}
+
+impl Minute {
+    fn total(&self) -> i64 {
+        self.fleet + self.sending + self.unsent
+    }
+}
+
+/// What [`AddressMinutes::count`] made of one message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Count {
+    /// This host has no count for the address this minute: count the
+    /// message in the database and tell [`AddressMinutes::learn`] the answer.
+    Unknown,
+    /// Counted here; the batch adds it to the database.
+    Counted,
+    /// The address has had `max` messages this minute: refused, not counted.
+    Over,
+}
+
+/// One minute's batch: each address and how many messages to add.
+pub type Batch = Vec<(String, i32)>;
+
+impl AddressMinutes {
+    /// Counts one message from `address` in the minute starting at `start`,
+    /// if this host knows the fleet's count and it stays within `max`.
+    pub fn count(&self, address: &str, start: i64, max: u32) -> Count {
+        let Ok(mut minutes) = self.0.lock() else {
+            return Count::Unknown;
+        };
+        match minutes.get_mut(address) {
+            Some(m) if m.start == start => {
+                if m.total() >= i64::from(max) {
+                    Count::Over
+                } else {
+                    m.unsent += 1;
+                    Count::Counted
+                }
+            }
+            _ => Count::Unknown,
+        }
+    }
+
+    /// The database says `address` has had `fleet` messages in the minute
+    /// starting at `start`. Counts only grow within a minute, so an answer
+    /// smaller than one already known is an older one.
+    pub fn learn(&self, address: &str, start: i64, fleet: i64) {
+        let Ok(mut minutes) = self.0.lock() else {
+            return;
+        };
+        let fresh = Minute {
+            start,
+            fleet,
+            sending: 0,
+            unsent: 0,
+        };
+        let m = minutes.entry(address.to_owned()).or_insert(fresh);
+        if m.start < start {
+            *m = fresh;
+        } else if m.start == start {
+            m.fleet = m.fleet.max(fleet);
+        }
+    }
+
+    /// Takes what was counted here in the minute starting at `start` and is
+    /// not yet in the database, as one batch, and forgets earlier minutes:
+    /// what they did not write can no longer change a decision.
+    pub fn take_batch(&self, start: i64) -> Batch {
+        let Ok(mut minutes) = self.0.lock() else {
+            return Vec::new();
+        };
+        minutes.retain(|_, m| m.start >= start);
+        let mut batch: Batch = minutes
+            .iter_mut()
+            .filter(|(_, m)| m.start == start && m.unsent > 0)
+            .map(|(address, m)| {
+                let n = i32::try_from(m.unsent).unwrap_or(i32::MAX);
+                m.unsent -= i64::from(n);
+                m.sending += i64::from(n);
+                (address.clone(), n)
+            })
+            .collect();
+        // Every host writes its rows in one order, so two batches never
+        // wait on each other's rows in a cycle.
+        batch.sort_unstable();
+        batch
+    }
+
+    /// After the batch for the minute starting at `start` was written:
+    /// `Some` with the fleet's counts it answered, or `None` if it failed
+    /// (its messages go into the next batch).
+    pub fn settle(&self, start: i64, batch: &[(String, i32)], answer: Option<&[(String, i64)]>) {
+        let Ok(mut minutes) = self.0.lock() else {
+            return;
+        };
+        for (address, n) in batch {
+            if let Some(m) = minutes.get_mut(address).filter(|m| m.start == start) {
+                m.sending -= i64::from(*n);
+                if answer.is_none() {
+                    m.unsent += i64::from(*n);
+                }
+            }
+        }
+        for (address, fleet) in answer.unwrap_or_default() {
+            if let Some(m) = minutes.get_mut(address).filter(|m| m.start == start) {
+                m.fleet = m.fleet.max(*fleet);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minute's start (ms since the epoch).
+    const MINUTE: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn the_first_message_of_a_minute_asks_the_database_then_the_rest_count_here() {
+        let a = AddressMinutes::default();
+        assert_eq!(a.count("ip:1", MINUTE, 3), Count::Unknown);
+        a.learn("ip:1", MINUTE, 1);
+        assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
+        assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
+        assert_eq!(a.count("ip:1", MINUTE, 3), Count::Over);
+        // Another address, and the next minute, start from the database.
+        assert_eq!(a.count("ip:2", MINUTE, 3), Count::Unknown);
+        assert_eq!(a.count("ip:1", MINUTE + 60_000, 3), Count::Unknown);
+    }
+
+    #[test]
+    fn a_batch_carries_what_was_counted_here_and_brings_back_the_fleets_count() {
+        let a = AddressMinutes::default();
+        a.learn("ip:b", MINUTE, 1);
+        a.learn("ip:a", MINUTE, 4);
+        for _ in 0..2 {
+            assert_eq!(a.count("ip:b", MINUTE, 10), Count::Counted);
+        }
+        assert_eq!(a.count("ip:a", MINUTE, 10), Count::Counted);
+        let batch = a.take_batch(MINUTE);
+        assert_eq!(batch, vec![("ip:a".into(), 1), ("ip:b".into(), 2)]);
+        // Counted while the batch is written: neither lost nor sent twice.
+        assert_eq!(a.count("ip:b", MINUTE, 10), Count::Counted);
+        assert_eq!(a.take_batch(MINUTE), vec![("ip:b".into(), 1)]);
+        // Another host had sent 5 for ip:b meanwhile: 1 + 2 + 5.
+        a.settle(
+            MINUTE,
+            &batch,
+            Some(&[("ip:a".into(), 5), ("ip:b".into(), 8)]),
+        );
+        // 8 known + 1 in flight: one more fits under 10.
+        assert_eq!(a.count("ip:b", MINUTE, 10), Count::Counted);
+        assert_eq!(a.count("ip:b", MINUTE, 10), Count::Over);
+        assert_eq!(a.count("ip:a", MINUTE, 6), Count::Counted);
+        assert_eq!(a.count("ip:a", MINUTE, 6), Count::Over);
+    }
+
+    #[test]
+    fn a_failed_batch_goes_out_with_the_next_and_still_counts_meanwhile() {
+        let a = AddressMinutes::default();
+        a.learn("ip:1", MINUTE, 1);
+        assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
+        let batch = a.take_batch(MINUTE);
+        a.settle(MINUTE, &batch, None);
+        assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
+        assert_eq!(a.count("ip:1", MINUTE, 3), Count::Over);
+        assert_eq!(a.take_batch(MINUTE), vec![("ip:1".into(), 2)]);
+    }
+
+    #[test]
+    fn an_older_answer_never_lowers_the_count_and_a_past_minute_is_forgotten() {
+        let a = AddressMinutes::default();
+        a.learn("ip:1", MINUTE, 3);
+        a.learn("ip:1", MINUTE, 2);
+        assert_eq!(a.count("ip:1", MINUTE, 4), Count::Counted);
+        assert_eq!(a.count("ip:1", MINUTE, 4), Count::Over);
+        // The next minute: last minute's unwritten message is dropped.
+        let next = MINUTE + 60_000;
+        assert!(a.take_batch(next).is_empty());
+        assert_eq!(a.count("ip:1", next, 4), Count::Unknown);
+        a.learn("ip:1", next, 1);
+        a.learn("ip:1", MINUTE, 9);
+        assert_eq!(a.count("ip:1", next, 4), Count::Counted);
+    }
+}
