@@ -144,21 +144,24 @@ fn processes() -> Vec<(u32, u32, String)> {
         .collect()
 }
 
-/// CPU time used so far by a host, its workers (its child processes) and
-/// the machine's PostgreSQL server processes. Differences of two are what a
-/// run cost each side; a worker replaced in between is missed, which the
-/// bench's bots (no budget reached) never are.
+/// CPU time used so far by a host, its workers (its child processes), the
+/// machine's PostgreSQL server processes and this load tool (which shares
+/// the cores). Differences of two are what a run cost each side; a worker
+/// replaced in between is missed, which the bench's bots (no budget
+/// reached) never are.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuSnapshot {
     pub host: Duration,
     pub workers: Duration,
     pub postgres: Duration,
+    pub load_tool: Duration,
 }
 
 impl CpuSnapshot {
     pub fn take(host: u32) -> Self {
         let mut snapshot = Self {
             host: cpu_time(host).unwrap_or_default(),
+            load_tool: cpu_time(std::process::id()).unwrap_or_default(),
             ..Self::default()
         };
         for (pid, ppid, comm) in processes() {
@@ -172,16 +175,19 @@ impl CpuSnapshot {
         snapshot
     }
 
-    /// "host 0.412 ms, workers 0.051 ms, PostgreSQL 0.633 ms per turn".
+    /// "host 0.412 ms, workers 0.051 ms, PostgreSQL 0.633 ms of CPU per
+    /// turn (… turns; the load tool 0.5 ms)".
     pub fn per_turn_since(&self, before: &Self, turns: u64) -> String {
         let per = |now: Duration, then: Duration| {
             now.saturating_sub(then).as_secs_f64() * 1000.0 / turns.max(1) as f64
         };
         format!(
-            "host {:.3} ms, workers {:.3} ms, PostgreSQL {:.3} ms of CPU per turn ({turns} turns)",
+            "host {:.3} ms, workers {:.3} ms, PostgreSQL {:.3} ms of CPU per turn \
+             ({turns} turns; the load tool {:.3} ms)",
             per(self.host, before.host),
             per(self.workers, before.workers),
-            per(self.postgres, before.postgres)
+            per(self.postgres, before.postgres),
+            per(self.load_tool, before.load_tool)
         )
     }
 }
