@@ -19,8 +19,17 @@ const SEARCH: &str = "2026-11-30-000003";
 const REVOKED_TOKENS: &str = "2026-11-30-000004";
 const FLEET: &str = "2026-11-30-000005";
 const TOUCH: &str = "2026-11-30-000006";
+const UNLOGGED_WINDOWS: &str = "2026-11-30-000007";
 /// Every migration after INIT, newest first.
-const AFTER_INIT: [&str; 6] = [TOUCH, FLEET, REVOKED_TOKENS, SEARCH, SESSIONS, USERNAMES_CI];
+const AFTER_INIT: [&str; 7] = [
+    UNLOGGED_WINDOWS,
+    TOUCH,
+    FLEET,
+    REVOKED_TOKENS,
+    SEARCH,
+    SESSIONS,
+    USERNAMES_CI,
+];
 
 fn config(url: &str) -> String {
     format!(

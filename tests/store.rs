@@ -549,6 +549,21 @@ async fn both_backends_have_the_same_schema() {
     .map(|n| n.name)
     .collect();
 
+    // Only the minute counts skip the WAL; everything users wrote survives
+    // a crash of PostgreSQL and reaches its standbys.
+    let unlogged: Vec<String> = diesel::sql_query(
+        "SELECT c.relname::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relpersistence = 'u'",
+    )
+    .bind::<Text, _>(&schema)
+    .load::<Named>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|n| n.name)
+    .collect();
+    assert_eq!(unlogged, ["rate_windows"]);
+
     let mut lite = SqliteConnection::establish(&path.display().to_string()).unwrap();
     let tables = [
         "users",
