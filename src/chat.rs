@@ -245,6 +245,12 @@ impl Chats {
                 content,
                 history_window,
                 self.leases.terms(conversation.owner_id),
+                // An untitled conversation is named after its first message.
+                conversation
+                    .title
+                    .is_empty()
+                    .then(|| title_from(content))
+                    .as_deref(),
             )
             .await;
         let UserTurn {
@@ -261,18 +267,6 @@ impl Chats {
         };
         let user_message_id = message.id;
         let stored_at = Instant::now();
-        if created && conversation.title.is_empty() {
-            // An untitled conversation is named after its first message.
-            if let Err(e) = store
-                .title_if_untitled(conversation.id, &title_from(content))
-                .await
-            {
-                warn!(
-                    conversation = conversation.id,
-                    "cannot title the conversation: {e}"
-                );
-            }
-        }
         let _ = events.send(ChatEvent::Accepted {
             message,
             replay: !created && !ask.fresh,

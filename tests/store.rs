@@ -32,7 +32,7 @@ async fn append(
     content: &str,
 ) -> Result<(store::Message, bool), StoreError> {
     let turn = store
-        .begin_user_turn(conversation, client_msg_id, content, 20, None)
+        .begin_user_turn(conversation, client_msg_id, content, 20, None, None)
         .await?;
     Ok((turn.message, turn.created))
 }
@@ -157,6 +157,43 @@ async fn a_conversation_is_visible_to_its_owner_only_and_lists_by_activity() {
 }
 
 #[tokio::test]
+async fn a_first_message_names_its_untitled_conversation_in_the_same_trip() {
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let backend = s.backend();
+        let (user, conv) = user_and_conversation(s, "alice").await;
+        let named = s.create_conversation(user, "helper", "Kept").await.unwrap();
+        let title = |id| async move { s.conversation(user, id).await.unwrap().unwrap() };
+
+        let first = s
+            .begin_user_turn(conv, "m1", "hello there", 20, None, Some("hello there"))
+            .await
+            .unwrap();
+        let after = title(conv).await;
+        assert_eq!(after.title, "hello there", "{backend}");
+        // The insert's trigger still marks it active, after the title.
+        assert_eq!(after.updated_at, first.message.created_at, "{backend}");
+
+        // Titled now: a later message, or a resend, leaves it.
+        s.begin_user_turn(conv, "m2", "and more", 20, None, Some("and more"))
+            .await
+            .unwrap();
+        let resent = s
+            .begin_user_turn(conv, "m1", "hello there", 20, None, Some("other"))
+            .await
+            .unwrap();
+        assert!(!resent.created);
+        assert_eq!(title(conv).await.title, "hello there", "{backend}");
+        // A title given at creation stands.
+        s.begin_user_turn(named.id, "n1", "hi", 20, None, Some("hi"))
+            .await
+            .unwrap();
+        assert_eq!(title(named.id).await.title, "Kept", "{backend}");
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn a_new_turn_stores_its_message_with_its_context_and_lease() {
     for db in backends(&config()).await {
         let s = &db.store;
@@ -173,7 +210,7 @@ async fn a_new_turn_stores_its_message_with_its_context_and_lease() {
             until: store::now_ms() + 10_000,
         };
         let turn = s
-            .begin_user_turn(conv, "new", "the new one", 3, Some(terms()))
+            .begin_user_turn(conv, "new", "the new one", 3, Some(terms()), None)
             .await
             .unwrap();
         assert!(turn.created, "{backend}");
@@ -201,7 +238,7 @@ async fn a_new_turn_stores_its_message_with_its_context_and_lease() {
         }
         // A resend: the stored message, and the caller does the rest.
         let again = s
-            .begin_user_turn(conv, "new", "sent again", 3, Some(terms()))
+            .begin_user_turn(conv, "new", "sent again", 3, Some(terms()), None)
             .await
             .unwrap();
         assert_eq!(
@@ -491,6 +528,19 @@ struct Named {
     name: String,
 }
 
+/// The `name` column of `sql` run with `$1` = `schema`.
+async fn pg_names(conn: &mut AsyncPgConnection, schema: &str, sql: &str) -> Vec<String> {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(sql)
+        .bind::<Text, _>(schema)
+        .load::<Named>(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}
+
 #[tokio::test]
 async fn both_backends_have_the_same_schema() {
     use diesel_async::RunQueryDsl;
@@ -523,44 +573,38 @@ async fn both_backends_have_the_same_schema() {
     .into_iter()
     .map(|c| (c.table_name, c.column_name, c.not_null == 1))
     .collect();
-    let pg_indexes: BTreeSet<String> = diesel::sql_query(
+    let pg_indexes: BTreeSet<String> = pg_names(
+        &mut conn,
+        &schema,
         "SELECT indexname::text AS name FROM pg_indexes WHERE schemaname = $1 AND indexname NOT LIKE '%_pkey' \
          AND tablename <> '__diesel_schema_migrations'",
     )
-    .bind::<Text, _>(&schema)
-    .load::<Named>(&mut conn)
     .await
-    .unwrap()
     .into_iter()
-    .map(|n| n.name)
     .collect();
-    let pg_fks: BTreeSet<String> = diesel::sql_query(
+    let pg_fks: BTreeSet<String> = pg_names(
+        &mut conn,
+        &schema,
         "SELECT (tc.table_name || '.' || kcu.column_name || '->' || ccu.table_name)::text AS name \
          FROM information_schema.table_constraints tc \
          JOIN information_schema.key_column_usage kcu ON tc.constraint_name = kcu.constraint_name AND tc.table_schema = kcu.table_schema \
          JOIN information_schema.constraint_column_usage ccu ON tc.constraint_name = ccu.constraint_name AND tc.table_schema = ccu.table_schema \
          WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = $1",
     )
-    .bind::<Text, _>(&schema)
-    .load::<Named>(&mut conn)
     .await
-    .unwrap()
     .into_iter()
-    .map(|n| n.name)
     .collect();
 
     // Only the minute counts skip the WAL; everything users wrote survives
     // a crash of PostgreSQL and reaches its standbys.
-    let unlogged: Vec<String> = diesel::sql_query(
+    let unlogged: Vec<String> = pg_names(
+        &mut conn,
+        &schema,
         "SELECT c.relname::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relpersistence = 'u'",
     )
-    .bind::<Text, _>(&schema)
-    .load::<Named>(&mut conn)
     .await
-    .unwrap()
     .into_iter()
-    .map(|n| n.name)
     .collect();
     assert_eq!(unlogged, ["rate_windows"]);
 

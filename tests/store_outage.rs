@@ -58,7 +58,9 @@ async fn requests_fail_fast_while_postgres_is_down_and_recover_with_nothing_lost
                 i += 1;
                 let id = format!("w{i}");
                 let started = Instant::now();
-                let result = store.begin_user_turn(conv, &id, "hello", 20, None).await;
+                let result = store
+                    .begin_user_turn(conv, &id, "hello", 20, None, None)
+                    .await;
                 {
                     let mut log = log.lock().unwrap();
                     match result {

@@ -13,16 +13,18 @@ use diesel::prelude::*;
 use super::cached::Cached;
 use super::models::{Message, MessageRole, NewMessage, ReplyStatus};
 use super::queries::{by_client_id, newest};
-use super::schema::messages;
+use super::schema::{conversations, messages};
 
 /// [`super::Store::begin_user_turn`] on SQLite, as one task for the blocking pool:
-/// the message, and the context (oldest first) when the message is new.
+/// the message, and when it is new, the conversation's `title` if it has
+/// none, and the context (oldest first).
 pub(super) fn begin_turn(
     now: i64,
     conversation_id: i64,
     client_msg_id: String,
     content: String,
     window: u32,
+    title: Option<String>,
 ) -> impl FnOnce(&mut diesel::SqliteConnection) -> QueryResult<(Message, Option<Vec<Message>>)>
        + Send
        + 'static {
@@ -53,6 +55,15 @@ pub(super) fn begin_turn(
                 .first(conn)?;
             return Ok((existing, None));
         };
+        if let Some(title) = &title {
+            diesel::update(
+                conversations::table
+                    .find(conversation_id)
+                    .filter(conversations::title.eq("")),
+            )
+            .set(conversations::title.eq(title))
+            .execute(conn)?;
+        }
         let mut context: Vec<Message> = newest(conversation_id, window)
             .select(Message::as_select())
             .load(conn)?;

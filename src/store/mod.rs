@@ -386,20 +386,6 @@ impl Store {
         .optional())
     }
 
-    /// Titles conversation `id` unless it has a title already (its first
-    /// message names it; a rename or a title given at creation stands).
-    pub async fn title_if_untitled(&self, id: i64, title: &str) -> Result<(), StoreError> {
-        with_conn!(self, write "title_if_untitled", |conn| diesel::update(
-            conversations::table
-                .find(id)
-                .filter(conversations::title.eq(""))
-        )
-        .set(conversations::title.eq(title))
-        .execute(conn)
-        .await
-        .map(drop))
-    }
-
     /// Deletes `owner`'s conversation `id` with its messages (`ON DELETE
     /// CASCADE`); false when there is no such conversation of theirs.
     pub async fn delete_conversation(&self, owner_id: i64, id: i64) -> Result<bool, StoreError> {
@@ -469,8 +455,9 @@ impl Store {
     /// backend takes the fewest trips it can: PostgreSQL one statement,
     /// SQLite one blocking call (through diesel-async every statement is a
     /// hop to the blocking pool and back; SQLite takes no lease here, the
-    /// caller does). A message stored before comes back with `created:
-    /// false` and nothing else.
+    /// caller does). Given `title`, a new message also names its
+    /// conversation, if it has no title yet, in the same trip. A message
+    /// stored before comes back with `created: false` and nothing else.
     pub async fn begin_user_turn(
         &self,
         conversation_id: i64,
@@ -478,11 +465,19 @@ impl Store {
         content: &str,
         window: u32,
         lease: Option<LeaseTerms<'_>>,
+        title: Option<&str>,
     ) -> Result<UserTurn, StoreError> {
         match &*self.pools {
             Pools::Postgres(_) => {
-                self.begin_turn_postgres(conversation_id, client_msg_id, content, window, lease)
-                    .await
+                self.begin_turn_postgres(
+                    conversation_id,
+                    client_msg_id,
+                    content,
+                    window,
+                    lease,
+                    title,
+                )
+                .await
             }
             Pools::Sqlite(pool) => {
                 let started = Instant::now();
@@ -496,6 +491,7 @@ impl Store {
                             client_msg_id.to_owned(),
                             content.to_owned(),
                             window,
+                            title.map(str::to_owned),
                         ))
                         .await?;
                     Ok(UserTurn {
@@ -519,10 +515,14 @@ impl Store {
         content: &str,
         window: u32,
         lease: Option<LeaseTerms<'_>>,
+        title: Option<&str>,
     ) -> Result<UserTurn, StoreError> {
         use diesel::sql_types::{BigInt, Nullable, Text};
         // The context is read from the snapshot before the insert: the rows
-        // before this message, to which it is added.
+        // before this message, to which it is added. The title is set
+        // here and the conversation's activity time by the insert's
+        // trigger, which runs after this statement's own changes and sees
+        // them.
         const SQL: &str = "\
             WITH m AS ( \
                 INSERT INTO messages (conversation_id, role, content, status, client_msg_id, \
@@ -532,7 +532,10 @@ impl Store {
                 RETURNING *), \
             lease AS ( \
                 INSERT INTO turn_leases (message_id, user_id, holder, expires_at) \
-                SELECT id, $6, $7, $8 FROM m WHERE $7 IS NOT NULL) \
+                SELECT id, $6, $7, $8 FROM m WHERE $7 IS NOT NULL), \
+            titled AS ( \
+                UPDATE conversations SET title = $9 \
+                WHERE id = $1 AND $9 IS NOT NULL AND title = '' AND EXISTS (SELECT 1 FROM m)) \
             SELECT true AS new, m.* FROM m \
             UNION ALL \
             SELECT false AS new, before.* FROM ( \
@@ -554,6 +557,7 @@ impl Store {
                 .bind::<BigInt, _>(user_id)
                 .bind::<Nullable<Text>, _>(holder)
                 .bind::<BigInt, _>(until)
+                .bind::<Nullable<Text>, _>(title)
         )
         .load::<TurnRow>(conn)
         .await)?;

@@ -92,6 +92,7 @@ async fn bench(name: &str, target: DatabaseTarget, run: Duration) -> anyhow::Res
                 "a question of some length",
                 20,
                 None,
+                None,
             )
             .await?
             .message;
@@ -165,6 +166,7 @@ async fn persist(
                         &format!("{w}-{i}"),
                         "a question of some length",
                         20,
+                        None,
                         None,
                     )
                     .await?
