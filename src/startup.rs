@@ -290,9 +290,23 @@ fn spawn_limits_sweeper(state: web::Data<AppState>) {
         actix_rt::spawn(async move {
             let mut tick = tokio::time::interval(crate::web::ADDRESS_BATCH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Told once when writing starts failing and once when it works
+            // again, not four times a second while the database is away.
+            let mut failing = false;
             loop {
                 tick.tick().await;
-                state.limits.write_address_batch(&state.store).await;
+                match state.limits.write_address_batch(&state.store).await {
+                    Ok(true) if failing => {
+                        info!("the messages per address are written again");
+                        failing = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) if !failing => {
+                        warn!("cannot write the messages per address (retrying): {e}");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
             }
         });
     }

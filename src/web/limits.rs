@@ -269,20 +269,22 @@ impl Limits {
     }
 
     /// Adds the messages per address counted here since the last batch to
-    /// the fleet's minute rows, and learns the fleet's counts back.
-    pub async fn write_address_batch(&self, store: &Store) {
+    /// the fleet's minute rows, and learns the fleet's counts back: whether
+    /// there was anything to write. On an error the batch goes out with the
+    /// next one.
+    pub async fn write_address_batch(
+        &self,
+        store: &Store,
+    ) -> Result<bool, crate::store::StoreError> {
         let window = minute_of(now_ms());
         let batch = self.addresses.take_batch(window);
         if batch.is_empty() {
-            return;
+            return Ok(false);
         }
-        match store.add_window_hits(window, &batch).await {
-            Ok(counts) => self.addresses.settle(window, &batch, Some(&counts)),
-            Err(e) => {
-                tracing::warn!("cannot write the messages per address: {e}");
-                self.addresses.settle(window, &batch, None);
-            }
-        }
+        let written = store.add_window_hits(window, &batch).await;
+        self.addresses
+            .settle(window, &batch, written.as_deref().ok());
+        written.map(|_| true)
     }
 
     /// Forgets the fleet's minutes before the last (run by the sweeper,
