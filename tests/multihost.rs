@@ -182,7 +182,7 @@ fn limits_per_user_hold_across_hosts() {
     );
     let a = TestHost::start_with_config(&config);
     let b = TestHost::start_with_config(&config);
-    start_well_inside_a_minute();
+    start_well_inside_a_minute(20);
     let alice_a = register(&a.url, "alice");
     let alice_b = login(&b.url, "alice").unwrap();
     let conv = alice_a.conversation("slow");
@@ -226,9 +226,10 @@ fn limits_per_user_hold_across_hosts() {
     rt.block_on(schema.drop_schema()).unwrap();
 }
 
-/// The fleet counts per wall-clock minute: waits, if need be, so that a
-/// test's messages fall into one.
-fn start_well_inside_a_minute() {
+/// The fleet counts per wall-clock minute: waits, if need be, until the
+/// current minute has `seconds` left, so that a test's messages fall into
+/// one.
+fn start_well_inside_a_minute(seconds: u64) {
     let second = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -236,7 +237,7 @@ fn start_well_inside_a_minute() {
             .as_secs()
             % 60
     };
-    if second() > 40 {
+    if second() > 60 - seconds {
         std::thread::sleep(Duration::from_secs(61 - second()));
     }
 }
@@ -271,7 +272,7 @@ fn limits_per_address_hold_across_hosts() {
     let bob = register(&b.url, "bob");
     let on_a = alice.conversation("slow");
     let on_b = bob.conversation("slow");
-    start_well_inside_a_minute();
+    start_well_inside_a_minute(20);
     let sent = |user: &ApiUser, conv: i64, id: &str| resend(user, conv, id, "hi").status().as_u16();
 
     for i in 0..3 {
@@ -311,6 +312,82 @@ fn limits_per_address_hold_across_hosts() {
     );
     drop((a, b));
     rt.block_on(schema.drop_schema()).unwrap();
+}
+
+/// Messages refused because the database was away are not counted against
+/// their address by the fleet: host A meets the outage, and host B, which
+/// learns the address's count from the database, sees only what was let
+/// through. (Each host's own limiter, in memory, counts every attempt.)
+#[test]
+fn an_outage_does_not_count_against_an_address_in_the_fleet() {
+    use bothost_testkit::ThrowawayPg;
+    let Some(pg) = ThrowawayPg::start() else {
+        return;
+    };
+    let config = config(&pg.url())
+        .replace(
+            "messages_per_minute_per_ip = 100000",
+            "messages_per_minute_per_ip = 6",
+        )
+        .replace("token_delay = \"60ms\"", "token_delay = \"0ms\"");
+    let a = TestHost::start_with_config(&config);
+    let alice = register(&a.url, "alice");
+    let conv = alice.conversation("slow");
+    // The outage and the database's restart take a few seconds.
+    start_well_inside_a_minute(40);
+    let rt = runtime();
+    // Over a WebSocket, which knows its conversation already, the fleet's
+    // count is the first thing to meet the outage.
+    let mut ws = rt.block_on(alice.ws());
+    // The turn's last frame: `done`, or its error's code.
+    let mut turn = |id: &str| {
+        rt.block_on(async {
+            ws.chat(conv, id, "hi").await;
+            loop {
+                let f = ws.next().await;
+                match f["type"].as_str() {
+                    Some("done") => return "done".to_owned(),
+                    Some("error") => return f["code"].as_str().unwrap_or("").to_owned(),
+                    _ => {}
+                }
+            }
+        })
+    };
+    assert_eq!(turn("m0"), "done");
+
+    pg.stop();
+    for i in 0..4 {
+        assert_eq!(
+            turn(&format!("down{i}")),
+            "store_unavailable",
+            "message {i}"
+        );
+    }
+    pg.start_again();
+    a.wait_for("the database to be back", Duration::from_secs(30), || {
+        (a.http_get("/readyz").0 == 200).then_some(())
+    });
+    let written = address_batches(&a);
+    assert_eq!(turn("m1"), "done");
+    a.wait_for("A to write its count", Duration::from_secs(10), || {
+        (address_batches(&a) > written).then_some(())
+    });
+
+    // Two let through on A: four more fit on B, and no fifth.
+    let b = TestHost::start_with_config(&config);
+    let bob = register(&b.url, "bob");
+    let on_b = bob.conversation("slow");
+    for i in 0..4 {
+        assert_eq!(
+            resend(&bob, on_b, &format!("b{i}"), "hi").status(),
+            200,
+            "bob's message {i}"
+        );
+    }
+    assert_eq!(
+        error_code(resend(&bob, on_b, "b4", "hi")),
+        (429, "rate_limited".into())
+    );
 }
 
 /// PostgreSQL fails over to a promoted streaming standby: with both in

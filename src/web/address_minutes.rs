@@ -47,7 +47,8 @@ struct Minute {
     fleet: i64,
     /// Counted here, in a batch being written now.
     sending: i64,
-    /// Counted here, not yet in any batch.
+    /// Counted here, not yet in any batch (below zero: taken back after
+    /// it went out, see [`AddressMinutes::uncount`]).
     unsent: i64,
 }
 
@@ -89,6 +90,20 @@ impl AddressMinutes {
                 }
             }
             _ => Count::Unknown,
+        }
+    }
+
+    /// Takes back a message [`Count::Counted`] here that was not let
+    /// through after all because the database could not be reached: an
+    /// outage must not leave an address over its cap when it ends. If the
+    /// message went out in a batch meanwhile, the next batch carries one
+    /// fewer (`unsent` goes below zero until then).
+    pub fn uncount(&self, address: &str, start: i64) {
+        let Ok(mut minutes) = self.0.lock() else {
+            return;
+        };
+        if let Some(m) = minutes.get_mut(address).filter(|m| m.start == start) {
+            m.unsent -= 1;
         }
     }
 
@@ -217,6 +232,38 @@ mod tests {
         assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
         assert_eq!(a.count("ip:1", MINUTE, 3), Count::Over);
         assert_eq!(a.take_batch(MINUTE), vec![("ip:1".into(), 2)]);
+    }
+
+    #[test]
+    fn a_message_the_database_never_saw_is_taken_back() {
+        let a = AddressMinutes::default();
+        a.learn("ip:1", MINUTE, 1);
+        assert_eq!(a.count("ip:1", MINUTE, 2), Count::Counted);
+        a.uncount("ip:1", MINUTE);
+        assert!(a.take_batch(MINUTE).is_empty());
+        assert_eq!(a.count("ip:1", MINUTE, 2), Count::Counted);
+        assert_eq!(a.count("ip:1", MINUTE, 2), Count::Over);
+
+        // Taken back after it went out in a batch: the next carries one
+        // fewer, whether that batch was written or not.
+        for written in [true, false] {
+            let a = AddressMinutes::default();
+            a.learn("ip:1", MINUTE, 1);
+            assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
+            let batch = a.take_batch(MINUTE);
+            a.uncount("ip:1", MINUTE);
+            let answer = [("ip:1".to_owned(), 2)];
+            a.settle(MINUTE, &batch, written.then_some(&answer[..]));
+            assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
+            assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
+            assert_eq!(
+                a.count("ip:1", MINUTE, 3),
+                Count::Over,
+                "written: {written}"
+            );
+            let next: i32 = a.take_batch(MINUTE).iter().map(|(_, n)| n).sum();
+            assert_eq!(next, if written { 1 } else { 2 }, "written: {written}");
+        }
     }
 
     #[test]

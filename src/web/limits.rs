@@ -234,17 +234,26 @@ impl Limits {
         let ip = ip.map(|ip| format!("ip:{ip}"));
         // The address goes to the database only if this host has no count
         // for it this minute.
-        let ask_for_ip = match ip
+        let count = ip
             .as_deref()
-            .map(|ip| self.addresses.count(ip, window, max_ip))
-        {
+            .map(|ip| self.addresses.count(ip, window, max_ip));
+        let ask_for_ip = match count {
             Some(Count::Over) => return Err(too_many_from_address()),
             Some(Count::Unknown) => ip.as_deref(),
             Some(Count::Counted) | None => None,
         };
-        let hits = store
+        let hits = match store
             .fleet_hits(&format!("u:{user}"), ask_for_ip, window, user)
-            .await?;
+            .await
+        {
+            Ok(hits) => hits,
+            Err(e) => {
+                if let (Some(ip), Some(Count::Counted)) = (ip.as_deref(), count) {
+                    self.addresses.uncount(ip, window);
+                }
+                return Err(e.into());
+            }
+        };
         if let Some(ip) = ask_for_ip {
             self.addresses.learn(ip, window, i64::from(hits.ip_hits));
         }
