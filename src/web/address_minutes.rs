@@ -15,6 +15,10 @@
 //!   by the next batch (every [`BATCH_EVERY`]), whose answer is the fleet's
 //!   count again, now with the other hosts' messages.
 //!
+//! A message counted here that the database then could not take (an
+//! outage) is taken back ([`AddressMinutes::uncount`]): an outage must not
+//! leave an address over its cap once it ends.
+//!
 //! The price: a host learns of the other hosts' messages from an address
 //! only when it writes its own, so the fleet may let through, over the cap,
 //! what the other hosts let through since this host's last batch (a
