@@ -246,6 +246,15 @@ async fn a_new_turn_stores_its_message_with_its_context_and_lease() {
             (false, None, false)
         );
         assert_eq!(again.message, turn.message, "{backend}");
+        if backend == "postgres" {
+            // Read back by the same statement, not a second one.
+            assert!(
+                !db.metrics
+                    .render()
+                    .contains("bothost_db_query_duration_seconds_count{query=\"user_message\"}"),
+                "a resend took a second round trip"
+            );
+        }
         db.cleanup().await;
     }
 }

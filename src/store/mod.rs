@@ -519,7 +519,8 @@ impl Store {
     ) -> Result<UserTurn, StoreError> {
         use diesel::sql_types::{BigInt, Nullable, Text};
         // The context is read from the snapshot before the insert: the rows
-        // before this message, to which it is added. The title is set
+        // before this message, to which it is added. A message stored
+        // before comes back alone (the same snapshot holds it). The title is set
         // here and the conversation's activity time by the insert's
         // trigger, which runs after this statement's own changes and sees
         // them.
@@ -541,7 +542,11 @@ impl Store {
             SELECT false AS new, before.* FROM ( \
                 SELECT * FROM messages WHERE conversation_id = $1 \
                 ORDER BY id DESC LIMIT $5) AS before \
-            WHERE EXISTS (SELECT 1 FROM m)";
+            WHERE EXISTS (SELECT 1 FROM m) \
+            UNION ALL \
+            SELECT false AS new, stored.* FROM messages AS stored \
+            WHERE stored.conversation_id = $1 AND stored.client_msg_id = $3 \
+              AND NOT EXISTS (SELECT 1 FROM m)";
         let now = now_ms();
         let (user_id, holder, until) = match &lease {
             Some(terms) => (terms.user_id, Some(terms.holder), terms.until),
@@ -576,11 +581,20 @@ impl Store {
             });
         }
         // Stored before (the insert met its unique index): the existing
-        // row, and the caller does the rest.
-        let message = self
-            .user_message(conversation_id, client_msg_id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        // row, and the caller does the rest. The statement read it too,
+        // unless it was committed by another transaction after this
+        // statement's snapshot was taken (a resend racing its original).
+        let stored = rows
+            .into_iter()
+            .next()
+            .map(|row| Message::try_from(row.message));
+        let message = match stored {
+            Some(message) => message?,
+            None => self
+                .user_message(conversation_id, client_msg_id)
+                .await?
+                .ok_or(StoreError::NotFound)?,
+        };
         Ok(UserTurn {
             message,
             created: false,
