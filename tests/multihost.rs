@@ -242,6 +242,17 @@ fn start_well_inside_a_minute(seconds: u64) {
     }
 }
 
+/// [`config`] with six messages per minute per address, and replies at
+/// once.
+fn six_per_address(db_url: &str) -> String {
+    config(db_url)
+        .replace(
+            "messages_per_minute_per_ip = 100000",
+            "messages_per_minute_per_ip = 6",
+        )
+        .replace("token_delay = \"60ms\"", "token_delay = \"0ms\"")
+}
+
 /// How many batches of messages per address `host` has written.
 fn address_batches(host: &TestHost) -> f64 {
     host.metric("bothost_db_query_duration_seconds_count{query=\"add_window_hits\"}")
@@ -259,12 +270,7 @@ fn limits_per_address_hold_across_hosts() {
     };
     let rt = runtime();
     let schema = rt.block_on(PgSchema::create(&base, "addresses")).unwrap();
-    let config = config(&schema.url)
-        .replace(
-            "messages_per_minute_per_ip = 100000",
-            "messages_per_minute_per_ip = 6",
-        )
-        .replace("token_delay = \"60ms\"", "token_delay = \"0ms\"");
+    let config = six_per_address(&schema.url);
     let a = TestHost::start_with_config(&config);
     let b = TestHost::start_with_config(&config);
     // Two users, one address (127.0.0.1).
@@ -324,12 +330,7 @@ fn an_outage_does_not_count_against_an_address_in_the_fleet() {
     let Some(pg) = ThrowawayPg::start() else {
         return;
     };
-    let config = config(&pg.url())
-        .replace(
-            "messages_per_minute_per_ip = 100000",
-            "messages_per_minute_per_ip = 6",
-        )
-        .replace("token_delay = \"60ms\"", "token_delay = \"0ms\"");
+    let config = six_per_address(&pg.url());
     let a = TestHost::start_with_config(&config);
     let alice = register(&a.url, "alice");
     let conv = alice.conversation("slow");
@@ -343,13 +344,10 @@ fn an_outage_does_not_count_against_an_address_in_the_fleet() {
     let mut turn = |id: &str| {
         rt.block_on(async {
             ws.chat(conv, id, "hi").await;
-            loop {
-                let f = ws.next().await;
-                match f["type"].as_str() {
-                    Some("done") => return "done".to_owned(),
-                    Some("error") => return f["code"].as_str().unwrap_or("").to_owned(),
-                    _ => {}
-                }
+            let (_, _, last) = ws.turn().await;
+            match last["type"].as_str() {
+                Some("error") => last["code"].as_str().unwrap_or("").to_owned(),
+                other => other.unwrap_or("").to_owned(),
             }
         })
     };
