@@ -265,7 +265,13 @@ impl Client {
         let status = res.status().as_u16();
         let wait = retry_after(res.headers());
         match status {
-            200 => Ok(()),
+            // Read to the end, as the page does: only then can the
+            // connection carry the next request instead of a new one being
+            // opened for it.
+            200 => res.bytes().await.map(drop).map_err(|_| Refusal::Retry {
+                status: None,
+                wait: Duration::from_secs(1),
+            }),
             503 | 429 | 408 => Err(Refusal::Retry {
                 status: Some(status),
                 wait,
