@@ -87,6 +87,38 @@ async fn users_are_unique_and_the_hash_never_serializes() {
 }
 
 #[tokio::test]
+async fn an_account_comes_back_with_its_own_ended_tokens_only() {
+    for db in backends(&config()).await {
+        let s = &db.store;
+        let alice = s.create_user("alice", "h", UserRole::User).await.unwrap();
+        let bob = s.create_user("bob", "h", UserRole::User).await.unwrap();
+        let far = 4_000_000_000;
+        assert_eq!(
+            s.user_and_revoked_tokens(alice.id).await.unwrap(),
+            Some((alice.clone(), vec![])),
+            "{}",
+            s.backend()
+        );
+        for jti in ["a1", "a2"] {
+            s.revoke_token(alice.id, jti, far).await.unwrap();
+        }
+        s.revoke_token(bob.id, "b1", far).await.unwrap();
+        let (user, mut revoked) = s.user_and_revoked_tokens(alice.id).await.unwrap().unwrap();
+        revoked.sort();
+        assert_eq!(
+            (user, revoked),
+            (alice.clone(), vec!["a1".into(), "a2".into()])
+        );
+        assert_eq!(
+            s.user_and_revoked_tokens(bob.id).await.unwrap(),
+            Some((bob.clone(), vec!["b1".into()]))
+        );
+        assert_eq!(s.user_and_revoked_tokens(bob.id + 100).await.unwrap(), None);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
 async fn history_pages_newest_first_and_context_is_the_last_window_in_order() {
     for db in backends(&config()).await {
         let s = &db.store;

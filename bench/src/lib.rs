@@ -6,6 +6,7 @@
 pub mod fake;
 pub mod ws;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -192,9 +193,76 @@ impl CpuSnapshot {
     }
 }
 
+/// How many store operations of each kind a host has run so far (its
+/// `bothost_db_query_duration_seconds_count` series). Per turn, the
+/// difference of two is the one figure of a run that machine noise does not
+/// move: a statement saved shows here even when the CPU figures cannot tell.
+#[derive(Debug, Clone, Default)]
+pub struct Statements(BTreeMap<String, f64>);
+
+impl Statements {
+    const SERIES: &'static str = "bothost_db_query_duration_seconds_count{query=\"";
+
+    pub fn take(host: &HostProcess) -> Self {
+        Self::parse(&host.http_get("/metrics").1)
+    }
+
+    fn parse(metrics: &str) -> Self {
+        Self(
+            metrics
+                .lines()
+                .filter_map(|line| {
+                    let (name, value) = line.strip_prefix(Self::SERIES)?.split_once("\"} ")?;
+                    Some((name.to_owned(), value.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// "store operations per turn: 3.00 (begin_user_turn 1.00, …)", the
+    /// ones run at least once every hundred turns.
+    pub fn per_turn_since(&self, before: &Self, turns: u64) -> String {
+        let turns = turns.max(1) as f64;
+        let per: Vec<(&str, f64)> = self
+            .0
+            .iter()
+            .map(|(name, now)| {
+                let then = before.0.get(name).copied().unwrap_or(0.0);
+                (name.as_str(), (now - then) / turns)
+            })
+            .filter(|(_, n)| *n >= 0.01)
+            .collect();
+        format!(
+            "store operations per turn: {:.2} ({})",
+            per.iter().map(|(_, n)| n).sum::<f64>(),
+            per.iter()
+                .map(|(name, n)| format!("{name} {n:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_per_turn_are_the_differences_of_the_counts() {
+        let before = Statements::parse(
+            "bothost_db_query_duration_seconds_count{query=\"put_reply\"} 10\n\
+             bothost_db_query_duration_seconds_sum{query=\"put_reply\"} 0.5\n",
+        );
+        let after = Statements::parse(
+            "bothost_db_query_duration_seconds_count{query=\"begin_user_turn\"} 4\n\
+             bothost_db_query_duration_seconds_count{query=\"put_reply\"} 14\n\
+             bothost_db_query_duration_seconds_count{query=\"user\"} 0\n",
+        );
+        assert_eq!(
+            after.per_turn_since(&before, 4),
+            "store operations per turn: 2.00 (begin_user_turn 1.00, put_reply 1.00)"
+        );
+    }
 
     #[test]
     fn percentiles_pick_the_nearest_rank() {

@@ -269,13 +269,30 @@ impl Store {
         })
     }
 
-    /// The ids of user `id`'s tokens ended one by one.
-    pub async fn revoked_tokens(&self, user_id: i64) -> Result<Vec<String>, StoreError> {
-        with_conn!(self, "revoked_tokens", |conn| revoked_tokens::table
-            .filter(revoked_tokens::user_id.eq(user_id))
-            .select(revoked_tokens::jti)
-            .load(conn)
-            .await)
+    /// User `id` and the ids of their tokens ended one by one, in one
+    /// statement: a session check needs both, and after a restart every
+    /// returning user's first request waits for it.
+    pub async fn user_and_revoked_tokens(
+        &self,
+        id: i64,
+    ) -> Result<Option<(User, Vec<String>)>, StoreError> {
+        let rows: Vec<(User, Option<String>)> =
+            with_conn!(self, "user_and_revoked_tokens", |conn| {
+                users::table
+                    .left_join(revoked_tokens::table.on(revoked_tokens::user_id.eq(users::id)))
+                    .filter(users::id.eq(id))
+                    .select((User::as_select(), revoked_tokens::jti.nullable()))
+                    .load(conn)
+                    .await
+            })?;
+        let mut rows = rows.into_iter();
+        Ok(rows.next().map(|(user, first)| {
+            let revoked = first
+                .into_iter()
+                .chain(rows.filter_map(|(_, jti)| jti))
+                .collect();
+            (user, revoked)
+        }))
     }
 
     /// Deletes user `id` with everything the user owns (conversations and

@@ -134,11 +134,10 @@ impl Sessions {
     async fn lookup(&self, id: i64) -> Result<Option<Account>, StoreError> {
         let store = self.store.clone();
         actix_rt::spawn(async move {
-            let Some(user) = store.user(id).await? else {
-                return Ok(None);
-            };
-            let revoked = store.revoked_tokens(id).await?;
-            Ok(Some(Account::of(&user, revoked)))
+            Ok(store
+                .user_and_revoked_tokens(id)
+                .await?
+                .map(|(user, revoked)| Account::of(&user, revoked)))
         })
         .await
         .unwrap_or_else(|e| {

@@ -29,7 +29,7 @@ use anyhow::Context;
 use bothost_bench::ws::{connect, turn, WsStream, CONNECTION_CLOSED};
 use bothost_bench::{
     bench_database_url, mib, ms, start_host, CpuSnapshot, HostProcess, Percentiles, PgSchema,
-    NO_LIMITS,
+    Statements, NO_LIMITS,
 };
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -274,6 +274,8 @@ struct ChatFigures {
     persisted: u64,
     /// CPU per completed turn of the host, its workers and PostgreSQL.
     cpu: String,
+    /// Store operations per completed turn.
+    statements: String,
 }
 
 impl ChatFigures {
@@ -287,6 +289,7 @@ impl ChatFigures {
             self.completed
         );
         println!("{}", self.cpu);
+        println!("{}", self.statements);
         println!("| from `send` to | P50 | P95 | P99 | max |");
         println!("|---|---|---|---|---|");
         for (what, samples) in [
@@ -334,6 +337,7 @@ async fn chat_load(
         })
         .collect();
     let cpu_before = CpuSnapshot::take(host.pid());
+    let statements_before = Statements::take(host);
     // A line every 5 s: a slowdown or a growing host shows as a trend.
     let started = tokio::time::Instant::now();
     let mut last = 0;
@@ -354,7 +358,9 @@ async fn chat_load(
     for (task, (_, conversation)) in tasks.into_iter().zip(&conversations) {
         counted.insert(*conversation, task.await?);
     }
-    let cpu = CpuSnapshot::take(host.pid()).per_turn_since(&cpu_before, counted.values().sum());
+    let turns = counted.values().sum();
+    let cpu = CpuSnapshot::take(host.pid()).per_turn_since(&cpu_before, turns);
+    let statements = Statements::take(host).per_turn_since(&statements_before, turns);
     let mut persisted = 0;
     for (token, conversation) in &conversations {
         let stored = complete_turns(http, base, token, *conversation).await?;
@@ -364,6 +370,7 @@ async fn chat_load(
     figures.persisted = persisted;
     figures.completed = counted.values().sum();
     figures.cpu = cpu;
+    figures.statements = statements;
     Ok(figures)
 }
 

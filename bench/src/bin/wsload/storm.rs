@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bothost_bench::{ms, start_host, CpuSnapshot, Percentiles, PgSchema};
+use bothost_bench::{ms, start_host, CpuSnapshot, Percentiles, PgSchema, Statements};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -78,6 +78,7 @@ pub async fn run(clients: usize, schema: Option<&PgSchema>) -> anyhow::Result<()
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let cpu_before = CpuSnapshot::take(host.pid());
+    let statements_before = Statements::take(&host);
     let started = Instant::now();
     let tasks: Vec<_> = conversations
         .iter()
@@ -117,6 +118,7 @@ pub async fn run(clients: usize, schema: Option<&PgSchema>) -> anyhow::Result<()
         open.push(task.await?);
     }
     let cpu = CpuSnapshot::take(host.pid());
+    let statements = Statements::take(&host);
     let total = started.elapsed();
     drop(open);
 
@@ -148,6 +150,10 @@ pub async fn run(clients: usize, schema: Option<&PgSchema>) -> anyhow::Result<()
         t.refused_503, t.refused_429, t.timeouts_408, t.connect_failures
     );
     println!("{}", cpu.per_turn_since(&cpu_before, t.back.len() as u64));
+    println!(
+        "{}",
+        statements.per_turn_since(&statements_before, t.back.len() as u64)
+    );
     let (exact, wrong) = check_store(&http, &base, &conversations).await?;
     println!(
         "store: {exact} of {clients} conversations hold the message once and one complete reply; \
