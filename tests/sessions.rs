@@ -2,7 +2,8 @@
 //! everywhere, a password change, a role change, disabling and deleting an
 //! account (from the API or `bothost user …`) end every older token, on
 //! REST and on an open WebSocket, and the role is always the account's
-//! current one.
+//! current one. A burst of one user's requests waits for a single lookup
+//! of the account.
 
 mod common;
 
@@ -288,4 +289,49 @@ fn a_bad_query_next_to_a_session_check_gets_its_400() {
         .expect("an answer, not a cut connection");
     assert_eq!(error_code(res), (400, "invalid_query".into()));
     assert!(!host.log().contains("panicked"), "{}", host.log());
+}
+
+/// A user's tabs all reconnect at once when a host comes back: their
+/// requests wait for one lookup of the account, not one each.
+#[actix_rt::test]
+async fn a_burst_for_one_account_waits_for_a_single_lookup() {
+    use bothost::config::DatabaseConfig;
+    use bothost::store::UserRole;
+    use bothost::web::auth::Claims;
+    use bothost::web::sessions::Sessions;
+
+    let db = common::db::sqlite(&DatabaseConfig::default()).await;
+    let alice = db
+        .store
+        .create_user("alice", "hash", UserRole::User)
+        .await
+        .expect("user");
+    let sessions = Sessions::new(db.store.clone());
+    let claims = Claims {
+        sub: alice.id,
+        name: "alice".into(),
+        generation: alice.token_generation,
+        jti: "tab".into(),
+        iat: 0,
+        exp: u64::MAX,
+    };
+    // Every check is polled, and misses the cache, before any lookup has
+    // had a chance to run.
+    let checks = futures_util::future::join_all((0..20).map(|_| sessions.check(&claims))).await;
+    for check in checks {
+        assert_eq!(check.expect("the session holds").id, alice.id);
+    }
+    let lookups = || {
+        db.metrics.render().lines().find_map(|line| {
+            line.strip_prefix(
+                "bothost_db_query_duration_seconds_count{query=\"user_and_revoked_tokens\"} ",
+            )
+            .map(str::to_owned)
+        })
+    };
+    assert_eq!(lookups().as_deref(), Some("1"));
+    // Cached now: the next check reads nothing.
+    sessions.check(&claims).await.expect("the session holds");
+    assert_eq!(lookups().as_deref(), Some("1"));
+    db.cleanup().await;
 }

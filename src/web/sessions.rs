@@ -12,17 +12,21 @@
 //!
 //! One lookup per user per [`RECHECK`], not per request: the cache keeps
 //! what the database said, so a burst of requests (or a WebSocket's turns)
-//! costs a hash-map read. While the database cannot be reached, a user seen
-//! before is judged by what was seen last; one never seen gets a 503.
+//! costs a hash-map read. Requests that find no fresh view while a lookup
+//! of the same account is under way wait for that one instead of starting
+//! their own: when a host comes back, a user's tabs all reconnect at once.
+//! While the database cannot be reached, a user seen before is judged by
+//! what was seen last; one never seen gets a 503.
 //!
 //! This module never issues tokens (`auth` does) and never decides what a
 //! role may do (handlers do).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use super::auth::Claims;
 use super::error::ApiError;
@@ -90,9 +94,14 @@ struct Seen {
     account: Option<Account>,
 }
 
+/// One account's lookup, awaited by every request that needs it.
+type Lookup = Shared<BoxFuture<'static, Result<Option<Account>, Arc<StoreError>>>>;
+
 pub struct Sessions {
     store: Store,
     cache: Mutex<HashMap<i64, Seen>>,
+    /// Lookups under way, by account.
+    pending: Mutex<HashMap<i64, Lookup>>,
 }
 
 impl Sessions {
@@ -100,6 +109,7 @@ impl Sessions {
         Self {
             store,
             cache: Mutex::default(),
+            pending: Mutex::default(),
         }
     }
 
@@ -109,20 +119,47 @@ impl Sessions {
         let account = match fresh {
             Some(account) => account,
             None => match self.lookup(claims.sub).await {
-                Ok(account) => {
-                    self.remember(claims.sub, account.clone());
-                    account
-                }
+                Ok(account) => account,
                 Err(e) => match self.cached(claims.sub, |_| true) {
                     Some(stale) => {
                         tracing::warn!(user = claims.sub, "judging a session by a stale view: {e}");
                         stale
                     }
-                    None => return Err(e.into()),
+                    // The error itself when this request was the only one
+                    // waiting for it; its words otherwise.
+                    None => {
+                        return Err(Arc::try_unwrap(e)
+                            .unwrap_or_else(|shared| StoreError::Unavailable(shared.to_string()))
+                            .into())
+                    }
                 },
             },
         };
         verdict(claims, account.as_ref())
+    }
+
+    /// The account as the database has it now, through the lookup of it
+    /// already under way if there is one. What it found is cached before
+    /// the lookup stops being the one under way, so a request that comes
+    /// after finds one or the other.
+    async fn lookup(&self, id: i64) -> Result<Option<Account>, Arc<StoreError>> {
+        let lookup = match self.pending.lock() {
+            Ok(mut pending) => pending
+                .entry(id)
+                .or_insert_with(|| Self::read(self.store.clone(), id))
+                .clone(),
+            Err(_) => Self::read(self.store.clone(), id),
+        };
+        let found = lookup.clone().await;
+        if let Ok(account) = &found {
+            self.remember(id, account.clone());
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            if pending.get(&id).is_some_and(|p| p.ptr_eq(&lookup)) {
+                pending.remove(&id);
+            }
+        }
+        found
     }
 
     /// Reads the account from the database in a task of its own. The
@@ -131,20 +168,24 @@ impl Sessions {
     /// (diesel-async waits for it with `block_in_place`, which the HTTP
     /// workers' single-threaded runtime does not allow); a task runs to its
     /// end whoever stops waiting for it.
-    async fn lookup(&self, id: i64) -> Result<Option<Account>, StoreError> {
-        let store = self.store.clone();
-        actix_rt::spawn(async move {
+    fn read(store: Store, id: i64) -> Lookup {
+        let task = actix_rt::spawn(async move {
             Ok(store
                 .user_and_revoked_tokens(id)
                 .await?
                 .map(|(user, revoked)| Account::of(&user, revoked)))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(StoreError::Setup(format!(
-                "the account lookup stopped: {e}"
-            )))
-        })
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|e| {
+                    Err(StoreError::Setup(format!(
+                        "the account lookup stopped: {e}"
+                    )))
+                })
+                .map_err(Arc::new)
+        }
+        .boxed()
+        .shared()
     }
 
     /// Drops what this host knows of user `id`, after this host changed
