@@ -321,17 +321,87 @@ async fn a_burst_for_one_account_waits_for_a_single_lookup() {
     for check in checks {
         assert_eq!(check.expect("the session holds").id, alice.id);
     }
-    let lookups = || {
-        db.metrics.render().lines().find_map(|line| {
-            line.strip_prefix(
-                "bothost_db_query_duration_seconds_count{query=\"user_and_revoked_tokens\"} ",
-            )
-            .map(str::to_owned)
-        })
-    };
-    assert_eq!(lookups().as_deref(), Some("1"));
+    assert_eq!(account_lookups(&db), 1);
     // Cached now: the next check reads nothing.
     sessions.check(&claims).await.expect("the session holds");
-    assert_eq!(lookups().as_deref(), Some("1"));
+    assert_eq!(account_lookups(&db), 1);
     db.cleanup().await;
+}
+
+/// A lookup that may have read the account before this host changed it is
+/// neither joined nor kept: the change ends older tokens at once here.
+#[actix_rt::test]
+async fn a_change_here_is_not_hidden_by_a_lookup_from_before_it() {
+    use bothost::config::DatabaseConfig;
+    use bothost::store::{UserChange, UserRole};
+    use bothost::web::auth::Claims;
+    use bothost::web::sessions::Sessions;
+    use futures_util::FutureExt;
+
+    let db = common::db::sqlite(&DatabaseConfig::default()).await;
+    let alice = db
+        .store
+        .create_user("alice", "hash", UserRole::User)
+        .await
+        .expect("user");
+    let sessions = Sessions::new(db.store.clone());
+    let claims = Claims {
+        sub: alice.id,
+        name: "alice".into(),
+        generation: alice.token_generation,
+        jti: "tab".into(),
+        iat: 0,
+        exp: u64::MAX,
+    };
+    // A request's lookup has read the account as it was, and the request
+    // has not yet heard back…
+    let mut before = Box::pin(sessions.check(&claims));
+    assert!((&mut before).now_or_never().is_none());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while account_lookups(&db) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the lookup never ran");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // …when this host ends the account's sessions (a password change).
+    db.store
+        .update_user(
+            alice.id,
+            UserChange {
+                password_hash: Some("new hash".into()),
+                role: None,
+                disabled_at: None,
+            },
+        )
+        .await
+        .expect("update")
+        .expect("alice");
+    sessions.forget(alice.id);
+    let after = sessions.check(&claims).await;
+    assert_eq!(
+        after.expect_err("the old token ended").code,
+        "session_ended"
+    );
+    // The request from before the change is judged by what it read; that
+    // is not kept.
+    assert!(before.await.is_ok());
+    assert_eq!(
+        sessions.check(&claims).await.expect_err("still ended").code,
+        "session_ended"
+    );
+    db.cleanup().await;
+}
+
+/// Account lookups `db`'s store has made.
+fn account_lookups(db: &common::db::TestDb) -> u64 {
+    db.metrics
+        .render()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "bothost_db_query_duration_seconds_count{query=\"user_and_revoked_tokens\"} ",
+            )?
+            .parse()
+            .ok()
+        })
+        .unwrap_or(0)
 }

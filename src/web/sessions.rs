@@ -141,7 +141,9 @@ impl Sessions {
     /// The account as the database has it now, through the lookup of it
     /// already under way if there is one. What it found is cached before
     /// the lookup stops being the one under way, so a request that comes
-    /// after finds one or the other.
+    /// after finds one or the other; unless this host changed the account
+    /// meanwhile ([`Sessions::forget`]): then what it found may be from
+    /// before the change, and the next request reads the account again.
     async fn lookup(&self, id: i64) -> Result<Option<Account>, Arc<StoreError>> {
         let lookup = match self.pending.lock() {
             Ok(mut pending) => pending
@@ -151,11 +153,11 @@ impl Sessions {
             Err(_) => Self::read(self.store.clone(), id),
         };
         let found = lookup.clone().await;
-        if let Ok(account) = &found {
-            self.remember(id, account.clone());
-        }
         if let Ok(mut pending) = self.pending.lock() {
             if pending.get(&id).is_some_and(|p| p.ptr_eq(&lookup)) {
+                if let Ok(account) = &found {
+                    self.remember(id, account.clone());
+                }
                 pending.remove(&id);
             }
         }
@@ -190,9 +192,14 @@ impl Sessions {
 
     /// Drops what this host knows of user `id`, after this host changed
     /// the account: the next request reads it again.
+    /// A lookup under way is dropped too: it may have read the account
+    /// before the change.
     pub fn forget(&self, id: i64) {
         if let Ok(mut cache) = self.cache.lock() {
             cache.remove(&id);
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&id);
         }
     }
 
