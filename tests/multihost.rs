@@ -226,6 +226,47 @@ fn limits_per_user_hold_across_hosts() {
     rt.block_on(schema.drop_schema()).unwrap();
 }
 
+/// Where hosts share the database, a WebSocket's first message to a
+/// conversation reads the conversation in the fleet's statement, not in
+/// one of its own; someone else's conversation is still not found.
+#[test]
+fn a_websockets_first_message_reads_its_conversation_with_the_fleets_counts() {
+    let Some(base) = test_database_url() else {
+        return;
+    };
+    let rt = runtime();
+    let schema = rt.block_on(PgSchema::create(&base, "first")).unwrap();
+    let host = TestHost::start_with_config(&config(&schema.url));
+    let alice = register(&host.url, "alice");
+    let mallory = register(&host.url, "mallory");
+    let conv = alice.conversation("slow");
+    rt.block_on(async {
+        let mut ws = mallory.ws().await;
+        ws.chat(conv, "m1", "let me in").await;
+        let (_, _, refused) = ws.turn().await;
+        assert_eq!(
+            (refused["type"].as_str(), refused["code"].as_str()),
+            (Some("error"), Some("not_found")),
+            "{refused}"
+        );
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "a1", "hello").await;
+        let (_, text, done) = ws.turn().await;
+        assert_eq!(done["type"], "done", "{done}");
+        assert!(!text.is_empty());
+    });
+    let statements = |query: &str| {
+        host.metric(&format!(
+            "bothost_db_query_duration_seconds_count{{query=\"{query}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    assert_eq!(statements("fleet_hits"), 2.0);
+    assert_eq!(statements("conversation"), 0.0, "a statement of its own");
+    drop(host);
+    rt.block_on(schema.drop_schema()).unwrap();
+}
+
 /// The fleet counts per wall-clock minute: waits, if need be, until the
 /// current minute has `seconds` left, so that a test's messages fall into
 /// one.

@@ -941,14 +941,18 @@ impl Store {
     /// The fleet's bookkeeping for one message, in one round trip: a hit
     /// for `user_subject`'s and (if any) `ip_subject`'s minute starting at
     /// `window_start` (ms), and how many turns of user `user_id` some host
-    /// is answering now. PostgreSQL only (see [`Store::is_shared`]).
+    /// is answering now. Given `read`, also user `user_id`'s conversation
+    /// of that id, if there is one: a WebSocket's first message to a
+    /// conversation needs both, and a statement is most of what either
+    /// costs. PostgreSQL only (see [`Store::is_shared`]).
     pub async fn fleet_hits(
         &self,
         user_subject: &str,
         ip_subject: Option<&str>,
         window_start: i64,
         user_id: i64,
-    ) -> Result<FleetHits, StoreError> {
+        read: Option<i64>,
+    ) -> Result<(FleetHits, Option<Conversation>), StoreError> {
         use diesel::sql_types::{BigInt, Nullable, Text};
         // The rows are upserted in one order (the user's, then the
         // address's), so two messages never wait on each other's rows in a
@@ -963,18 +967,24 @@ impl Store {
             SELECT COALESCE((SELECT hits FROM hit WHERE subject = $1), 0) AS user_hits, \
                    COALESCE((SELECT hits FROM hit WHERE subject = $2), 0) AS ip_hits, \
                    (SELECT count(*) FROM turn_leases \
-                    WHERE user_id = $4 AND expires_at > $5) AS live_turns";
+                    WHERE user_id = $4 AND expires_at > $5) AS live_turns, \
+                   c.id AS c_id, c.owner_id AS c_owner_id, c.bot AS c_bot, c.title AS c_title, \
+                   c.created_at AS c_created_at, c.updated_at AS c_updated_at \
+            FROM (SELECT 1) AS one \
+            LEFT JOIN conversations AS c ON c.id = $6 AND c.owner_id = $4";
         let now = now_ms();
-        with_conn!(self, write "fleet_hits", |conn| Cached(
+        let row = with_conn!(self, write "fleet_hits", |conn| Cached(
             diesel::sql_query(SQL)
                 .bind::<Text, _>(user_subject)
                 .bind::<Nullable<Text>, _>(ip_subject)
                 .bind::<BigInt, _>(window_start)
                 .bind::<BigInt, _>(user_id)
                 .bind::<BigInt, _>(now)
+                .bind::<Nullable<BigInt>, _>(read)
         )
-        .get_result::<FleetHits>(conn)
-        .await)
+        .get_result::<FleetRow>(conn)
+        .await)?;
+        Ok((row.hits, row.conversation()))
     }
 
     /// Adds each `(subject, hits)` of `batch` to its row for the minute
@@ -1139,6 +1149,39 @@ pub struct FleetHits {
     pub ip_hits: i32,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub live_turns: i64,
+}
+
+/// [`Store::fleet_hits`]'s row: the counts and the conversation asked
+/// for, whose columns are all null when there is none.
+#[derive(QueryableByName)]
+struct FleetRow {
+    #[diesel(embed)]
+    hits: FleetHits,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    c_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    c_owner_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    c_bot: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    c_title: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    c_created_at: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    c_updated_at: Option<i64>,
+}
+
+impl FleetRow {
+    fn conversation(self) -> Option<Conversation> {
+        Some(Conversation {
+            id: self.c_id?,
+            owner_id: self.c_owner_id?,
+            bot: self.c_bot?,
+            title: self.c_title?,
+            created_at: self.c_created_at?,
+            updated_at: self.c_updated_at?,
+        })
+    }
 }
 
 #[derive(Clone)]

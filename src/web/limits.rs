@@ -20,7 +20,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use super::address_minutes::{AddressMinutes, Count};
 use super::error::ApiError;
 use crate::config::LimitsConfig;
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, Conversation, Store};
 
 pub struct Limits {
     pub config: LimitsConfig,
@@ -222,8 +222,26 @@ impl Limits {
         user: i64,
         ip: Option<IpAddr>,
     ) -> Result<(), ApiError> {
+        self.check_fleet_reading(store, user, ip, None)
+            .await
+            .map(drop)
+    }
+
+    /// [`Limits::check_fleet`], and given `read`, `user`'s conversation of
+    /// that id (`None` if there is none of theirs): in the fleet's
+    /// statement where the store is shared, on its own where it is not.
+    pub async fn check_fleet_reading(
+        &self,
+        store: &Store,
+        user: i64,
+        ip: Option<IpAddr>,
+        read: Option<i64>,
+    ) -> Result<Option<Conversation>, ApiError> {
         if !store.is_shared() {
-            return Ok(());
+            return match read {
+                Some(id) => Ok(store.conversation(user, id).await?),
+                None => Ok(None),
+            };
         }
         let now = now_ms();
         let window = minute_of(now);
@@ -242,11 +260,11 @@ impl Limits {
             Some(Count::Unknown) => ip.as_deref(),
             Some(Count::Counted) | None => None,
         };
-        let hits = match store
-            .fleet_hits(&format!("u:{user}"), ask_for_ip, window, user)
+        let (hits, conversation) = match store
+            .fleet_hits(&format!("u:{user}"), ask_for_ip, window, user, read)
             .await
         {
-            Ok(hits) => hits,
+            Ok(found) => found,
             Err(e) => {
                 if let (Some(ip), Some(Count::Counted)) = (ip.as_deref(), count) {
                     self.addresses.uncount(ip, window);
@@ -274,7 +292,7 @@ impl Limits {
                 1,
             ));
         }
-        Ok(())
+        Ok(conversation)
     }
 
     /// Adds the messages per address counted here since the last batch to

@@ -562,26 +562,29 @@ impl WsSession {
                 me.do_send(TurnRefused(cid, e));
                 return;
             }
-            let read = known.is_none();
-            let conv = match known {
-                Some(conv) => Ok(Some(conv)),
-                None => state.store.conversation(owner, conversation_id).await,
-            };
-            let conv = match conv {
-                Ok(Some(conv)) => conv,
-                Ok(None) => {
-                    me.do_send(Push(ServerFrame::error(
-                        Some(&cid),
-                        ApiError::not_found("the conversation"),
-                    )));
-                    me.do_send(TurnEnded(cid));
-                    return;
-                }
+            // The fleet's counts, and the conversation unless this
+            // connection knows it: one statement where hosts share the
+            // database.
+            let read = known.is_none().then_some(conversation_id);
+            let conv = match state
+                .limits
+                .check_fleet_reading(&state.store, owner, ip, read)
+                .await
+            {
+                Ok(found) => known.or(found),
                 Err(e) => {
-                    me.do_send(Push(ServerFrame::error(Some(&cid), e.into())));
+                    me.do_send(Push(ServerFrame::error(Some(&cid), e)));
                     me.do_send(TurnEnded(cid));
                     return;
                 }
+            };
+            let Some(conv) = conv else {
+                me.do_send(Push(ServerFrame::error(
+                    Some(&cid),
+                    ApiError::not_found("the conversation"),
+                )));
+                me.do_send(TurnEnded(cid));
+                return;
             };
             match (&wanted, conv.title.is_empty()) {
                 // Named after this message from now on: the chat service
@@ -590,15 +593,10 @@ impl WsSession {
                     title: crate::chat::title_from(content),
                     ..conv.clone()
                 })),
-                _ if read => me.do_send(Known(conv.clone())),
+                _ if read.is_some() => me.do_send(Known(conv.clone())),
                 _ => {}
             }
             if stopped.is_cancelled() {
-                return;
-            }
-            if let Err(e) = state.limits.check_fleet(&state.store, owner, ip).await {
-                me.do_send(Push(ServerFrame::error(Some(&cid), e)));
-                me.do_send(TurnEnded(cid));
                 return;
             }
             let ask = match wanted {
