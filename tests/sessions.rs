@@ -295,26 +295,7 @@ fn a_bad_query_next_to_a_session_check_gets_its_400() {
 /// requests wait for one lookup of the account, not one each.
 #[actix_rt::test]
 async fn a_burst_for_one_account_waits_for_a_single_lookup() {
-    use bothost::config::DatabaseConfig;
-    use bothost::store::UserRole;
-    use bothost::web::auth::Claims;
-    use bothost::web::sessions::Sessions;
-
-    let db = common::db::sqlite(&DatabaseConfig::default()).await;
-    let alice = db
-        .store
-        .create_user("alice", "hash", UserRole::User)
-        .await
-        .expect("user");
-    let sessions = Sessions::new(db.store.clone());
-    let claims = Claims {
-        sub: alice.id,
-        name: "alice".into(),
-        generation: alice.token_generation,
-        jti: "tab".into(),
-        iat: 0,
-        exp: u64::MAX,
-    };
+    let (db, alice, sessions, claims) = alice_and_sessions().await;
     // Every check is polled, and misses the cache, before any lookup has
     // had a chance to run.
     let checks = futures_util::future::join_all((0..20).map(|_| sessions.check(&claims))).await;
@@ -332,27 +313,10 @@ async fn a_burst_for_one_account_waits_for_a_single_lookup() {
 /// neither joined nor kept: the change ends older tokens at once here.
 #[actix_rt::test]
 async fn a_change_here_is_not_hidden_by_a_lookup_from_before_it() {
-    use bothost::config::DatabaseConfig;
-    use bothost::store::{UserChange, UserRole};
-    use bothost::web::auth::Claims;
-    use bothost::web::sessions::Sessions;
+    use bothost::store::UserChange;
     use futures_util::FutureExt;
 
-    let db = common::db::sqlite(&DatabaseConfig::default()).await;
-    let alice = db
-        .store
-        .create_user("alice", "hash", UserRole::User)
-        .await
-        .expect("user");
-    let sessions = Sessions::new(db.store.clone());
-    let claims = Claims {
-        sub: alice.id,
-        name: "alice".into(),
-        generation: alice.token_generation,
-        jti: "tab".into(),
-        iat: 0,
-        exp: u64::MAX,
-    };
+    let (db, alice, sessions, claims) = alice_and_sessions().await;
     // A request's lookup has read the account as it was, and the request
     // has not yet heard back…
     let mut before = Box::pin(sessions.check(&claims));
@@ -389,6 +353,32 @@ async fn a_change_here_is_not_hidden_by_a_lookup_from_before_it() {
         "session_ended"
     );
     db.cleanup().await;
+}
+
+/// A store with one account, alice, this host's view of sessions on it,
+/// and a token of hers.
+async fn alice_and_sessions() -> (
+    common::db::TestDb,
+    bothost::store::User,
+    bothost::web::sessions::Sessions,
+    bothost::web::auth::Claims,
+) {
+    let db = common::db::sqlite(&bothost::config::DatabaseConfig::default()).await;
+    let alice = db
+        .store
+        .create_user("alice", "hash", bothost::store::UserRole::User)
+        .await
+        .expect("user");
+    let sessions = bothost::web::sessions::Sessions::new(db.store.clone());
+    let claims = bothost::web::auth::Claims {
+        sub: alice.id,
+        name: "alice".into(),
+        generation: alice.token_generation,
+        jti: "tab".into(),
+        iat: 0,
+        exp: u64::MAX,
+    };
+    (db, alice, sessions, claims)
 }
 
 /// Account lookups `db`'s store has made.
