@@ -189,6 +189,7 @@ impl Host {
         // the workers get this long to take them up first.
         tokio::time::sleep(HANDOFF_GRACE).await;
         self.state.chats.close();
+        info!("new turns are refused from now on (restarting)");
         let sockets = &self.state.metrics.ws_connections;
         let deadline = tokio::time::Instant::now() + drain + Duration::from_secs(1);
         while sockets.get() > 0 && tokio::time::Instant::now() < deadline {

@@ -17,6 +17,9 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
+/// What a stopping host logs once it refuses new turns.
+const REFUSING: &str = "new turns are refused from now on";
+
 fn config(db: &std::path::Path, token_delay: &str) -> String {
     format!(
         "{FAST_SUPERVISOR}\n[database]\nurl = \"sqlite://{}\"\n[backup]\nschedule = \"off\"\n\
@@ -81,8 +84,17 @@ fn sigterm_finishes_the_turns_in_flight_then_closes_websockets_with_1012() {
         let first = ws.next().await;
         assert_eq!(first["type"], "delta", "{first}");
         host.signal(Signal::SIGTERM);
-        // Sent after the signal: not taken, to be sent again later.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Sent once the host refuses new turns: not taken, to be sent
+        // again later.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !host.log().contains(REFUSING) {
+            assert!(
+                Instant::now() < deadline,
+                "the host never stopped taking turns:\n{}",
+                host.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         ws.chat(conv, "late", "one more thing").await;
         let (frames, code) = until_close(&mut ws).await;
         let shown: String = std::iter::once(&first)
