@@ -95,7 +95,10 @@ impl Worker {
                 .expect("valid frame");
             match msg {
                 WorkerMessage::Ping { seq } => {
-                    self.conn.send(HostMessage::Pong { seq }).await.unwrap();
+                    // A worker that has just finished a drain may be gone
+                    // before the answer reaches it; the next read tells
+                    // the test what it needs to know.
+                    let _ = self.conn.send(HostMessage::Pong { seq }).await;
                 }
                 WorkerMessage::Pong { .. } => {}
                 other => return other,
