@@ -566,25 +566,21 @@ impl WsSession {
             // connection knows it: one statement where hosts share the
             // database.
             let read = known.is_none().then_some(conversation_id);
-            let conv = match state
+            let conv = state
                 .limits
                 .check_fleet_reading(&state.store, owner, ip, read)
                 .await
-            {
-                Ok(found) => known.or(found),
+                .and_then(|found| {
+                    known
+                        .or(found)
+                        .ok_or_else(|| ApiError::not_found("the conversation"))
+                });
+            let conv = match conv {
+                Ok(conv) => conv,
                 Err(e) => {
-                    me.do_send(Push(ServerFrame::error(Some(&cid), e)));
-                    me.do_send(TurnEnded(cid));
+                    me.do_send(TurnRefused(cid, e));
                     return;
                 }
-            };
-            let Some(conv) = conv else {
-                me.do_send(Push(ServerFrame::error(
-                    Some(&cid),
-                    ApiError::not_found("the conversation"),
-                )));
-                me.do_send(TurnEnded(cid));
-                return;
             };
             match (&wanted, conv.title.is_empty()) {
                 // Named after this message from now on: the chat service
@@ -609,8 +605,7 @@ impl WsSession {
             let ask = match ask {
                 Ok(ask) => ask,
                 Err(e) => {
-                    me.do_send(Push(ServerFrame::error(Some(&cid), e)));
-                    me.do_send(TurnEnded(cid));
+                    me.do_send(TurnRefused(cid, e));
                     return;
                 }
             };
