@@ -127,9 +127,10 @@ impl Chats {
         supervisor: Addr<Supervisor>,
         metrics: Metrics,
         idle_timeout: Duration,
+        max_in_flight_per_user: u32,
     ) -> Self {
         Self {
-            leases: Leases::new(store.clone()),
+            leases: Leases::new(store.clone(), max_in_flight_per_user),
             store,
             supervisor,
             metrics,
@@ -604,6 +605,10 @@ fn store_error(e: &StoreError, what: &str) -> TurnError {
         StoreError::NotFound => TurnError::new(
             ErrorCode::NotFound,
             format!("{what}: the conversation no longer exists"),
+        ),
+        StoreError::TurnsInFlight { max } => TurnError::new(
+            ErrorCode::RateLimited,
+            format!("you already have {max} replies in progress; wait for one to finish"),
         ),
         // The cause is for the operator's log, never for the user.
         other => {

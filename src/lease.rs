@@ -33,10 +33,13 @@ pub struct Leases {
     store: Store,
     /// This host process: its hostname, pid and start time.
     holder: Arc<str>,
+    /// A user's turns in flight across the fleet (`max_in_flight_per_user`):
+    /// a new message finds room among them or is not stored.
+    max_live: u32,
 }
 
 impl Leases {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, max_live: u32) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "host".to_owned());
@@ -46,6 +49,7 @@ impl Leases {
         Self {
             store,
             holder: format!("{host}:{}:{started:x}", std::process::id()).into(),
+            max_live,
         }
     }
 
@@ -66,13 +70,15 @@ impl Leases {
     }
 
     /// The terms to store a new user message of `user_id` with, its lease
-    /// taken in the same statement ([`Store::begin_user_turn`]); `None`
-    /// without a shared database.
+    /// taken in the same statement ([`Store::begin_user_turn`]), if the
+    /// user's turns in flight on the fleet leave room; `None` without a
+    /// shared database.
     pub fn terms(&self, user_id: i64) -> Option<LeaseTerms<'_>> {
         self.store.is_shared().then(|| LeaseTerms {
             user_id,
             holder: &self.holder,
             until: ms_after(now_ms(), TTL),
+            max_live: self.max_live,
         })
     }
 

@@ -283,27 +283,27 @@ async fn settle(config: &Config, supervisor: &Addr<Supervisor>) -> anyhow::Resul
 }
 
 /// Forgets the rate-limit state of clients idle for a while, every minute;
-/// on a shared database, also writes the messages per address counted here
-/// to the fleet's rows in batches.
+/// on a shared database, also writes the messages per user and address
+/// counted here to the fleet's rows in batches.
 fn spawn_limits_sweeper(state: web::Data<AppState>) {
     if state.store.is_shared() {
         let state = state.clone();
         actix_rt::spawn(async move {
-            let mut tick = tokio::time::interval(crate::web::ADDRESS_BATCH_EVERY);
+            let mut tick = tokio::time::interval(crate::web::FLEET_BATCH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Told once when writing starts failing and once when it works
             // again, not four times a second while the database is away.
             let mut failing = false;
             loop {
                 tick.tick().await;
-                match state.limits.write_address_batch(&state.store).await {
+                match state.limits.write_minutes_batch(&state.store).await {
                     Ok(true) if failing => {
-                        info!("the messages per address are written again");
+                        info!("the fleet's message counts are written again");
                         failing = false;
                     }
                     Ok(_) => {}
                     Err(e) if !failing => {
-                        warn!("cannot write the messages per address (retrying): {e}");
+                        warn!("cannot write the fleet's message counts (retrying): {e}");
                         failing = true;
                     }
                     Err(_) => {}

@@ -61,6 +61,9 @@ named_enum! {
         InProgress = "in_progress",
         /// The conversation is gone (deleted in another tab or device).
         NotFound = "not_found",
+        /// The user has as many replies in progress as they may, counted
+        /// on every host: retry in a moment.
+        RateLimited = "rate_limited",
         Internal = "internal",
     }
 }

@@ -170,6 +170,10 @@ fn the_scheduled_rolling_restart_runs_on_one_host_at_a_time() {
     rt.block_on(schema.drop_schema()).unwrap();
 }
 
+/// Messages per user are counted like messages per address (below): each
+/// host counts its own and writes them in batches, asking the database
+/// with its first message of the minute. Turns in flight are counted
+/// exactly, with each message's own statement.
 #[test]
 fn limits_per_user_hold_across_hosts() {
     let Some(base) = test_database_url() else {
@@ -184,19 +188,40 @@ fn limits_per_user_hold_across_hosts() {
     let a = TestHost::start_with_config(&config);
     let b = TestHost::start_with_config(&config);
     start_well_inside_a_minute(20);
-    let alice_a = register(&a.url, "alice");
-    let alice_b = login(&b.url, "alice").unwrap();
+    // The first account in a fresh database.
+    let alice_b = register(&b.url, "alice");
+    let alice_a = login(&a.url, "alice").unwrap();
+    const ALICE: &str = "u:1";
     let conv = alice_a.conversation("slow");
-    for (i, user) in [&alice_a, &alice_b, &alice_a, &alice_b]
-        .into_iter()
-        .enumerate()
-    {
-        let res = resend(user, conv, &format!("r{i}"), "hi");
-        assert_eq!(res.status(), 200, "message {i}");
+    let sent = |user: &ApiUser, id: &str| resend(user, conv, id, "hi").status().as_u16();
+    for i in 0..2 {
+        assert_eq!(sent(&alice_b, &format!("b{i}")), 200, "message {i} on B");
     }
-    // Four in this minute, two on each host: the fifth is over, anywhere.
+    b.wait_for("B to write its count", Duration::from_secs(10), || {
+        (rt.block_on(counted_in_database(&schema.url, ALICE)) >= 2).then_some(())
+    });
+    // A asks the database with its first message: two fit, no third.
+    for i in 0..2 {
+        assert_eq!(sent(&alice_a, &format!("a{i}")), 200, "message {i} on A");
+    }
     assert_eq!(
-        error_code(resend(&alice_a, conv, "r4", "hi")),
+        error_code(resend(&alice_a, conv, "a2", "hi")),
+        (429, "rate_limited".into())
+    );
+    a.wait_for("A to write its count", Duration::from_secs(10), || {
+        (rt.block_on(counted_in_database(&schema.url, ALICE)) >= 4).then_some(())
+    });
+    // B has not written since: it lets one more through, learns the
+    // fleet's count when it writes it, and refuses from then on.
+    let written = minute_batches(&b);
+    assert_eq!(sent(&alice_b, "b2"), 200);
+    b.wait_for(
+        "B to write its count again",
+        Duration::from_secs(10),
+        || (minute_batches(&b) > written).then_some(()),
+    );
+    assert_eq!(
+        error_code(resend(&alice_b, conv, "b3", "hi")),
         (429, "rate_limited".into())
     );
 
@@ -209,10 +234,19 @@ fn limits_per_user_hold_across_hosts() {
         ws.chat(bob_conv, "long", "a long answer please").await;
         assert_eq!(ws.next().await["type"], "ack");
         assert_eq!(ws.next().await["type"], "delta");
+        let (retry_after, refused) = off_runtime(|| {
+            let res = resend(&bob_b, bob_conv, "second", "and this");
+            let retry_after = res.headers().get("retry-after").cloned();
+            (retry_after, error_code(res))
+        });
         assert_eq!(
-            off_runtime(|| error_code(resend(&bob_b, bob_conv, "second", "and this"))),
+            refused,
             (429, "rate_limited".into()),
             "bob's one turn runs on A"
+        );
+        assert_eq!(
+            retry_after.as_ref().and_then(|v| v.to_str().ok()),
+            Some("1")
         );
         let mut f = ws.next().await;
         while f["type"] == "delta" {
@@ -295,8 +329,8 @@ fn six_per_address(db_url: &str) -> String {
         .replace("token_delay = \"60ms\"", "token_delay = \"0ms\"")
 }
 
-/// How many batches of messages per address `host` has written.
-fn address_batches(host: &TestHost) -> f64 {
+/// How many batches of messages per user and address `host` has written.
+fn minute_batches(host: &TestHost) -> f64 {
     host.metric("bothost_db_query_duration_seconds_count{query=\"add_window_hits\"}")
         .unwrap_or(0.0)
 }
@@ -369,12 +403,12 @@ fn limits_per_address_hold_across_hosts() {
     });
     // B has not written since A's: it lets one more through, writes it,
     // learns the fleet's count in the answer, and refuses from then on.
-    let written = address_batches(&b);
+    let written = minute_batches(&b);
     assert_eq!(sent(&bob, on_b, "b3"), 200);
     b.wait_for(
         "B to write its count again",
         Duration::from_secs(10),
-        || (address_batches(&b) > written).then_some(()),
+        || (minute_batches(&b) > written).then_some(()),
     );
     assert_eq!(
         error_code(resend(&bob, on_b, "b4", "hi")),
@@ -401,8 +435,9 @@ fn an_outage_does_not_count_against_an_address_in_the_fleet() {
     // The outage and the database's restart take a few seconds.
     start_well_inside_a_minute(40);
     let rt = runtime();
-    // Over a WebSocket, which knows its conversation already, the fleet's
-    // count is the first thing to meet the outage.
+    // Over a WebSocket, which knows its conversation already, A counts the
+    // address here after its first message: the message's own statement
+    // is the first thing to meet the outage.
     let mut ws = rt.block_on(alice.ws());
     // The turn's last frame: `done`, or its error's code.
     let mut turn = |id: &str| {
@@ -429,10 +464,10 @@ fn an_outage_does_not_count_against_an_address_in_the_fleet() {
     a.wait_for("the database to be back", Duration::from_secs(30), || {
         (a.http_get("/readyz").0 == 200).then_some(())
     });
-    let written = address_batches(&a);
+    let written = minute_batches(&a);
     assert_eq!(turn("m1"), "done");
     a.wait_for("A to write its count", Duration::from_secs(10), || {
-        (address_batches(&a) > written).then_some(())
+        (minute_batches(&a) > written).then_some(())
     });
 
     // Two let through on A: four more fit on B, and no fifth.

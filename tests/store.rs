@@ -240,6 +240,7 @@ async fn a_new_turn_stores_its_message_with_its_context_and_lease() {
             user_id: user,
             holder: "this-host",
             until: store::now_ms() + 10_000,
+            max_live: 4,
         };
         let turn = s
             .begin_user_turn(conv, "new", "the new one", 3, Some(terms()), None)
@@ -289,6 +290,68 @@ async fn a_new_turn_stores_its_message_with_its_context_and_lease() {
         }
         db.cleanup().await;
     }
+}
+
+/// On a shared database a user's turns in flight on every host are
+/// counted where a new turn's lease is taken: in the statement that would
+/// store its message.
+#[tokio::test]
+async fn a_new_message_waits_for_room_among_its_users_turns_in_flight() {
+    let Some(base) = pg_base_url() else {
+        return;
+    };
+    let db = common::db::postgres(&base, &config()).await;
+    let s = &db.store;
+    let (user, conv) = user_and_conversation(s, "alice").await;
+    let (other, other_conv) = user_and_conversation(s, "bob").await;
+    let terms = |user_id, holder| store::LeaseTerms {
+        user_id,
+        holder,
+        until: store::now_ms() + 10_000,
+        max_live: 2,
+    };
+    let begin = |conv, id: &'static str, user, holder| {
+        s.begin_user_turn(conv, id, "hi", 20, Some(terms(user, holder)), None)
+    };
+    // Two in flight, on two hosts.
+    assert!(begin(conv, "a", user, "host-a").await.unwrap().leased);
+    assert!(begin(conv, "b", user, "host-b").await.unwrap().leased);
+    let refused = begin(conv, "c", user, "host-a").await;
+    assert!(
+        matches!(refused, Err(StoreError::TurnsInFlight { max: 2 })),
+        "{refused:?}"
+    );
+    let history = s.history(conv, None, 10).await.unwrap();
+    assert_eq!(history.len(), 2, "the refused message is not stored");
+    // A resend of one of them is its stored message, as always.
+    let again = begin(conv, "a", user, "host-b").await.unwrap();
+    assert_eq!(
+        (again.created, again.message.content.as_str()),
+        (false, "hi")
+    );
+    // Another user is not affected.
+    assert!(
+        begin(other_conv, "x", other, "host-a")
+            .await
+            .unwrap()
+            .created
+    );
+    // A reply stored gives its lease back: room again.
+    let first = history
+        .iter()
+        .find(|m| m.client_msg_id.as_deref() == Some("a"))
+        .unwrap();
+    let reply = NewReply {
+        conversation_id: conv,
+        reply_to: first.id,
+        content: "hello",
+        status: ReplyStatus::Complete,
+        prompt_tokens: None,
+        completion_tokens: None,
+    };
+    s.put_reply(reply, false, Some("host-a")).await.unwrap();
+    assert!(begin(conv, "c", user, "host-a").await.unwrap().created);
+    db.cleanup().await;
 }
 
 #[tokio::test]

@@ -13,6 +13,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("not found")]
     NotFound,
+    /// The user has `max` turns in flight on the fleet's hosts already:
+    /// the new message was not stored.
+    #[error("{max} turns in flight already")]
+    TurnsInFlight { max: u32 },
     #[error("database error: {0}")]
     Query(DieselError),
     #[error("cannot prepare the database: {0}")]

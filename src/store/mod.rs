@@ -475,6 +475,11 @@ impl Store {
     /// caller does). Given `title`, a new message also names its
     /// conversation, if it has no title yet, in the same trip. A message
     /// stored before comes back with `created: false` and nothing else.
+    /// Given `lease`, a new message is refused
+    /// ([`StoreError::TurnsInFlight`]) while its user has
+    /// [`LeaseTerms::max_live`] turns in flight on any host: the fleet's
+    /// cap is checked where the lease is taken, not in a statement of its
+    /// own.
     pub async fn begin_user_turn(
         &self,
         conversation_id: i64,
@@ -545,7 +550,9 @@ impl Store {
             WITH m AS ( \
                 INSERT INTO messages (conversation_id, role, content, status, client_msg_id, \
                                       created_at, updated_at) \
-                VALUES ($1, 'user', $2, 'complete', $3, $4, $4) \
+                SELECT $1, 'user', $2, 'complete', $3, $4, $4 \
+                WHERE $7 IS NULL OR (SELECT count(*) FROM turn_leases \
+                                     WHERE user_id = $6 AND expires_at > $4) < $10 \
                 ON CONFLICT (conversation_id, client_msg_id) DO NOTHING \
                 RETURNING *), \
             lease AS ( \
@@ -565,9 +572,14 @@ impl Store {
             WHERE stored.conversation_id = $1 AND stored.client_msg_id = $3 \
               AND NOT EXISTS (SELECT 1 FROM m)";
         let now = now_ms();
-        let (user_id, holder, until) = match &lease {
-            Some(terms) => (terms.user_id, Some(terms.holder), terms.until),
-            None => (0, None, 0),
+        let (user_id, holder, until, max_live) = match &lease {
+            Some(terms) => (
+                terms.user_id,
+                Some(terms.holder),
+                terms.until,
+                terms.max_live,
+            ),
+            None => (0, None, 0, 0),
         };
         let rows = with_conn!(self, write "begin_user_turn", |conn| Cached(
             diesel::sql_query(SQL)
@@ -580,6 +592,7 @@ impl Store {
                 .bind::<Nullable<Text>, _>(holder)
                 .bind::<BigInt, _>(until)
                 .bind::<Nullable<Text>, _>(title)
+                .bind::<BigInt, _>(i64::from(max_live))
         )
         .load::<TurnRow>(conn)
         .await)?;
@@ -605,12 +618,17 @@ impl Store {
             .into_iter()
             .next()
             .map(|row| Message::try_from(row.message));
+        // Nothing at all: the user's turns in flight left no room for a
+        // new one (a message stored before comes back whatever they are).
         let message = match stored {
             Some(message) => message?,
             None => self
                 .user_message(conversation_id, client_msg_id)
                 .await?
-                .ok_or(StoreError::NotFound)?,
+                .ok_or(match lease {
+                    Some(_) => StoreError::TurnsInFlight { max: max_live },
+                    None => StoreError::NotFound,
+                })?,
         };
         Ok(UserTurn {
             message,
@@ -939,21 +957,23 @@ impl Store {
     }
 
     /// The fleet's bookkeeping for one message, in one round trip: a hit
-    /// for `user_subject`'s and (if any) `ip_subject`'s minute starting at
-    /// `window_start` (ms), and how many turns of user `user_id` some host
-    /// is answering now. Given `read`, also user `user_id`'s conversation
-    /// of that id, if there is one: a WebSocket's first message to a
+    /// for `user_subject`'s and `ip_subject`'s minute starting at
+    /// `window_start` (ms), each if given (its count is 0 if not), and,
+    /// given `turns`, how many turns of user `user_id` some host is
+    /// answering now. Given `read`, also user `user_id`'s conversation of
+    /// that id, if there is one: a WebSocket's first message to a
     /// conversation needs both, and a statement is most of what either
     /// costs. PostgreSQL only (see [`Store::is_shared`]).
     pub async fn fleet_hits(
         &self,
-        user_subject: &str,
+        user_subject: Option<&str>,
         ip_subject: Option<&str>,
         window_start: i64,
         user_id: i64,
         read: Option<i64>,
+        turns: bool,
     ) -> Result<(FleetHits, Option<Conversation>), StoreError> {
-        use diesel::sql_types::{BigInt, Nullable, Text};
+        use diesel::sql_types::{BigInt, Bool, Nullable, Text};
         // The rows are upserted in one order (the user's, then the
         // address's), so two messages never wait on each other's rows in a
         // cycle.
@@ -966,8 +986,9 @@ impl Store {
                 RETURNING subject, hits) \
             SELECT COALESCE((SELECT hits FROM hit WHERE subject = $1), 0) AS user_hits, \
                    COALESCE((SELECT hits FROM hit WHERE subject = $2), 0) AS ip_hits, \
-                   (SELECT count(*) FROM turn_leases \
-                    WHERE user_id = $4 AND expires_at > $5) AS live_turns, \
+                   CASE WHEN $7 THEN (SELECT count(*) FROM turn_leases \
+                                      WHERE user_id = $4 AND expires_at > $5) \
+                        ELSE 0 END AS live_turns, \
                    c.id AS c_id, c.owner_id AS c_owner_id, c.bot AS c_bot, c.title AS c_title, \
                    c.created_at AS c_created_at, c.updated_at AS c_updated_at \
             FROM (SELECT 1) AS one \
@@ -975,12 +996,13 @@ impl Store {
         let now = now_ms();
         let row = with_conn!(self, write "fleet_hits", |conn| Cached(
             diesel::sql_query(SQL)
-                .bind::<Text, _>(user_subject)
+                .bind::<Nullable<Text>, _>(user_subject)
                 .bind::<Nullable<Text>, _>(ip_subject)
                 .bind::<BigInt, _>(window_start)
                 .bind::<BigInt, _>(user_id)
                 .bind::<BigInt, _>(now)
                 .bind::<Nullable<BigInt>, _>(read)
+                .bind::<Bool, _>(turns)
         )
         .get_result::<FleetRow>(conn)
         .await)?;
@@ -1223,6 +1245,9 @@ pub struct LeaseTerms<'a> {
     pub holder: &'a str,
     /// Milliseconds since the epoch.
     pub until: i64,
+    /// The user's live leases (turns in flight on any host) that leave no
+    /// room for another: a new message is not stored then.
+    pub max_live: u32,
 }
 
 /// What [`Store::begin_user_turn`] did.

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::auth::{hash_password, hashing, verify_password};
 use super::error::ApiError;
+use super::limits::FleetCheck;
 use super::manage::{check_credentials, owned, session};
 use super::sessions::AuthUser;
 use super::state::AppState;
@@ -351,13 +352,26 @@ async fn answer(
     let ip = req.peer_addr().map(|a| a.ip());
     state.limits.message(user.id, ip)?;
     let _slot = state.limits.start_turn(user.id)?;
-    state.limits.check_fleet(&state.store, user.id, ip).await?;
+    let check = FleetCheck {
+        read: None,
+        turns: ask.fresh,
+    };
+    let mut counted = Some(
+        state
+            .limits
+            .check_fleet(&state.store, user.id, ip, check)
+            .await?
+            .counted,
+    );
     let window = state.history_windows.get(&conv.bot).copied().unwrap_or(20);
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Its own task: a client that hangs up still gets its reply stored.
     state.chats.spawn(conv, ask, window, tx);
     let mut message = None;
     while let Some(event) = rx.recv().await {
+        if let Some(counted) = counted.take() {
+            state.limits.settle(counted, &event);
+        }
         if super::admission::leaves_admission(&event) {
             super::admission::release(req);
         }

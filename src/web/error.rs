@@ -107,8 +107,17 @@ impl From<StoreError> for ApiError {
 
 impl From<TurnError> for ApiError {
     fn from(e: TurnError) -> Self {
-        Self::new(turn_status(e.code), e.code.as_str(), e.message)
+        Self {
+            retry_after: turn_retry_after(e.code),
+            ..Self::new(turn_status(e.code), e.code.as_str(), e.message)
+        }
     }
+}
+
+/// The `Retry-After` (seconds) of a turn's error, where waiting is the
+/// answer: a reply in progress takes about that long to leave room.
+pub fn turn_retry_after(code: ErrorCode) -> Option<u64> {
+    (code == ErrorCode::RateLimited).then_some(1)
 }
 
 /// The HTTP status of a turn's error.
@@ -126,6 +135,7 @@ fn turn_status(code: ErrorCode) -> StatusCode {
         ErrorCode::EngineTimeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Cancelled | ErrorCode::InProgress => StatusCode::CONFLICT,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

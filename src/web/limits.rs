@@ -17,10 +17,12 @@ use actix_web::http::StatusCode;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use super::address_minutes::{AddressMinutes, Count};
 use super::error::ApiError;
+use super::fleet_minutes::{Count, FleetMinutes};
+use crate::chat::ChatEvent;
 use crate::config::LimitsConfig;
 use crate::store::{now_ms, Conversation, Store};
+use crate::turn::ErrorCode;
 
 pub struct Limits {
     pub config: LimitsConfig,
@@ -31,8 +33,9 @@ pub struct Limits {
     in_flight: Counted<i64>,
     websockets_per_user: Counted<i64>,
     websockets_per_ip: Counted<IpAddr>,
-    /// The fleet's messages per address this minute ([`Limits::check_fleet`]).
-    addresses: AddressMinutes,
+    /// The fleet's messages per user and per address this minute
+    /// ([`Limits::check_fleet`]).
+    minutes: FleetMinutes,
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -79,6 +82,34 @@ impl<K: std::hash::Hash + Eq> Drop for Slot<K> {
             }
         }
     }
+}
+
+/// What [`Limits::check_fleet`] does besides counting a message's minute.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FleetCheck {
+    /// Also read the caller's conversation of this id, in the same
+    /// statement.
+    pub read: Option<i64>,
+    /// Also count the user's turns in flight on the fleet: for a turn whose
+    /// message is stored already (regenerate), whose lease is taken without
+    /// that check.
+    pub turns: bool,
+}
+
+/// What [`Limits::check_fleet`] let through.
+pub struct FleetPass {
+    /// The conversation [`FleetCheck::read`] asked for, if it is the caller's.
+    pub conversation: Option<Conversation>,
+    /// Counted on this host only so far: [`Limits::settle`] it with the
+    /// turn's first event.
+    pub counted: CountedHere,
+}
+
+/// The subjects a message was counted against on this host, in one minute.
+#[derive(Debug, Default)]
+pub struct CountedHere {
+    window: i64,
+    subjects: Vec<String>,
 }
 
 /// A turn counted against its user's `max_in_flight_per_user`.
@@ -128,7 +159,7 @@ impl Limits {
             in_flight: Counted::new(),
             websockets_per_user: Counted::new(),
             websockets_per_ip: Counted::new(),
-            addresses: AddressMinutes::default(),
+            minutes: FleetMinutes::default(),
             config,
         }
     }
@@ -209,108 +240,140 @@ impl Limits {
 
     /// The same message limits counted by the whole fleet, where hosts
     /// share the database ([`Store::is_shared`]): messages per minute per
-    /// user and per address in one-minute windows, and turns in flight per
-    /// user from the live turn leases. This host's own limits (above) still
-    /// apply first. It costs one statement per message on PostgreSQL (a
-    /// write of the user's minute, a count of the user's leases); the
-    /// address's minute is counted here and written in batches
-    /// ([`super::address_minutes`]). Hosts racing may each let one more turn
-    /// through than the cap.
+    /// user and per address, in one-minute windows counted here and added
+    /// to the database in batches ([`super::fleet_minutes`]), so only a
+    /// subject's first message of a minute on this host costs a statement.
+    /// This host's own limits (above) still apply first. Turns in flight
+    /// are checked where a turn's lease is taken, with its message
+    /// ([`crate::store::Store::begin_user_turn`]); `check.turns` checks
+    /// them here too, for a turn whose message is stored already.
+    /// Given `check.read`, the pass carries `user`'s conversation of that
+    /// id (`None` if there is none of theirs), read in the same statement.
     pub async fn check_fleet(
         &self,
         store: &Store,
         user: i64,
         ip: Option<IpAddr>,
-    ) -> Result<(), ApiError> {
-        self.check_fleet_reading(store, user, ip, None)
-            .await
-            .map(drop)
-    }
-
-    /// [`Limits::check_fleet`], and given `read`, `user`'s conversation of
-    /// that id (`None` if there is none of theirs): in the fleet's
-    /// statement where the store is shared, on its own where it is not.
-    pub async fn check_fleet_reading(
-        &self,
-        store: &Store,
-        user: i64,
-        ip: Option<IpAddr>,
-        read: Option<i64>,
-    ) -> Result<Option<Conversation>, ApiError> {
+        check: FleetCheck,
+    ) -> Result<FleetPass, ApiError> {
         if !store.is_shared() {
-            return match read {
-                Some(id) => Ok(store.conversation(user, id).await?),
-                None => Ok(None),
+            let conversation = match check.read {
+                Some(id) => store.conversation(user, id).await?,
+                None => None,
             };
+            return Ok(FleetPass {
+                conversation,
+                counted: CountedHere::default(),
+            });
         }
         let now = now_ms();
         let window = minute_of(now);
         let retry = u64::try_from((window + 60_000 - now) / 1000).unwrap_or(1);
-        let max_ip = self.config.messages_per_minute_per_ip;
-        let too_many_from_address =
-            || ApiError::too_many("too many messages from your address", retry);
-        let ip = ip.map(|ip| format!("ip:{ip}"));
-        // The address goes to the database only if this host has no count
-        // for it this minute.
-        let count = ip
-            .as_deref()
-            .map(|ip| self.addresses.count(ip, window, max_ip));
-        let ask_for_ip = match count {
-            Some(Count::Over) => return Err(too_many_from_address()),
-            Some(Count::Unknown) => ip.as_deref(),
-            Some(Count::Counted) | None => None,
+        let mut counted = CountedHere {
+            window,
+            subjects: Vec::new(),
         };
-        let (hits, conversation) = match store
-            .fleet_hits(&format!("u:{user}"), ask_for_ip, window, user, read)
-            .await
-        {
+        // Counted here where this host knows the minute; the rest is asked
+        // of the database.
+        let mut ask = [None, None];
+        let subjects = [
+            (
+                Some(format!("u:{user}")),
+                self.config.messages_per_minute_per_user,
+                "you are sending messages too fast",
+            ),
+            (
+                ip.map(|ip| format!("ip:{ip}")),
+                self.config.messages_per_minute_per_ip,
+                "too many messages from your address",
+            ),
+        ];
+        for ((subject, max, refusal), asked) in subjects.iter().zip(&mut ask) {
+            let Some(subject) = subject else { continue };
+            match self.minutes.count(subject, window, *max) {
+                Count::Over => {
+                    self.take_back(&counted);
+                    return Err(ApiError::too_many(*refusal, retry));
+                }
+                Count::Counted => counted.subjects.push(subject.clone()),
+                Count::Unknown => *asked = Some(subject.as_str()),
+            }
+        }
+        if ask.iter().all(Option::is_none) && check.read.is_none() && !check.turns {
+            return Ok(FleetPass {
+                conversation: None,
+                counted,
+            });
+        }
+        let [ask_user, ask_ip] = ask;
+        let found = store
+            .fleet_hits(ask_user, ask_ip, window, user, check.read, check.turns)
+            .await;
+        let (hits, conversation) = match found {
             Ok(found) => found,
             Err(e) => {
-                if let (Some(ip), Some(Count::Counted)) = (ip.as_deref(), count) {
-                    self.addresses.uncount(ip, window);
-                }
+                self.take_back(&counted);
                 return Err(e.into());
             }
         };
-        if let Some(ip) = ask_for_ip {
-            self.addresses.learn(ip, window, i64::from(hits.ip_hits));
+        let asked = [(ask_user, hits.user_hits), (ask_ip, hits.ip_hits)];
+        for (subject, hits) in asked {
+            if let Some(subject) = subject {
+                self.minutes.learn(subject, window, i64::from(hits));
+            }
         }
-        let over = |hits: i32, max: u32| u32::try_from(hits).map_or(true, |h| h > max);
-        if over(hits.user_hits, self.config.messages_per_minute_per_user) {
-            return Err(ApiError::too_many(
-                "you are sending messages too fast",
-                retry,
-            ));
-        }
-        if ask_for_ip.is_some() && over(hits.ip_hits, max_ip) {
-            return Err(too_many_from_address());
+        for ((subject, max, refusal), (asked, hits)) in subjects.iter().zip(asked) {
+            let over = u32::try_from(hits).map_or(true, |h| h > *max);
+            if subject.is_some() && asked.is_some() && over {
+                return Err(ApiError::too_many(*refusal, retry));
+            }
         }
         let max = self.config.max_in_flight_per_user;
-        if u64::try_from(hits.live_turns).unwrap_or(0) >= u64::from(max) {
+        if check.turns && u64::try_from(hits.live_turns).unwrap_or(0) >= u64::from(max) {
             return Err(ApiError::too_many(
                 format!("you already have {max} replies in progress; wait for one to finish"),
                 1,
             ));
         }
-        Ok(conversation)
+        Ok(FleetPass {
+            conversation,
+            counted,
+        })
     }
 
-    /// Adds the messages per address counted here since the last batch to
+    /// Settles what [`Limits::check_fleet`] counted here for a message
+    /// with its turn's first event: taken back if the database could not
+    /// store the message (an outage), which must not hold its user or
+    /// address over the cap once the outage ends.
+    pub fn settle(&self, counted: CountedHere, first: &ChatEvent) {
+        if let ChatEvent::Failed { error, .. } = first {
+            if error.code == ErrorCode::StoreUnavailable {
+                self.take_back(&counted);
+            }
+        }
+    }
+
+    fn take_back(&self, counted: &CountedHere) {
+        for subject in &counted.subjects {
+            self.minutes.uncount(subject, counted.window);
+        }
+    }
+
+    /// Adds the messages per user and address counted here since the last batch to
     /// the fleet's minute rows, and learns the fleet's counts back: whether
     /// there was anything to write. On an error the batch goes out with the
     /// next one.
-    pub async fn write_address_batch(
+    pub async fn write_minutes_batch(
         &self,
         store: &Store,
     ) -> Result<bool, crate::store::StoreError> {
         let window = minute_of(now_ms());
-        let batch = self.addresses.take_batch(window);
+        let batch = self.minutes.take_batch(window);
         if batch.is_empty() {
             return Ok(false);
         }
         let written = store.add_window_hits(window, &batch).await;
-        self.addresses
-            .settle(window, &batch, written.as_deref().ok());
+        self.minutes.settle(window, &batch, written.as_deref().ok());
         written.map(|_| true)
     }
 

@@ -7,12 +7,12 @@
 //! (`error`). They hold no rules of their own. Modules: `api` (REST), `ws`
 //! (the WebSocket session), `page` (the embedded web page).
 
-mod address_minutes;
 mod admission;
 mod api;
 pub mod auth;
 mod caller;
 pub mod error;
+mod fleet_minutes;
 mod limits;
 mod manage;
 mod page;
@@ -30,11 +30,11 @@ use serde_json::json;
 
 use crate::status::{BotState, StatusReport};
 use crate::supervisor::GetStatus;
-pub use address_minutes::BATCH_EVERY as ADDRESS_BATCH_EVERY;
 pub use admission::Admission;
 pub use api::API_ROUTES;
 pub use auth::Auth;
 use error::ApiError;
+pub use fleet_minutes::BATCH_EVERY as FLEET_BATCH_EVERY;
 pub use limits::Limits;
 pub use manage::check_credentials;
 pub use state::AppState;

@@ -52,6 +52,7 @@ impl AppState {
                 supervisor.clone(),
                 metrics.clone(),
                 config.supervisor.turn_idle_timeout,
+                config.limits.max_in_flight_per_user,
             ),
             sessions: Sessions::new(store.clone()),
             supervisor,

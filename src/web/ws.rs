@@ -39,7 +39,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
-use super::limits::{check_client_msg_id, WebSocketSlot};
+use super::limits::{check_client_msg_id, FleetCheck, WebSocketSlot};
 use super::rewind;
 use super::sessions::AuthUser;
 use super::state::AppState;
@@ -564,24 +564,30 @@ impl WsSession {
             }
             // The fleet's counts, and the conversation unless this
             // connection knows it: one statement where hosts share the
-            // database.
-            let read = known.is_none().then_some(conversation_id);
-            let conv = state
+            // database, if one is needed at all.
+            let check = FleetCheck {
+                read: known.is_none().then_some(conversation_id),
+                turns: matches!(wanted, Wanted::Regenerate),
+            };
+            let read = check.read;
+            let passed = state
                 .limits
-                .check_fleet_reading(&state.store, owner, ip, read)
+                .check_fleet(&state.store, owner, ip, check)
                 .await
-                .and_then(|found| {
-                    known
-                        .or(found)
-                        .ok_or_else(|| ApiError::not_found("the conversation"))
+                .and_then(|pass| {
+                    let conv = known
+                        .or(pass.conversation)
+                        .ok_or_else(|| ApiError::not_found("the conversation"))?;
+                    Ok((conv, pass.counted))
                 });
-            let conv = match conv {
-                Ok(conv) => conv,
+            let (conv, counted) = match passed {
+                Ok(passed) => passed,
                 Err(e) => {
                     me.do_send(TurnRefused(cid, e));
                     return;
                 }
             };
+            let mut counted = Some(counted);
             match (&wanted, conv.title.is_empty()) {
                 // Named after this message from now on: the chat service
                 // titles an untitled conversation only.
@@ -627,6 +633,9 @@ impl WsSession {
                     }
                     event = rx.recv() => {
                         let Some(event) = event else { break };
+                        if let Some(counted) = counted.take() {
+                            state.limits.settle(counted, &event);
+                        }
                         if super::admission::leaves_admission(&event) {
                             drop(ticket.take());
                         }
@@ -711,8 +720,8 @@ fn frame(cid: &str, event: ChatEvent) -> ServerFrame {
         ChatEvent::Failed { error, reply } => ServerFrame::Error {
             client_msg_id: Some(client_msg_id),
             code: error.code.as_str(),
+            retry_after: super::error::turn_retry_after(error.code),
             message: error.message,
-            retry_after: None,
             reply_id: reply.map(|r| r.id),
         },
     }

@@ -1,31 +1,32 @@
-//! The fleet's count of messages per client address per minute, kept by
-//! each host in memory and added to the shared database in batches, not
-//! with every message.
+//! The fleet's count of messages per minute, per user and per client
+//! address, kept by each host in memory and added to the shared database in
+//! batches, not with every message.
 //!
-//! Why: every client behind one proxy or NAT has the same address, so with
-//! a write per message all their messages updated one row, each waiting for
-//! the previous update's commit. That row was half the fleet's bookkeeping
-//! cost per turn.
+//! Why: a count written with every message was a statement of its own per
+//! turn, a third of a turn's database work; and every client behind one
+//! proxy or NAT has the same address, so their messages all updated one
+//! row, each waiting for the previous update's commit.
 //!
-//! How a host knows the fleet's count for an address in a minute:
-//! - its first message from that address in the minute is counted in the
-//!   database with the message's own statement, whose answer is the fleet's
-//!   count ([`Count::Unknown`]);
+//! How a host knows the fleet's count for a subject (`u:<id>` or
+//! `ip:<address>`) in a minute:
+//! - its first message from that subject in the minute is counted in the
+//!   database by a statement whose answer is the fleet's count
+//!   ([`Count::Unknown`]);
 //! - later ones are counted here ([`Count::Counted`]) and added to the row
 //!   by the next batch (every [`BATCH_EVERY`]), whose answer is the fleet's
 //!   count again, now with the other hosts' messages.
 //!
 //! A message counted here that the database then could not take (an
-//! outage) is taken back ([`AddressMinutes::uncount`]): an outage must not
-//! leave an address over its cap once it ends.
+//! outage) is taken back ([`FleetMinutes::uncount`]): an outage must not
+//! leave a subject over its cap once it ends.
 //!
-//! The price: a host learns of the other hosts' messages from an address
+//! The price: a host learns of the other hosts' messages from a subject
 //! only when it writes its own, so the fleet may let through, over the cap,
 //! what the other hosts let through since this host's last batch (a
-//! quarter of a second of that address's traffic). One host alone counts
-//! exactly. The per-user count stays a row written with every message: a
-//! user's row is never hot, and a user moving between hosts meets an exact
-//! cap.
+//! quarter of a second of that user's or address's traffic). One host
+//! alone counts exactly. Turns in flight are not counted here: a turn's
+//! lease is taken with its message, in the statement that stores it
+//! ([`crate::store::Store::begin_user_turn`]).
 //!
 //! It never refuses by itself ([`super::Limits::check_fleet`] decides) and
 //! never talks to the database (the batch task does).
@@ -37,11 +38,11 @@ use std::time::Duration;
 /// How often a host adds what it counted to the database.
 pub const BATCH_EVERY: Duration = Duration::from_millis(250);
 
-/// The addresses seen this minute.
+/// The subjects seen this minute.
 #[derive(Default)]
-pub struct AddressMinutes(Mutex<HashMap<String, Minute>>);
+pub struct FleetMinutes(Mutex<HashMap<String, Minute>>);
 
-/// One address's count in one minute, as this host knows it.
+/// One subject's count in one minute, as this host knows it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Minute {
     /// The minute's start (ms since the epoch).
@@ -52,7 +53,7 @@ struct Minute {
     /// Counted here, in a batch being written now.
     sending: i64,
     /// Counted here, not yet in any batch (below zero: taken back after
-    /// it went out, see [`AddressMinutes::uncount`]).
+    /// it went out, see [`FleetMinutes::uncount`]).
     unsent: i64,
 }
 
@@ -62,29 +63,29 @@ impl Minute {
     }
 }
 
-/// What [`AddressMinutes::count`] made of one message.
+/// What [`FleetMinutes::count`] made of one message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Count {
-    /// This host has no count for the address this minute: count the
-    /// message in the database and tell [`AddressMinutes::learn`] the answer.
+    /// This host has no count for the subject this minute: count the
+    /// message in the database and tell [`FleetMinutes::learn`] the answer.
     Unknown,
     /// Counted here; the batch adds it to the database.
     Counted,
-    /// The address has had `max` messages this minute: refused, not counted.
+    /// The subject has had `max` messages this minute: refused, not counted.
     Over,
 }
 
-/// One minute's batch: each address and how many messages to add.
+/// One minute's batch: each subject and how many messages to add.
 pub type Batch = Vec<(String, i32)>;
 
-impl AddressMinutes {
-    /// Counts one message from `address` in the minute starting at `start`,
+impl FleetMinutes {
+    /// Counts one message from `subject` in the minute starting at `start`,
     /// if this host knows the fleet's count and it stays within `max`.
-    pub fn count(&self, address: &str, start: i64, max: u32) -> Count {
+    pub fn count(&self, subject: &str, start: i64, max: u32) -> Count {
         let Ok(mut minutes) = self.0.lock() else {
             return Count::Unknown;
         };
-        match minutes.get_mut(address) {
+        match minutes.get_mut(subject) {
             Some(m) if m.start == start => {
                 if m.total() >= i64::from(max) {
                     Count::Over
@@ -99,22 +100,22 @@ impl AddressMinutes {
 
     /// Takes back a message [`Count::Counted`] here that was not let
     /// through after all because the database could not be reached: an
-    /// outage must not leave an address over its cap when it ends. If the
+    /// outage must not leave a subject over its cap when it ends. If the
     /// message went out in a batch meanwhile, the next batch carries one
     /// fewer (`unsent` goes below zero until then).
-    pub fn uncount(&self, address: &str, start: i64) {
+    pub fn uncount(&self, subject: &str, start: i64) {
         let Ok(mut minutes) = self.0.lock() else {
             return;
         };
-        if let Some(m) = minutes.get_mut(address).filter(|m| m.start == start) {
+        if let Some(m) = minutes.get_mut(subject).filter(|m| m.start == start) {
             m.unsent -= 1;
         }
     }
 
-    /// The database says `address` has had `fleet` messages in the minute
+    /// The database says `subject` has had `fleet` messages in the minute
     /// starting at `start`. Counts only grow within a minute, so an answer
     /// smaller than one already known is an older one.
-    pub fn learn(&self, address: &str, start: i64, fleet: i64) {
+    pub fn learn(&self, subject: &str, start: i64, fleet: i64) {
         let Ok(mut minutes) = self.0.lock() else {
             return;
         };
@@ -124,7 +125,7 @@ impl AddressMinutes {
             sending: 0,
             unsent: 0,
         };
-        let m = minutes.entry(address.to_owned()).or_insert(fresh);
+        let m = minutes.entry(subject.to_owned()).or_insert(fresh);
         if m.start < start {
             *m = fresh;
         } else if m.start == start {
@@ -143,11 +144,11 @@ impl AddressMinutes {
         let mut batch: Batch = minutes
             .iter_mut()
             .filter(|(_, m)| m.start == start && m.unsent > 0)
-            .map(|(address, m)| {
+            .map(|(subject, m)| {
                 let n = i32::try_from(m.unsent).unwrap_or(i32::MAX);
                 m.unsent -= i64::from(n);
                 m.sending += i64::from(n);
-                (address.clone(), n)
+                (subject.clone(), n)
             })
             .collect();
         // Every host writes its rows in one order, so two batches never
@@ -163,16 +164,16 @@ impl AddressMinutes {
         let Ok(mut minutes) = self.0.lock() else {
             return;
         };
-        for (address, n) in batch {
-            if let Some(m) = minutes.get_mut(address).filter(|m| m.start == start) {
+        for (subject, n) in batch {
+            if let Some(m) = minutes.get_mut(subject).filter(|m| m.start == start) {
                 m.sending -= i64::from(*n);
                 if answer.is_none() {
                     m.unsent += i64::from(*n);
                 }
             }
         }
-        for (address, fleet) in answer.unwrap_or_default() {
-            if let Some(m) = minutes.get_mut(address).filter(|m| m.start == start) {
+        for (subject, fleet) in answer.unwrap_or_default() {
+            if let Some(m) = minutes.get_mut(subject).filter(|m| m.start == start) {
                 m.fleet = m.fleet.max(*fleet);
             }
         }
@@ -188,7 +189,7 @@ mod tests {
 
     #[test]
     fn the_first_message_of_a_minute_asks_the_database_then_the_rest_count_here() {
-        let a = AddressMinutes::default();
+        let a = FleetMinutes::default();
         assert_eq!(a.count("ip:1", MINUTE, 3), Count::Unknown);
         a.learn("ip:1", MINUTE, 1);
         assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
@@ -201,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_batch_carries_what_was_counted_here_and_brings_back_the_fleets_count() {
-        let a = AddressMinutes::default();
+        let a = FleetMinutes::default();
         a.learn("ip:b", MINUTE, 1);
         a.learn("ip:a", MINUTE, 4);
         for _ in 0..2 {
@@ -228,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_goes_out_with_the_next_and_still_counts_meanwhile() {
-        let a = AddressMinutes::default();
+        let a = FleetMinutes::default();
         a.learn("ip:1", MINUTE, 1);
         assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
         let batch = a.take_batch(MINUTE);
@@ -240,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_message_the_database_never_saw_is_taken_back() {
-        let a = AddressMinutes::default();
+        let a = FleetMinutes::default();
         a.learn("ip:1", MINUTE, 1);
         assert_eq!(a.count("ip:1", MINUTE, 2), Count::Counted);
         a.uncount("ip:1", MINUTE);
@@ -251,7 +252,7 @@ mod tests {
         // Taken back after it went out in a batch: the next carries one
         // fewer, whether that batch was written or not.
         for written in [true, false] {
-            let a = AddressMinutes::default();
+            let a = FleetMinutes::default();
             a.learn("ip:1", MINUTE, 1);
             assert_eq!(a.count("ip:1", MINUTE, 3), Count::Counted);
             let batch = a.take_batch(MINUTE);
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn an_older_answer_never_lowers_the_count_and_a_past_minute_is_forgotten() {
-        let a = AddressMinutes::default();
+        let a = FleetMinutes::default();
         a.learn("ip:1", MINUTE, 3);
         a.learn("ip:1", MINUTE, 2);
         assert_eq!(a.count("ip:1", MINUTE, 4), Count::Counted);
