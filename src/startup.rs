@@ -341,6 +341,7 @@ fn start_http(
     // A turn is many small WebSocket frames (ack, deltas, done); with Nagle
     // each waited for the client's delayed ACK, 40 ms a turn.
     .tcp_nodelay(true)
+    .client_request_timeout(config.server.request_header_timeout)
     .shutdown_timeout(5);
     let server = match (inherited_listener(), &config.server.tls) {
         (Some(listener), Some(tls)) => server.listen_rustls_0_23(listener, tls_config(tls)?),

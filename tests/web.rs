@@ -440,6 +440,35 @@ fn rate_limits_and_the_in_flight_cap_answer_429_with_retry_after() {
     assert_eq!(codes, vec![401, 401, 429]);
 }
 
+/// A connection that does not deliver its request's headers in
+/// `server.request_header_timeout` gets 408 and is closed; the key is the
+/// host's, not actix's 5 s default.
+#[test]
+fn a_connection_silent_past_the_header_timeout_gets_408() {
+    use std::io::Read;
+    let supervisor =
+        FAST_SUPERVISOR.replace("[server]\n", "[server]\nrequest_header_timeout = \"1s\"\n");
+    let host = TestHost::start_with_config(&format!(
+        "{supervisor}\n[[bots]]\nname = \"echo\"\n[bots.builtin]\n"
+    ));
+    let addr = host.url.trim_start_matches("http://");
+    let mut silent = std::net::TcpStream::connect(addr).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let opened = std::time::Instant::now();
+    let mut answer = String::new();
+    silent.read_to_string(&mut answer).expect("read to the end");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "closed after {:?}: not the configured 1 s",
+        opened.elapsed()
+    );
+    // A client that speaks in time is served as ever.
+    assert_eq!(host.http_get("/healthz").0, 200);
+}
+
 #[test]
 fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
     let supervisor = FAST_SUPERVISOR

@@ -48,6 +48,13 @@ pub struct ServerConfig {
     /// `overloaded` with `Retry-After` at once, instead of waiting its
     /// turn (and timing out) behind all the others.
     pub max_requests_in_flight: usize,
+    /// How long a new connection has to deliver its first request's
+    /// headers; past it, 408. Longer than actix's 5 s: in a reconnect storm
+    /// it is the host that reads headers late, not the client that sends
+    /// them late, and a request read late is still answered (200, or 503
+    /// with `Retry-After`) instead of being sent again from scratch.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub request_header_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +66,7 @@ impl Default for ServerConfig {
             ws_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             max_requests_in_flight: 512,
+            request_header_timeout: Duration::from_secs(30),
         }
     }
 }

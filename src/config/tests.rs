@@ -129,6 +129,11 @@ fn absurd_and_zero_values_are_refused_naming_the_key() {
             "greater than 0",
         ),
         (
+            "[server]\nrequest_header_timeout = \"0s\"\n",
+            "server.request_header_timeout",
+            "greater than 0",
+        ),
+        (
             "[limits]\nmax_body = \"0B\"\n",
             "limits.max_body",
             "greater than 0",
@@ -470,6 +475,7 @@ mod fuzz {
     const KEYS: &[(&str, &str)] = &[
         ("server", "ws_heartbeat"),
         ("server", "ws_timeout"),
+        ("server", "request_header_timeout"),
         ("supervisor", "sample_interval"),
         ("supervisor", "memory_budget"),
         ("supervisor", "heartbeat_interval"),

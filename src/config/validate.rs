@@ -74,6 +74,12 @@ impl Config {
         if self.server.max_requests_in_flight == 0 {
             return bad("server.max_requests_in_flight", "must be at least 1".into());
         }
+        if self.server.request_header_timeout.is_zero() {
+            return bad(
+                "server.request_header_timeout",
+                "must be greater than 0".into(),
+            );
+        }
         if self.server.ws_heartbeat.is_zero() {
             return bad("server.ws_heartbeat", "must be greater than 0".into());
         }
