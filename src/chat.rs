@@ -606,10 +606,7 @@ fn store_error(e: &StoreError, what: &str) -> TurnError {
             ErrorCode::NotFound,
             format!("{what}: the conversation no longer exists"),
         ),
-        StoreError::TurnsInFlight { max } => TurnError::new(
-            ErrorCode::RateLimited,
-            format!("you already have {max} replies in progress; wait for one to finish"),
-        ),
+        StoreError::TurnsInFlight { max } => TurnError::too_many_in_flight(*max),
         // The cause is for the operator's log, never for the user.
         other => {
             tracing::error!("{what}: {other}");

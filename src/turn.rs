@@ -75,6 +75,14 @@ impl TurnError {
             message: message.into(),
         }
     }
+
+    /// The user has `max` replies in progress already (`max_in_flight_per_user`).
+    pub fn too_many_in_flight(max: u32) -> Self {
+        Self::new(
+            ErrorCode::RateLimited,
+            format!("you already have {max} replies in progress; wait for one to finish"),
+        )
+    }
 }
 
 /// Stop a turn: the worker is told, and the caller hears nothing more.

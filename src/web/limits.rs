@@ -22,7 +22,7 @@ use super::fleet_minutes::{Count, FleetMinutes};
 use crate::chat::ChatEvent;
 use crate::config::LimitsConfig;
 use crate::store::{now_ms, Conversation, Store};
-use crate::turn::ErrorCode;
+use crate::turn::{ErrorCode, TurnError};
 
 pub struct Limits {
     pub config: LimitsConfig,
@@ -184,12 +184,9 @@ impl Limits {
     /// Claims an in-flight slot for `user`, or refuses when all are taken.
     pub fn start_turn(&self, user: i64) -> Result<InFlight, ApiError> {
         let max = self.config.max_in_flight_per_user;
-        self.in_flight.take(user, max).ok_or_else(|| {
-            ApiError::too_many(
-                format!("you already have {max} replies in progress; wait for one to finish"),
-                1,
-            )
-        })
+        self.in_flight
+            .take(user, max)
+            .ok_or_else(|| TurnError::too_many_in_flight(max).into())
     }
 
     /// Claims a WebSocket for `user` at `ip`, held until the slot drops.
@@ -322,18 +319,15 @@ impl Limits {
                 self.minutes.learn(subject, window, i64::from(hits));
             }
         }
-        for ((subject, max, refusal), (asked, hits)) in subjects.iter().zip(asked) {
+        for ((_, max, refusal), (asked, hits)) in subjects.iter().zip(asked) {
             let over = u32::try_from(hits).map_or(true, |h| h > *max);
-            if subject.is_some() && asked.is_some() && over {
+            if asked.is_some() && over {
                 return Err(ApiError::too_many(*refusal, retry));
             }
         }
         let max = self.config.max_in_flight_per_user;
         if check.turns && u64::try_from(hits.live_turns).unwrap_or(0) >= u64::from(max) {
-            return Err(ApiError::too_many(
-                format!("you already have {max} replies in progress; wait for one to finish"),
-                1,
-            ));
+            return Err(TurnError::too_many_in_flight(max).into());
         }
         Ok(FleetPass {
             conversation,
