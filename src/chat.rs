@@ -261,6 +261,15 @@ impl Chats {
             leased,
         } = match stored {
             Ok(stored) => stored,
+            // A limit, like this host's own cap on turns in flight: the
+            // user was told to wait, and no turn failed.
+            Err(StoreError::TurnsInFlight { max }) => {
+                let _ = events.send(ChatEvent::Failed {
+                    error: TurnError::too_many_in_flight(max),
+                    reply: None,
+                });
+                return;
+            }
             Err(e) => {
                 let _ = events.send(fail(store_error(&e, "your message could not be saved")));
                 return;
@@ -606,7 +615,6 @@ fn store_error(e: &StoreError, what: &str) -> TurnError {
             ErrorCode::NotFound,
             format!("{what}: the conversation no longer exists"),
         ),
-        StoreError::TurnsInFlight { max } => TurnError::too_many_in_flight(*max),
         // The cause is for the operator's log, never for the user.
         other => {
             tracing::error!("{what}: {other}");

@@ -248,6 +248,11 @@ fn limits_per_user_hold_across_hosts() {
             retry_after.as_ref().and_then(|v| v.to_str().ok()),
             Some("1")
         );
+        // A limit, not a failed turn: the chat error ratio stays clean.
+        assert_eq!(
+            off_runtime(|| b.metric("bothost_chat_messages_total{outcome=\"unavailable\"}")),
+            Some(0.0)
+        );
         let mut f = ws.next().await;
         while f["type"] == "delta" {
             f = ws.next().await;
