@@ -235,8 +235,13 @@ impl Chats {
             outcome("unavailable");
             ChatEvent::Failed { error, reply: None }
         };
+        // Not started, and nothing failed: the client sends it again later.
+        let refuse = |error: TurnError| {
+            outcome("refused");
+            ChatEvent::Failed { error, reply: None }
+        };
         if self.is_closing() {
-            let _ = events.send(fail(Self::restarting()));
+            let _ = events.send(refuse(Self::restarting()));
             return;
         }
         let stored = store
@@ -261,13 +266,9 @@ impl Chats {
             leased,
         } = match stored {
             Ok(stored) => stored,
-            // A limit, like this host's own cap on turns in flight: the
-            // user was told to wait, and no turn failed.
+            // A limit: the user was told to wait, and no turn failed.
             Err(StoreError::TurnsInFlight { max }) => {
-                let _ = events.send(ChatEvent::Failed {
-                    error: TurnError::too_many_in_flight(max),
-                    reply: None,
-                });
+                let _ = events.send(refuse(TurnError::too_many_in_flight(max)));
                 return;
             }
             Err(e) => {
@@ -285,7 +286,7 @@ impl Chats {
         // Claimed first: a reply stored while the turn still streams is
         // `partial` and must not be replayed as if it were the answer.
         let Some(_claim) = self.claim(user_message_id) else {
-            let _ = events.send(fail(Self::in_progress()));
+            let _ = events.send(refuse(Self::in_progress()));
             return;
         };
         // Held until the reply is stored: no other host answers meanwhile.
@@ -299,7 +300,7 @@ impl Chats {
         let lease = match lease {
             Ok(Some(lease)) => lease,
             Ok(None) => {
-                let _ = events.send(fail(Self::in_progress()));
+                let _ = events.send(refuse(Self::in_progress()));
                 return;
             }
             Err(e) => {

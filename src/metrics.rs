@@ -67,7 +67,19 @@ pub struct Series {
 }
 
 /// Label values of `bothost_chat_messages_total{outcome}`.
-pub const CHAT_OUTCOMES: [&str; 5] = ["complete", "partial", "failed", "unavailable", "replayed"];
+///
+/// `refused`: not started, and nothing failed: the host is restarting (the
+/// page sends it again once reconnected), the same message is being
+/// answered now (a resend that raced it), or the user's turns in flight
+/// are at their cap. Not in the chat error ratio.
+pub const CHAT_OUTCOMES: [&str; 6] = [
+    "complete",
+    "partial",
+    "failed",
+    "unavailable",
+    "replayed",
+    "refused",
+];
 
 /// Latency buckets from a millisecond to half a minute.
 fn latency_buckets() -> Vec<f64> {
@@ -228,7 +240,7 @@ impl Metrics {
         let chat_messages = IntCounterVec::new(
             Opts::new(
                 "chat_messages_total",
-                "User messages by outcome: complete, partial, failed, unavailable, replayed",
+                "User messages by outcome: complete, partial, failed, unavailable, replayed, refused",
             ),
             &["outcome"],
         )?;

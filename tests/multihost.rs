@@ -249,9 +249,16 @@ fn limits_per_user_hold_across_hosts() {
             Some("1")
         );
         // A limit, not a failed turn: the chat error ratio stays clean.
+        let outcome = |name: &str| {
+            off_runtime(|| {
+                b.metric(&format!(
+                    "bothost_chat_messages_total{{outcome=\"{name}\"}}"
+                ))
+            })
+        };
         assert_eq!(
-            off_runtime(|| b.metric("bothost_chat_messages_total{outcome=\"unavailable\"}")),
-            Some(0.0)
+            (outcome("unavailable"), outcome("refused")),
+            (Some(0.0), Some(1.0))
         );
         let mut f = ws.next().await;
         while f["type"] == "delta" {
