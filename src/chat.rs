@@ -231,15 +231,13 @@ impl Chats {
         let (client_msg_id, content) = (ask.client_msg_id.as_str(), ask.content.as_str());
         let (store, supervisor) = (&self.store, &self.supervisor);
         let outcome = |name: &str| self.metrics.chat_messages.with_label_values(&[name]).inc();
-        let fail = |error: TurnError| {
-            outcome("unavailable");
+        let ended_before = |label: &str, error: TurnError| {
+            outcome(label);
             ChatEvent::Failed { error, reply: None }
         };
+        let fail = |error| ended_before("unavailable", error);
         // Not started, and nothing failed: the client sends it again later.
-        let refuse = |error: TurnError| {
-            outcome("refused");
-            ChatEvent::Failed { error, reply: None }
-        };
+        let refuse = |error| ended_before("refused", error);
         if self.is_closing() {
             let _ = events.send(refuse(Self::restarting()));
             return;

@@ -25,6 +25,15 @@ fn config(db_url: &str) -> String {
     )
 }
 
+/// A schema of its own in the test database and a runtime to drive it, or
+/// `None` where no PostgreSQL is configured (the test is skipped).
+fn shared_schema(name: &str) -> Option<(tokio::runtime::Runtime, PgSchema)> {
+    let base = test_database_url()?;
+    let rt = runtime();
+    let schema = rt.block_on(PgSchema::create(&base, name)).unwrap();
+    Some((rt, schema))
+}
+
 /// A blocking HTTP call from inside an async block.
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("blocking call"))
@@ -39,11 +48,9 @@ fn resend(user: &ApiUser, conv: i64, id: &str, text: &str) -> reqwest::blocking:
 
 #[test]
 fn a_message_is_answered_once_whichever_host_a_resend_reaches() {
-    let Some(base) = test_database_url() else {
+    let Some((rt, schema)) = shared_schema("multihost") else {
         return;
     };
-    let rt = runtime();
-    let schema = rt.block_on(PgSchema::create(&base, "multihost")).unwrap();
     let a = TestHost::start_with_config(&config(&schema.url));
     let b = TestHost::start_with_config(&config(&schema.url));
     let on_a = register(&a.url, "alice");
@@ -135,11 +142,9 @@ fn scheduled_restarts(host: &TestHost) -> Vec<(String, String)> {
 
 #[test]
 fn the_scheduled_rolling_restart_runs_on_one_host_at_a_time() {
-    let Some(base) = test_database_url() else {
+    let Some((rt, schema)) = shared_schema("fleet") else {
         return;
     };
-    let rt = runtime();
-    let schema = rt.block_on(PgSchema::create(&base, "fleet")).unwrap();
     let config = format!(
         "{}\n{}",
         config(&schema.url).replace(
@@ -176,11 +181,9 @@ fn the_scheduled_rolling_restart_runs_on_one_host_at_a_time() {
 /// exactly, with each message's own statement.
 #[test]
 fn limits_per_user_hold_across_hosts() {
-    let Some(base) = test_database_url() else {
+    let Some((rt, schema)) = shared_schema("limits") else {
         return;
     };
-    let rt = runtime();
-    let schema = rt.block_on(PgSchema::create(&base, "limits")).unwrap();
     let config = config(&schema.url).replace(
         "messages_per_minute_per_user = 100000",
         "messages_per_minute_per_user = 4\nmax_in_flight_per_user = 1",
@@ -278,11 +281,9 @@ fn limits_per_user_hold_across_hosts() {
 /// one of its own; someone else's conversation is still not found.
 #[test]
 fn a_websockets_first_message_reads_its_conversation_with_the_fleets_counts() {
-    let Some(base) = test_database_url() else {
+    let Some((rt, schema)) = shared_schema("first") else {
         return;
     };
-    let rt = runtime();
-    let schema = rt.block_on(PgSchema::create(&base, "first")).unwrap();
     let host = TestHost::start_with_config(&config(&schema.url));
     let alice = register(&host.url, "alice");
     let mallory = register(&host.url, "mallory");
@@ -374,11 +375,9 @@ async fn counted_in_database(url: &str, subject: &str) -> i64 {
 /// its own.
 #[test]
 fn limits_per_address_hold_across_hosts() {
-    let Some(base) = test_database_url() else {
+    let Some((rt, schema)) = shared_schema("addresses") else {
         return;
     };
-    let rt = runtime();
-    let schema = rt.block_on(PgSchema::create(&base, "addresses")).unwrap();
     let config = six_per_address(&schema.url);
     let a = TestHost::start_with_config(&config);
     let b = TestHost::start_with_config(&config);
@@ -542,11 +541,9 @@ fn the_database_fails_over_to_a_promoted_standby() {
 
 #[test]
 fn a_resend_raced_to_two_hosts_at_once_gets_one_answer() {
-    let Some(base) = test_database_url() else {
+    let Some((rt, schema)) = shared_schema("race") else {
         return;
     };
-    let rt = runtime();
-    let schema = rt.block_on(PgSchema::create(&base, "race")).unwrap();
     let a = TestHost::start_with_config(&config(&schema.url));
     let b = TestHost::start_with_config(&config(&schema.url));
     let on_a = register(&a.url, "alice");

@@ -313,17 +313,18 @@ impl Limits {
                 return Err(e.into());
             }
         };
-        let asked = [(ask_user, hits.user_hits), (ask_ip, hits.ip_hits)];
-        for (subject, hits) in asked {
-            if let Some(subject) = subject {
-                self.minutes.learn(subject, window, i64::from(hits));
+        // Every answer is learned before any refusal: both rows were hit.
+        let mut refused = None;
+        let answers = [(ask_user, hits.user_hits), (ask_ip, hits.ip_hits)];
+        for ((_, max, refusal), (asked, hits)) in subjects.iter().zip(answers) {
+            let Some(subject) = asked else { continue };
+            self.minutes.learn(subject, window, i64::from(hits));
+            if u32::try_from(hits).map_or(true, |h| h > *max) {
+                refused.get_or_insert(*refusal);
             }
         }
-        for ((_, max, refusal), (asked, hits)) in subjects.iter().zip(asked) {
-            let over = u32::try_from(hits).map_or(true, |h| h > *max);
-            if asked.is_some() && over {
-                return Err(ApiError::too_many(*refusal, retry));
-            }
+        if let Some(refusal) = refused {
+            return Err(ApiError::too_many(refusal, retry));
         }
         let max = self.config.max_in_flight_per_user;
         if check.turns && u64::try_from(hits.live_turns).unwrap_or(0) >= u64::from(max) {
