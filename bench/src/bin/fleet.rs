@@ -160,7 +160,7 @@ async fn load(
             let (stop, samples) = (stop.clone(), samples.clone());
             let url = format!("{ws}?token={token}");
             tokio::spawn(async move {
-                let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&url).await else {
+                let Ok((mut socket, _)) = bothost_bench::ws::open(&url).await else {
                     return;
                 };
                 let mut k = 0u64;

@@ -163,7 +163,7 @@ async fn client(
     let mut retry = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let connected_at = Instant::now();
-        let mut ws = match tokio_tungstenite::connect_async(&url).await {
+        let mut ws = match bothost_bench::ws::open(&url).await {
             Ok((ws, _)) => {
                 retry = 0;
                 ws

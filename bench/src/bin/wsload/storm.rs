@@ -291,7 +291,7 @@ impl Client {
 
     async fn open_ws(&self) -> Result<WsStream, Refusal> {
         let url = format!("ws://{}/api/v1/ws?token={}", self.addr, self.token);
-        match tokio_tungstenite::connect_async(url).await {
+        match bothost_bench::ws::open(url).await {
             Ok((ws, _)) => Ok(ws),
             Err(tungstenite::Error::Http(res)) => {
                 let status = res.status().as_u16();
