@@ -27,21 +27,23 @@ function newClientId() {
 
 // A busy host answers 503 `overloaded` at once, before doing anything, with
 // Retry-After: the same request is sent again after that wait plus jitter
-// (so thousands of browsers coming back after a restart spread out), a few
-// times, within about 15 s. A GET is also retried on any 503.
-const API_ATTEMPTS = 6;
+// (so thousands of browsers coming back after a restart spread out), for up
+// to 15 s. A GET is also retried on any 503.
+const API_RETRY_FOR_MS = 15000;
 
 async function api(method, path, body) {
   const headers = { "Content-Type": "application/json" };
   if (state.token) headers.Authorization = "Bearer " + state.token;
   let res, data;
+  const giveUpAt = Date.now() + API_RETRY_FOR_MS;
   for (let attempt = 1; ; attempt++) {
     res = await fetch("/api/v1" + path, { method, headers, body: body ? JSON.stringify(body) : undefined });
     data = await res.json().catch(() => ({}));
     const code = data.error && data.error.code;
     const again = res.status === 503 && (code === "overloaded" || method === "GET");
-    if (!again || attempt === API_ATTEMPTS) break;
-    await sleep(retryDelay(res, attempt));
+    const wait = retryDelay(res, attempt);
+    if (!again || Date.now() + wait > giveUpAt) break;
+    await sleep(wait);
   }
   // Logged out, or the session was ended elsewhere (log out everywhere,
   // password changed, account disabled): back to the log-in form.
@@ -60,11 +62,14 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-// Retry-After (seconds) or 1 s, doubling with each attempt up to 4 s, then
-// anywhere from half to one and a half times that.
+// Retry-After (seconds) or 1 s, doubling with each attempt up to 2 s (never
+// below what the host asked), then anywhere from half to one and a half times
+// that. The cap is short because a refusal costs the host microseconds while
+// a long wait costs the user: with 4 s, browsers refused late in a storm sat
+// idle for up to 6 s after the host had room (wsload --storm, README).
 function retryDelay(res, attempt) {
   const asked = Number(res.headers.get("Retry-After")) || 1;
-  const base = Math.min(asked * Math.pow(2, attempt - 1), 4) * 1000;
+  const base = Math.max(asked, Math.min(asked * Math.pow(2, attempt - 1), 2)) * 1000;
   return base * (0.5 + Math.random());
 }
 

@@ -8,7 +8,7 @@
 //! `client_msg_id`), then waits for the reply, as the page does. A refusal
 //! (503 or 429, on a request or the WebSocket upgrade, or a connection
 //! that fails) is retried after `Retry-After` (or 1 s), doubling up to
-//! 4 s, each wait between half and one and a half times that: the page's
+//! 2 s, each wait between half and one and a half times that: the page's
 //! policy. A client that is not back within 30 s counts as a user-visible
 //! error, as does any other answer.
 //!
@@ -363,12 +363,14 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
     Duration::from_secs(secs)
 }
 
-/// The page's policy: the wait doubles with each attempt up to 4 s, then
-/// anywhere from half to one and a half times that.
+/// The page's policy (`retryDelay` in `web/app.js`): the wait doubles with
+/// each attempt up to 2 s, never below what the host asked, then anywhere
+/// from half to one and a half times that.
 fn jittered(wait: Duration, attempt: u32) -> Duration {
     let doubled = wait
         .saturating_mul(1 << attempt.saturating_sub(1).min(3))
-        .min(Duration::from_secs(4));
+        .min(Duration::from_secs(2))
+        .max(wait);
     doubled.mul_f64(0.5 + fastrand::f64())
 }
 
