@@ -315,6 +315,51 @@ fn a_websockets_first_message_reads_its_conversation_with_the_fleets_counts() {
     rt.block_on(schema.drop_schema()).unwrap();
 }
 
+/// A host knows the conversations it listed (`web::known`), but never
+/// trusts that they still exist: one deleted on another host meanwhile is
+/// refused by the message's own insert, `not_found`, with no read of it.
+#[test]
+fn a_conversation_listed_on_one_host_and_deleted_on_another_is_not_found() {
+    let Some((rt, schema)) = shared_schema("known") else {
+        return;
+    };
+    let a = TestHost::start_with_config(&config(&schema.url));
+    let b = TestHost::start_with_config(&config(&schema.url));
+    let on_a = register(&a.url, "alice");
+    let on_b = login(&b.url, "alice").expect("the same account on the other host");
+    let conv = on_a.conversation("slow");
+    let other = on_a.conversation("slow");
+    assert_eq!(on_a.get("/api/v1/conversations").status(), 200);
+    let deleted = on_b
+        .client
+        .delete(format!("{}/api/v1/conversations/{conv}", b.url))
+        .bearer_auth(&on_b.token)
+        .send()
+        .expect("DELETE");
+    assert_eq!(deleted.status(), 204);
+    rt.block_on(async {
+        let mut ws = on_a.ws().await;
+        ws.chat(conv, "k1", "still there?").await;
+        let refused = ws.next().await;
+        assert_eq!(
+            (refused["type"].as_str(), refused["code"].as_str()),
+            (Some("error"), Some("not_found")),
+            "{refused}"
+        );
+        ws.chat(other, "k2", "and here?").await;
+        let (_, _, done) = ws.turn().await;
+        assert_eq!(done["status"], "complete", "{done}");
+    });
+    // Both messages went as far as their insert: the refusal was the
+    // store's, not a read's.
+    let inserts = a
+        .metric("bothost_db_query_duration_seconds_count{query=\"begin_user_turn\"}")
+        .unwrap_or(0.0);
+    assert_eq!(inserts, 2.0);
+    drop((a, b));
+    rt.block_on(schema.drop_schema()).unwrap();
+}
+
 /// The fleet counts per wall-clock minute: waits, if need be, until the
 /// current minute has `seconds` left, so that a test's messages fall into
 /// one.

@@ -150,6 +150,49 @@ fn a_conversation_deleted_while_its_websocket_chats_in_it_is_not_found() {
     });
 }
 
+/// A page that comes back lists its conversations, then opens a WebSocket:
+/// the first message there finds the listed conversation on the host and
+/// reads nothing (`web::known`). Listed or not, another user's conversation
+/// is still not found, and nothing is stored in it.
+#[test]
+fn a_new_websockets_first_message_to_a_listed_conversation_reads_nothing() {
+    let host = web_host("");
+    let alice = register(&host.url, "alice");
+    let mallory = register(&host.url, "mallory");
+    let conv = alice.conversation("fast");
+    let listed: Vec<Value> = alice.get("/api/v1/conversations").json().expect("json");
+    assert_eq!(listed.len(), 1);
+    let reads = || {
+        host.metric("bothost_db_query_duration_seconds_count{query=\"conversation\"}")
+            .unwrap_or(0.0)
+    };
+    let before = reads();
+    runtime().block_on(async {
+        let mut ws = mallory.ws().await;
+        ws.chat(conv, "m1", "let me in").await;
+        let refused = ws.next().await;
+        assert_eq!(
+            (refused["type"].as_str(), refused["code"].as_str()),
+            (Some("error"), Some("not_found")),
+            "{refused}"
+        );
+        let mut ws = alice.ws().await;
+        ws.chat(conv, "a1", "hello").await;
+        let (_, text, done) = ws.turn().await;
+        assert_eq!(done["status"], "complete", "{done}");
+        assert!(!text.is_empty());
+    });
+    assert_eq!(
+        reads() - before,
+        1.0,
+        "mallory's message read, alice's did not"
+    );
+    let history = alice.history(conv);
+    let users: Vec<_> = history.iter().filter(|m| m["role"] == "user").collect();
+    assert_eq!(users.len(), 1, "{history:?}");
+    assert_eq!(users[0]["content"], "hello");
+}
+
 #[test]
 fn missing_bad_and_expired_tokens_are_refused_with_their_own_codes() {
     let host = web_host("");

@@ -186,6 +186,8 @@ async fn create_conversation(
         .store
         .create_conversation(user.id, &body.bot, &title)
         .await?;
+    // Its first message follows, often on a WebSocket.
+    state.known.remember([&conv]);
     Ok(HttpResponse::Created().json(conv))
 }
 
@@ -255,6 +257,8 @@ async fn conversations(
         .store
         .conversations(user.id, page.limit()?, after.as_ref())
         .await?;
+    // What the page opens next: its WebSocket's first message needs no read.
+    state.known.remember(&list);
     Ok(HttpResponse::Ok().json(list))
 }
 

@@ -201,6 +201,7 @@ pub async fn rename_conversation(
         .rename_conversation(user.id, *id, &title)
         .await?
         .ok_or_else(|| ApiError::not_found("the conversation"))?;
+    state.known.remember([&conv]);
     Ok(HttpResponse::Ok().json(conv))
 }
 
@@ -211,6 +212,7 @@ pub async fn delete_conversation(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     if state.store.delete_conversation(user.id, *id).await? {
+        state.known.forget(*id);
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::not_found("the conversation"))

@@ -13,6 +13,7 @@ pub mod auth;
 mod caller;
 pub mod error;
 mod fleet_minutes;
+mod known;
 mod limits;
 mod manage;
 mod page;

@@ -25,6 +25,8 @@ pub struct AppState {
     pub limits: Limits,
     /// API requests worked on at once, and the limit.
     pub admission: super::admission::Admission,
+    /// Conversations seen lately (listed or read), for WebSockets.
+    pub known: super::known::KnownConversations,
     pub open_registration: bool,
     /// Each bot's context window.
     pub history_windows: HashMap<String, u32>,
@@ -61,6 +63,7 @@ impl AppState {
             auth,
             limits: Limits::new(config.limits.clone()),
             admission: super::admission::Admission::new(config.server.max_requests_in_flight),
+            known: Default::default(),
             open_registration: config.auth.open_registration,
             history_windows: config
                 .bots

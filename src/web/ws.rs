@@ -161,7 +161,6 @@ pub async fn connect(
         state,
         last_heard: Instant::now(),
         turns: HashMap::new(),
-        conversations: HashMap::new(),
         status_task: None,
         closing: false,
     };
@@ -186,12 +185,6 @@ struct WsSession {
     /// SQLite call half-way, and diesel-async then blocks in place, which
     /// panics on this single-threaded runtime.
     turns: HashMap<String, CancellationToken>,
-    /// Conversations this connection's user has chatted in, read once:
-    /// ownership cannot change, and a conversation deleted since is refused
-    /// by the store when the message is inserted (`not_found`), so a turn
-    /// needs no read of its own. Emptied when it reaches
-    /// [`KNOWN_CONVERSATIONS`].
-    conversations: HashMap<i64, Conversation>,
     status_task: Option<AbortHandle>,
     /// The host is shutting down: no new turns, close when the last ends.
     closing: bool,
@@ -204,14 +197,6 @@ struct Push(ServerFrame);
 #[derive(Message)]
 #[rtype(result = "()")]
 struct TurnEnded(String);
-
-/// A conversation a turn read and found to be the user's.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Known(Conversation);
-
-/// At most this many conversations are remembered per connection.
-const KNOWN_CONVERSATIONS: usize = 64;
 
 /// A turn refused before it began. When the reason is the session itself
 /// (401/403: it has ended, or the account is disabled), the connection is
@@ -271,17 +256,6 @@ impl Handler<Push> for WsSession {
             Ok(text) => ctx.text(text),
             Err(e) => tracing::error!("cannot encode a frame: {e}"),
         }
-    }
-}
-
-impl Handler<Known> for WsSession {
-    type Result = ();
-
-    fn handle(&mut self, Known(conversation): Known, _: &mut Self::Context) {
-        if self.conversations.len() >= KNOWN_CONVERSATIONS {
-            self.conversations.clear();
-        }
-        self.conversations.insert(conversation.id, conversation);
     }
 }
 
@@ -551,7 +525,9 @@ impl WsSession {
         let (state, me, owner, ip) = (self.state.clone(), ctx.address(), self.user.id, self.ip);
         let cid = client_msg_id.to_owned();
         let claims = self.user.claims.clone();
-        let known = self.conversations.get(&conversation_id).cloned();
+        // Seen by this host lately (listed, or read by a turn), so a turn
+        // needs no read of its own: see `web::known`.
+        let known = self.state.known.get(owner, conversation_id);
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         actix_rt::spawn(async move {
@@ -563,7 +539,7 @@ impl WsSession {
                 return;
             }
             // The fleet's counts, and the conversation unless this
-            // connection knows it: one statement where hosts share the
+            // host knows it: one statement where hosts share the
             // database, if one is needed at all.
             let check = FleetCheck {
                 read: known.is_none().then_some(conversation_id),
@@ -591,11 +567,11 @@ impl WsSession {
             match (&wanted, conv.title.is_empty()) {
                 // Named after this message from now on: the chat service
                 // titles an untitled conversation only.
-                (Wanted::Message(content), true) => me.do_send(Known(Conversation {
+                (Wanted::Message(content), true) => state.known.remember([&Conversation {
                     title: crate::chat::title_from(content),
                     ..conv.clone()
-                })),
-                _ if read.is_some() => me.do_send(Known(conv.clone())),
+                }]),
+                _ if read.is_some() => state.known.remember([&conv]),
                 _ => {}
             }
             if stopped.is_cancelled() {
