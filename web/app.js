@@ -15,7 +15,7 @@ const state = {
   pending: new Map(),       // client_msg_id -> {conversationId, content, acked}
   ws: null,
   retry: 0,
-  resends: new Map(),   // client id -> times sent again after a busy answer
+  resends: new Map(),   // client id -> {attempt, giveUpAt} of its resends after a busy answer
   restarting: false,
   reconnectTimer: null,
 };
@@ -41,7 +41,7 @@ async function api(method, path, body) {
     data = await res.json().catch(() => ({}));
     const code = data.error && data.error.code;
     const again = res.status === 503 && (code === "overloaded" || method === "GET");
-    const wait = retryDelay(res, attempt);
+    const wait = retryDelay(Number(res.headers.get("Retry-After")) || 1, attempt);
     if (!again || Date.now() + wait > giveUpAt) break;
     await sleep(wait);
   }
@@ -62,13 +62,13 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-// Retry-After (seconds) or 1 s, doubling with each attempt up to 2 s (never
-// below what the host asked), then anywhere from half to one and a half times
-// that. The cap is short because a refusal costs the host microseconds while
-// a long wait costs the user: with 4 s, browsers refused late in a storm sat
-// idle for up to 6 s after the host had room (wsload --storm, README).
-function retryDelay(res, attempt) {
-  const asked = Number(res.headers.get("Retry-After")) || 1;
+// The wait the host asked for (`asked`, seconds), doubling with each attempt
+// up to 2 s (never below what was asked), then anywhere from half to one and
+// a half times that: for REST requests and WebSocket messages alike. The cap
+// is short because a refusal costs the host microseconds while a long wait
+// costs the user: with 4 s, browsers refused late in a storm sat idle for up
+// to 6 s after the host had room (wsload --storm, README).
+function retryDelay(asked, attempt) {
   const base = Math.max(asked, Math.min(asked * Math.pow(2, attempt - 1), 2)) * 1000;
   return base * (0.5 + Math.random());
 }
@@ -590,16 +590,19 @@ function onFrame(f) {
       // Not taken because the host restarts: it stays pending and goes out
       // again on the next connection.
       if (f.code === "restarting") break;
-      // Still being answered (a resend raced the first try), or the host is
+      // Still being answered (a resend raced the first try), the host is
       // busy (refused before anything was done, or its database briefly
-      // unavailable): send the same message again after the wait asked for,
-      // with jitter, when the stored answer can be replayed or the host has
-      // room. A few times; then the error shows.
-      const transient = ["in_progress", "overloaded", "store_unavailable"].includes(f.code);
-      const tries = (state.resends.get(id) || 0) + 1;
-      if (transient && tries <= 5) {
-        state.resends.set(id, tries);
-        const wait = (f.retry_after || 1) * 1000 * (0.5 + Math.random());
+      // unavailable), or the user's replies in flight are at their cap:
+      // send the same message again after the wait asked for, as a REST
+      // request is (retryDelay), when the stored answer can be replayed or
+      // the host has room. For up to 15 s; then the error shows (at once
+      // when the wait asked for is longer, as for a message rate).
+      const transient = ["in_progress", "overloaded", "store_unavailable", "rate_limited"].includes(f.code);
+      const retry = state.resends.get(id) || { attempt: 0, giveUpAt: Date.now() + API_RETRY_FOR_MS };
+      retry.attempt += 1;
+      const wait = retryDelay(f.retry_after || 1, retry.attempt);
+      if (transient && Date.now() + wait <= retry.giveUpAt) {
+        state.resends.set(id, retry);
         setTimeout(() => {
           if (state.pending.has(id) && state.ws && state.ws.readyState === WebSocket.OPEN) sendOverWs(id);
         }, wait);

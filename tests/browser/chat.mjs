@@ -41,7 +41,7 @@ page.on("console", (m) => console.log("console:", m.text()));
 // host's side of that).
 let wsBlocked = false;
 let restartNext = false;
-let busyNext = false;
+let busyNext = null;   // {code, message, retry_after}: answer the next "send" so
 // A reply the proxy plays itself, for what the builtin bot cannot write
 // (code blocks, links, tables) and for a reply that streams until stopped.
 const MARKDOWN = "# Plan\n\nFirst:\n\n```js\nconst answer = 42;\n```\n\n" +
@@ -55,11 +55,12 @@ await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
   const server = ws.connectToServer();
   ws.onMessage((message) => {
     const frame = JSON.parse(message);
-    // As if a first try of this message were still being answered.
+    // As if a first try of this message were still being answered, or
+    // the user were over a limit.
     if (busyNext && frame.type === "send") {
-      busyNext = false;
-      ws.send(JSON.stringify({ type: "error", client_msg_id: frame.client_msg_id, code: "in_progress",
-                               message: "this message is still being answered" }));
+      const busy = busyNext;
+      busyNext = null;
+      ws.send(JSON.stringify({ type: "error", client_msg_id: frame.client_msg_id, ...busy }));
       return;
     }
     if (scripted && frame.type === "send" && frame.content === scripted.content) {
@@ -185,10 +186,24 @@ try {
 
   // A resend that races the first try is told `in_progress`: the page asks
   // again a moment later instead of leaving the message pending for ever.
-  busyNext = true;
+  busyNext = { code: "in_progress", message: "this message is still being answered" };
   await say("asked while busy");
   await finished("asked while busy").waitFor({ timeout: 10000 });
   step("a message told in_progress is sent again and answered");
+
+  // The user's replies in flight at their cap: asked to wait a second, the
+  // page sends it again, unseen. Asked to wait longer than it retries for
+  // (a message rate), it shows the error at once.
+  busyNext = { code: "rate_limited", message: "too many replies in flight", retry_after: 1 };
+  await say("asked while at the cap");
+  await finished("asked while at the cap").waitFor({ timeout: 10000 });
+  step("a message told rate_limited for a second is sent again and answered");
+  busyNext = { code: "rate_limited", message: "you are sending messages too fast", retry_after: 60 };
+  const limited = Date.now();
+  await say("sent far too fast");
+  await page.locator("li.msg.user", { hasText: "sent far too fast" })
+    .locator(".note", { hasText: "too fast" }).waitFor({ timeout: 3000 });
+  step(`a message told to wait 60 s shows the error after ${Date.now() - limited} ms`);
 
   // Text is text: markup in a message is shown, not run.
   await say('<img src=x onerror="window.pwned=1">');
@@ -200,7 +215,7 @@ try {
   // Nothing twice, on screen or in the store (reload shows the stored history).
   const count = (sel, text) => page.locator(sel, { hasText: text }).count();
   for (const text of ["hello browser", "sent during the outage", "queued while offline",
-                      "sent as the host restarts", "asked while busy"]) {
+                      "sent as the host restarts", "asked while busy", "asked while at the cap"]) {
     if (await count("li.msg.user", text) !== 1) fail(`"${text}" shown ${await count("li.msg.user", text)} times`);
   }
   await page.reload();
@@ -208,7 +223,7 @@ try {
   await reply("queued while offline").waitFor();
   const users = await page.locator("li.msg.user").count();
   const bots = await page.locator("li.msg.assistant").count();
-  if (users !== 6 || bots !== 6) fail(`stored history has ${users} user and ${bots} bot messages, expected 6 and 6`);
+  if (users !== 7 || bots !== 7) fail(`stored history has ${users} user and ${bots} bot messages, expected 7 and 7`);
   if (await page.locator("li.msg .note").count() !== 0) fail("a finished reply is stored as cut off or failed");
   step("after a reload the stored history holds each message once");
   await page.screenshot({ path: `${shots}/3-history.png` });
@@ -218,7 +233,7 @@ try {
   await lastReply.locator(".act.regen").click();
   await page.waitForSelector("#messages > li.msg.assistant:last-child.streaming");
   await page.waitForSelector("#messages > li.msg.assistant:last-child:not(.streaming)");
-  if (await page.locator("li.msg.assistant").count() !== 6) fail("regenerating added a reply instead of replacing it");
+  if (await page.locator("li.msg.assistant").count() !== 7) fail("regenerating added a reply instead of replacing it");
   step("regenerated the last reply in place");
 
   // Edit the last message: it and its reply are replaced.
@@ -229,7 +244,7 @@ try {
   await page.click("#conversations li");
   await reply("edited at the end").waitFor();
   if (await page.locator("li.msg.user", { hasText: "onerror" }).count() !== 0
-      || await page.locator("li.msg.user").count() !== 6 || await page.locator("li.msg.assistant").count() !== 6)
+      || await page.locator("li.msg.user").count() !== 7 || await page.locator("li.msg.assistant").count() !== 7)
     fail("an edited message should replace the old one and its reply, in the store too");
   step("edited the last message; the store holds the edit and its new reply only");
 

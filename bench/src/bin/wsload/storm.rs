@@ -9,8 +9,9 @@
 //! (503 or 429, on a request or the WebSocket upgrade, or a connection
 //! that fails) is retried after `Retry-After` (or 1 s), doubling up to
 //! 2 s, each wait between half and one and a half times that: the page's
-//! policy. A client that is not back within 30 s counts as a user-visible
-//! error, as does any other answer.
+//! policy, which gives up on one request, or one message, after 15 s and
+//! shows the error. A client that gives up so, or is not back within 30 s,
+//! counts as a user-visible error, as does any other answer.
 //!
 //! Printed: how many came back and when (from the storm's start), what the
 //! host answered on the way (503s, 429s, 408s, failed connections), the
@@ -35,6 +36,9 @@ use super::{bench_tables, create_conversation, get_page, register_users};
 const SPREAD: Duration = Duration::from_secs(2);
 /// A client not back by then has seen an error.
 const GIVE_UP: Duration = Duration::from_secs(30);
+/// How long the page retries one request, or one message on its WebSocket
+/// (`API_RETRY_FOR_MS` in `web/app.js`), before it shows the error.
+const PAGE_RETRIES_FOR: Duration = Duration::from_secs(15);
 /// Conversations created at once while preparing.
 const PREPARE_PARALLELISM: usize = 50;
 
@@ -202,30 +206,36 @@ impl Client {
     /// The four steps, each retried; when it is back, and its WebSocket.
     async fn come_back(&self, started: Instant) -> Result<(Duration, WsStream), String> {
         let deadline = Instant::now() + GIVE_UP;
-        self.retrying(deadline, || self.get("/api/v1/bots")).await?;
-        self.retrying(deadline, || self.get("/api/v1/conversations"))
+        // The page's budget for one request or one message; its WebSocket
+        // reconnects for as long as it takes.
+        let page_budget = || deadline.min(Instant::now() + PAGE_RETRIES_FOR);
+        self.retrying(page_budget(), || self.get("/api/v1/bots"))
+            .await?;
+        self.retrying(page_budget(), || self.get("/api/v1/conversations"))
             .await?;
         let mut ws = self.retrying(deadline, || self.open_ws()).await?;
+        let until = page_budget();
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.resend(&mut ws).await {
                 Ok(()) => return Ok((started.elapsed(), ws)),
-                Err(Refusal::Retry { status, wait }) if Instant::now() < deadline => {
+                Err(Refusal::Retry { status, wait }) => {
                     self.count(status).await;
-                    tokio::time::sleep(jittered(wait, attempt)).await;
-                }
-                Err(Refusal::Retry { status, .. }) => {
-                    return Err(format!(
-                        "resend: still refused ({status:?}) after {GIVE_UP:?}"
-                    ))
+                    let wait = jittered(wait, attempt);
+                    if Instant::now() + wait > until {
+                        return Err(format!("resend: still refused ({status:?}), given up"));
+                    }
+                    tokio::time::sleep(wait).await;
                 }
                 Err(Refusal::Fatal(e)) => return Err(format!("resend: {e}")),
             }
         }
     }
 
-    async fn retrying<T, F, Fut>(&self, deadline: Instant, step: F) -> Result<T, String>
+    /// `step` until it succeeds, waiting out each refusal, unless the wait
+    /// would end after `until` (the page then shows the error).
+    async fn retrying<T, F, Fut>(&self, until: Instant, step: F) -> Result<T, String>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, Refusal>>,
@@ -237,10 +247,11 @@ impl Client {
                 Ok(v) => return Ok(v),
                 Err(Refusal::Retry { status, wait }) => {
                     self.count(status).await;
-                    if Instant::now() >= deadline {
-                        return Err(format!("still refused ({status:?}) after {GIVE_UP:?}"));
+                    let wait = jittered(wait, attempt);
+                    if Instant::now() + wait > until {
+                        return Err(format!("still refused ({status:?}), given up"));
                     }
-                    tokio::time::sleep(jittered(wait, attempt)).await;
+                    tokio::time::sleep(wait).await;
                 }
                 Err(Refusal::Fatal(e)) => return Err(e),
             }
