@@ -13,11 +13,16 @@
 //! shows the error. A client that gives up so, or is not back within 30 s,
 //! counts as a user-visible error, as does any other answer.
 //!
+//! Clients connect from 64 loopback addresses (127.0.1.1 ...), as
+//! browsers come from many: from one, the kernel's search for a free port
+//! took half of this tool's CPU (`bothost_bench::ws::open_from`).
+//!
 //! Printed: how many came back and when (from the storm's start), what the
 //! host answered on the way (503s, 429s, 408s, failed connections), the
 //! host's CPU, and a check of the store: every conversation holds the
 //! message exactly once and one complete reply to it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +33,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use bothost_bench::ws::WsStream;
+use bothost_bench::ws::{loopback_sources, open_from, WsStream};
 
 use super::{bench_tables, create_conversation, get_page, register_users};
 
@@ -39,6 +44,8 @@ const GIVE_UP: Duration = Duration::from_secs(30);
 /// How long the page retries one request, or one message on its WebSocket
 /// (`API_RETRY_FOR_MS` in `web/app.js`), before it shows the error.
 const PAGE_RETRIES_FOR: Duration = Duration::from_secs(15);
+/// Loopback addresses the clients connect from, spread evenly.
+const SOURCES: usize = 64;
 /// Conversations created at once while preparing.
 const PREPARE_PARALLELISM: usize = 50;
 
@@ -80,6 +87,19 @@ pub async fn run(clients: usize, schema: Option<&PgSchema>) -> anyhow::Result<()
         prepared.elapsed().as_secs_f64()
     );
 
+    // Browsers come from many addresses: see `ws::open_from`.
+    let sources: Vec<(IpAddr, reqwest::Client)> = loopback_sources(SOURCES)
+        .into_iter()
+        .map(|ip| {
+            let client = reqwest::Client::builder()
+                .timeout(GIVE_UP)
+                .local_address(ip)
+                .build()
+                .context("HTTP client")?;
+            anyhow::Ok((ip, client))
+        })
+        .collect::<Result<_, _>>()?;
+
     let tally = Arc::new(Mutex::new(Tally::default()));
     let cpu_before = CpuSnapshot::take(host.pid());
     let statements_before = Statements::take(&host);
@@ -89,8 +109,10 @@ pub async fn run(clients: usize, schema: Option<&PgSchema>) -> anyhow::Result<()
         .enumerate()
         .map(|(i, (token, conversation))| {
             let delay = SPREAD.mul_f64(fastrand::f64());
+            let (source, http) = &sources[i % sources.len()];
             let client = Client {
                 http: http.clone(),
+                source: *source,
                 base: base.clone(),
                 addr: host.addr().to_owned(),
                 token: token.clone(),
@@ -194,6 +216,8 @@ async fn prepare(
 
 struct Client {
     http: reqwest::Client,
+    /// The loopback address it connects from.
+    source: IpAddr,
     base: String,
     addr: String,
     token: String,
@@ -302,7 +326,7 @@ impl Client {
 
     async fn open_ws(&self) -> Result<WsStream, Refusal> {
         let url = format!("ws://{}/api/v1/ws?token={}", self.addr, self.token);
-        match bothost_bench::ws::open(url).await {
+        match open_from(self.source, &url).await {
             Ok((ws, _)) => Ok(ws),
             Err(tungstenite::Error::Http(res)) => {
                 let status = res.status().as_u16();
