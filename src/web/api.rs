@@ -37,8 +37,12 @@ macro_rules! api_routes {
     };
 }
 
+// Matched in this order, and a path with a `{segment}` costs a regex match
+// for every request that reaches it: the routes every page load uses come
+// before those.
 api_routes! {
     API_ROUTES, routes;
+    get "/api/v1/ws" => super::ws::connect,
     post "/api/v1/auth/register" => register,
     post "/api/v1/auth/login" => login,
     post "/api/v1/auth/logout" => super::manage::logout,
@@ -56,7 +60,6 @@ api_routes! {
     post "/api/v1/conversations/{id}/messages" => post_message,
     post "/api/v1/conversations/{id}/messages/{client_msg_id}/regenerate" => regenerate,
     post "/api/v1/conversations/{id}/messages/{client_msg_id}/edit" => edit_message,
-    get "/api/v1/ws" => super::ws::connect,
     get "/api/v1/admin/bots" => admin_bots,
     post "/api/v1/admin/bots/{name}/restart" => admin_restart_bot,
     post "/api/v1/admin/restart" => admin_restart_all,

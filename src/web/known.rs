@@ -44,6 +44,11 @@ impl KnownConversations {
     pub fn remember<'a>(&self, conversations: impl IntoIterator<Item = &'a Conversation>) {
         let mut map = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         for c in conversations {
+            // Known as it is: a list of fifty mostly is, and a copy is two
+            // allocations.
+            if map.get(&c.id).is_some_and(|k| k.title == c.title) {
+                continue;
+            }
             if map.len() >= CAPACITY && !map.contains_key(&c.id) {
                 map.clear();
             }
@@ -80,6 +85,10 @@ mod tests {
         assert_eq!(known.get(10, 1).map(|c| c.id), Some(1));
         assert_eq!(known.get(11, 1), None, "another user's conversation");
         assert_eq!(known.get(10, 2), None, "never seen");
+        let mut titled = conversation(1, 10);
+        titled.title = "named".into();
+        known.remember([&titled]);
+        assert_eq!(known.get(10, 1).map(|c| c.title), Some("named".into()));
         known.forget(1);
         assert_eq!(known.get(10, 1), None, "forgotten");
     }
