@@ -33,7 +33,7 @@ use crate::inference;
 use crate::memory::Sampler;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
-use crate::supervisor::{AwaitSettled, GetStatus, Shutdown, Supervisor};
+use crate::supervisor::{AwaitSettled, Board, GetStatus, Shutdown, Supervisor};
 use crate::web::{configure, AppState, Auth};
 
 /// How long a stopping host lets its HTTP workers take up the connections
@@ -87,7 +87,7 @@ impl Host {
 
         let metrics = Metrics::new().context("cannot create the metrics registry")?;
         let store = open_store(&config, metrics.clone()).await?;
-        let (supervisor, monitors) = start_supervisor(&config, &metrics)?;
+        let (supervisor, board, monitors) = start_supervisor(&config, &metrics)?;
         // Validated at load: an invalid expression cannot reach here.
         if let Ok(Some(cron)) = config.restart_schedule() {
             crate::fleet::spawn_restart_schedule(supervisor.clone(), cron, store.clone());
@@ -113,6 +113,7 @@ impl Host {
         let state = web::Data::new(AppState::new(
             &config,
             supervisor.clone(),
+            board,
             store,
             metrics,
             auth,
@@ -223,7 +224,7 @@ impl Host {
 fn start_supervisor(
     config: &Config,
     metrics: &Metrics,
-) -> anyhow::Result<(Addr<Supervisor>, inference::Monitors)> {
+) -> anyhow::Result<(Addr<Supervisor>, Board, inference::Monitors)> {
     let sampler = Sampler::new()
         .context("cannot read process memory (sysinfo)")?
         .with_pss(config.supervisor.memory_measure == crate::config::MemoryMeasure::Pss);
@@ -234,8 +235,9 @@ fn start_supervisor(
         sampler,
         Ceilings::detect(config.supervisor.memory_ceiling),
     )
-    .with_rechecks(rechecks.clone())
-    .start();
+    .with_rechecks(rechecks.clone());
+    let board = supervisor.board();
+    let supervisor = supervisor.start();
     let monitors = inference::start(
         &config.inference,
         metrics,
@@ -243,7 +245,7 @@ fn start_supervisor(
         &rechecks,
         config.supervisor.stop_grace,
     );
-    Ok((supervisor, monitors))
+    Ok((supervisor, board, monitors))
 }
 
 /// Waits until every bot is ready or failed (at most `start_timeout` plus

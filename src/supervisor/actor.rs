@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use super::board::{Board, BotLine};
 use super::bot::{Bot, HeldTurn};
 use super::endpoints::Endpoints;
 use super::lifecycle::{Action, Lifecycle, Route};
 use super::messages::{
     AwaitSettled, BeginRolling, EndRolling, GetStatus, RestartBot, Shutdown, StartChat,
-    SubscribeStatus,
 };
 use super::policy::CrashPolicy;
 use crate::backoff::Backoff;
@@ -31,8 +31,7 @@ use crate::inference::{EndpointChecked, Rechecks};
 use crate::memory::{self, MemoryWatch, Sampler};
 use crate::metrics::Metrics;
 use crate::status::{
-    EndpointStatus, RestartError, RestartErrorCode, RestartReason, Restarted, StatusChange,
-    StatusReport,
+    EndpointStatus, RestartError, RestartErrorCode, RestartReason, Restarted, StatusReport,
 };
 use crate::turn::{CancelTurn, ErrorCode, TurnError};
 use crate::worker::{
@@ -58,7 +57,8 @@ pub struct Supervisor {
     rolling: bool,
     shutting_down: bool,
     settle_waiters: Vec<oneshot::Sender<()>>,
-    changes: broadcast::Sender<StatusChange>,
+    /// Each bot's state as the page lists it, and who watches it change.
+    board: Board,
     endpoints: Endpoints,
     /// Where a turn that failed on an endpoint asks for its health check.
     rechecks: Rechecks,
@@ -121,7 +121,16 @@ impl Supervisor {
                     endpoints,
                 }
             })
-            .collect();
+            .collect::<Vec<Bot>>();
+        let board = Board::new(
+            bots.iter()
+                .map(|bot| BotLine {
+                    name: bot.name().to_owned(),
+                    model: bot.settings.spec.model.clone(),
+                    state: bot.life.state(),
+                })
+                .collect(),
+        );
         Self {
             bots,
             metrics,
@@ -134,10 +143,15 @@ impl Supervisor {
             rolling: false,
             shutting_down: false,
             settle_waiters: Vec::new(),
-            changes: broadcast::channel(256).0,
+            board,
             endpoints: Endpoints::new(config),
             rechecks: Rechecks::default(),
         }
+    }
+
+    /// The bots' states for the web to read and watch (see `board`).
+    pub fn board(&self) -> Board {
+        self.board.clone()
     }
 
     /// Where a failed turn asks for an endpoint's health check at once.
@@ -209,11 +223,7 @@ impl Supervisor {
                     });
                 }
                 Action::State(state) => {
-                    // No subscribers is fine: nobody is watching.
-                    let _ = self.changes.send(StatusChange {
-                        bot: name.clone(),
-                        state,
-                    });
+                    self.board.set(&name, state);
                     self.metrics.set_state(&name, state);
                     if self.bots.iter().all(|b| b.life.state().settled()) {
                         self.settle_waiters.clear(); // dropping a sender wakes its waiter
@@ -667,14 +677,6 @@ impl Handler<EndpointChecked> for Supervisor {
 
     fn handle(&mut self, msg: EndpointChecked, ctx: &mut Context<Self>) {
         self.on_endpoint_checked(msg.0, ctx);
-    }
-}
-
-impl Handler<SubscribeStatus> for Supervisor {
-    type Result = MessageResult<SubscribeStatus>;
-
-    fn handle(&mut self, _: SubscribeStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.changes.subscribe())
     }
 }
 

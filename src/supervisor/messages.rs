@@ -5,7 +5,7 @@ use actix::prelude::*;
 use bot_worker::ChatMessage;
 use tokio::sync::mpsc;
 
-use crate::status::{RestartError, RestartReason, Restarted, StatusChange, StatusReport};
+use crate::status::{RestartError, RestartReason, Restarted, StatusReport};
 use crate::turn::{CancelTurn, TurnError, TurnEvent};
 
 /// Start a turn on the current worker of `bot`. Answers the request id and
@@ -26,11 +26,6 @@ pub struct GetStatus;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AwaitSettled;
-
-/// Every later change of any bot's state.
-#[derive(Message)]
-#[rtype(result = "tokio::sync::broadcast::Receiver<StatusChange>")]
-pub struct SubscribeStatus;
 
 /// Drain and stop every worker; resolves when all are gone.
 #[derive(Message)]

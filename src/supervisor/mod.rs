@@ -10,8 +10,9 @@
 //! Parts: `actor` (the actor: messages in, effects out), `lifecycle` (one
 //! bot's generations as a state machine, plain functions), `policy` (the
 //! crash rule), `endpoints` (its view of the model servers), `bot` (what it
-//! keeps per bot), `messages`, `turns` ([`start_turn`]) and `rolling`
-//! (restarting many bots, and the restart schedule).
+//! keeps per bot), `board` (each bot's state as the web lists and watches
+//! it, read without a message), `messages`, `turns` ([`start_turn`]) and
+//! `rolling` (restarting many bots, and the restart schedule).
 //!
 //! It never touches a process or a socket itself (WorkerHandles do), and it
 //! ignores events from generations it no longer tracks, so a late report can
@@ -28,6 +29,7 @@
 //! over from: the next generation is spawned after the backoff.
 
 mod actor;
+mod board;
 mod bot;
 mod endpoints;
 mod lifecycle;
@@ -37,6 +39,7 @@ mod rolling;
 mod turns;
 
 pub use actor::Supervisor;
-pub use messages::{AwaitSettled, GetStatus, RestartBot, Shutdown, SubscribeStatus};
+pub use board::{Board, BotLine};
+pub use messages::{AwaitSettled, GetStatus, RestartBot, Shutdown};
 pub use rolling::{restart_all, rolling_restart};
 pub use turns::start_turn;

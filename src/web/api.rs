@@ -139,18 +139,14 @@ async fn login(
     }
 }
 
-async fn bots(state: web::Data<AppState>, _user: AuthUser) -> Result<HttpResponse, ApiError> {
-    let report = state
-        .supervisor
-        .send(GetStatus)
-        .await
-        .map_err(|_| supervisor_gone())?;
-    let bots: Vec<_> = report
-        .bots
+async fn bots(state: web::Data<AppState>, _user: AuthUser) -> HttpResponse {
+    let bots: Vec<_> = state
+        .board
+        .bots()
         .iter()
         .map(|b| json!({"name": b.name, "model": b.model, "status": b.state.as_str()}))
         .collect();
-    Ok(HttpResponse::Ok().json(bots))
+    HttpResponse::Ok().json(bots)
 }
 
 fn supervisor_gone() -> ApiError {

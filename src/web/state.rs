@@ -12,7 +12,7 @@ use crate::chat::Chats;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Board, Supervisor};
 
 /// Everything a handler may use; one per host, shared by all workers.
 pub struct AppState {
@@ -25,6 +25,8 @@ pub struct AppState {
     pub limits: Limits,
     /// API requests worked on at once, and the limit.
     pub admission: super::admission::Admission,
+    /// Each bot's state, kept by the Supervisor (`GET /bots`, `bot_status`).
+    pub board: Board,
     /// Conversations seen lately (listed or read), for WebSockets.
     pub known: super::known::KnownConversations,
     pub open_registration: bool,
@@ -44,6 +46,7 @@ impl AppState {
     pub fn new(
         config: &Config,
         supervisor: Addr<Supervisor>,
+        board: Board,
         store: Store,
         metrics: Metrics,
         auth: Auth,
@@ -64,6 +67,7 @@ impl AppState {
             limits: Limits::new(config.limits.clone()),
             admission: super::admission::Admission::new(config.server.max_requests_in_flight),
             known: Default::default(),
+            board,
             open_registration: config.auth.open_registration,
             history_windows: config
                 .bots

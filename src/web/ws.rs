@@ -46,7 +46,6 @@ use super::state::AppState;
 use crate::chat::{Ask, ChatEvent};
 use crate::status::{BotState, StatusChange};
 use crate::store::{Conversation, ReplyStatus};
-use crate::supervisor::SubscribeStatus;
 
 /// The codec refuses (and closes on) frames above this; smaller frames over
 /// `limits.max_ws_frame` get an error frame and the connection stays.
@@ -220,13 +219,8 @@ impl Actor for WsSession {
                 ctx.ping(b"");
             }
         });
-        let supervisor = self.state.supervisor.clone();
-        let me = ctx.address().recipient();
-        let task = actix_rt::spawn(async move {
-            if let Ok(changes) = supervisor.send(SubscribeStatus).await {
-                forward_status(changes, me).await;
-            }
-        });
+        let changes = self.state.board.subscribe();
+        let task = actix_rt::spawn(forward_status(changes, ctx.address().recipient()));
         self.status_task = Some(task.abort_handle());
         let closing = self.state.chats.closing();
         ctx.spawn(
