@@ -12,6 +12,16 @@ use bothost::status::BotState;
 use common::*;
 
 /// Fast sampling and a short leak window, so a test sees a trend in seconds.
+/// These tests time workers' memory against the Supervisor's readings.
+/// Side by side on two cores, one test's leaking workers starved another's
+/// Supervisor: CI saw its first reading of a fast grower land past the
+/// ceiling (a kill, turns and all) and a reading land mid-burst. One at a
+/// time, as on a host: about 19 s for the file instead of 10.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn governed(bots_toml: &str) -> String {
     let supervisor = FAST_SUPERVISOR.replace(
         "[supervisor]\n",
@@ -38,6 +48,7 @@ fn logged_rss(log: &str, bot: &str, needle: &str) -> Option<u64> {
 
 #[test]
 fn leaks_and_oversized_workers_are_replaced_and_healthy_bots_are_left_alone() {
+    let _one = one_at_a_time();
     let host = TestHost::start_with_config(&governed(
         r#"
 [[bots]]
@@ -122,6 +133,7 @@ token_delay = "0s"
 
 #[test]
 fn a_rolling_restart_under_continuous_load_loses_nothing() {
+    let _one = one_at_a_time();
     let names = ["alpha", "bravo", "charlie"];
     let toml: String = names
         .iter()
@@ -204,6 +216,7 @@ fn real_worker() -> String {
 
 #[test]
 fn a_new_generation_that_fails_to_start_leaves_the_old_one_serving() {
+    let _one = one_at_a_time();
     let scripts = tempfile::tempdir().unwrap();
     let wrapper = worker_wrapper(scripts.path(), &format!("exec {} \"$@\"", real_worker()));
     let host = TestHost::start_with_config(&governed(&format!(
@@ -235,6 +248,7 @@ fn a_new_generation_that_fails_to_start_leaves_the_old_one_serving() {
 
 #[test]
 fn an_operator_restart_brings_a_failed_bot_back() {
+    let _one = one_at_a_time();
     let scripts = tempfile::tempdir().unwrap();
     let wrapper = worker_wrapper(scripts.path(), "exit 1");
     let host = TestHost::start_with_config(&governed(&format!(
@@ -258,6 +272,7 @@ fn an_operator_restart_brings_a_failed_bot_back() {
 
 #[test]
 fn only_one_rolling_restart_runs_at_a_time() {
+    let _one = one_at_a_time();
     let scripts = tempfile::tempdir().unwrap();
     // Each new generation takes a second to start, so the rolling restart of
     // two bots takes at least two.
@@ -301,6 +316,7 @@ fn only_one_rolling_restart_runs_at_a_time() {
 
 #[test]
 fn the_restart_schedule_fires() {
+    let _one = one_at_a_time();
     let toml = bots(&["alpha", "bravo"]);
     let config = governed(&toml).replace(
         "restart_schedule = \"off\"",
@@ -383,6 +399,7 @@ fn enforcer(host: &TestHost) -> &'static str {
 
 #[test]
 fn a_runaway_inside_one_turn_is_stopped_at_its_ceiling_and_nobody_else_notices() {
+    let _one = one_at_a_time();
     // Where the kernel may make cgroups, `auto` uses one; `rlimit` uses the
     // data-segment limit there is everywhere.
     for ceiling in ["auto", "rlimit"] {
@@ -471,6 +488,7 @@ token_delay = "0s"
 /// would catch a kernel ceiling that silently does nothing).
 #[test]
 fn a_burst_past_the_ceiling_is_refused_by_the_kernel() {
+    let _one = one_at_a_time();
     let bots = r#"
 [[bots]]
 name = "burst"
@@ -557,6 +575,7 @@ fn group_members(pgid: u32) -> Vec<u32> {
 
 #[test]
 fn a_helper_process_that_leaks_counts_against_its_worker_and_goes_with_it() {
+    let _one = one_at_a_time();
     // The worker starts a helper that grows 10 MB a second; the worker
     // itself stays small. Only counting the whole tree sees it.
     let dir = tempfile::tempdir().unwrap();
@@ -604,6 +623,7 @@ while True:
 
 #[test]
 fn without_room_for_a_second_generation_a_restart_stops_the_old_one_first() {
+    let _one = one_at_a_time();
     // No machine has a petabyte free: a handover would not fit.
     let host = TestHost::start_with_config(&governed(
         "[[bots]]\nname = \"huge\"\nmemory_budget = \"1PB\"\n\
