@@ -40,10 +40,16 @@ fn assert_no_failures(reports: &[LoadReport]) -> u64 {
 /// The `rss` field of the first JSON log line whose message contains `needle`
 /// for `bot`.
 fn logged_rss(log: &str, bot: &str, needle: &str) -> Option<u64> {
+    logged_rss_all(log, bot, needle).into_iter().next()
+}
+
+/// The `rss` field of every such line, in order.
+fn logged_rss_all(log: &str, bot: &str, needle: &str) -> Vec<u64> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["bot"] == bot && v["message"].as_str().is_some_and(|m| m.contains(needle)))
-        .and_then(|v| v["rss"].as_u64())
+        .filter(|v| v["bot"] == bot && v["message"].as_str().is_some_and(|m| m.contains(needle)))
+        .filter_map(|v| v["rss"].as_u64())
+        .collect()
 }
 
 #[test]
@@ -60,7 +66,7 @@ leak_per_message = "256KB"
 
 [[bots]]
 name = "fat"
-memory_budget = "60MB"
+memory_budget = "120MB"
 [bots.builtin]
 token_delay = "0s"
 leak_per_message = "2MB"
@@ -108,12 +114,12 @@ token_delay = "0s"
     // (or, on a slow machine, just after) the budget.
     let fat_rss = logged_rss(&log, "fat", "replacing the worker").expect("memory restart logged");
     assert!(
-        fat_rss >= 48_000_000,
+        fat_rss >= 96_000_000,
         "not before the warning line: {fat_rss}"
     );
-    assert!(fat_rss <= 63_000_000, "below the ceiling: {fat_rss}");
+    assert!(fat_rss <= 126_000_000, "below the ceiling: {fat_rss}");
     let warned = logged_rss(&log, "fat", "memory above 80% of budget").expect("warning logged");
-    assert!(warned >= 48_000_000, "{warned}");
+    assert!(warned >= 96_000_000, "{warned}");
 
     for name in ["steady-a", "steady-b"] {
         let bot = host.bot(name);
@@ -508,42 +514,55 @@ token_delay = "100ms"
             .replace("leak_window = \"4s\"", "leak_window = \"20s\"");
         assert!(config.contains("\"2s\""), "{config}");
         let host = TestHost::start_with_config(&config);
-        let before = host.bot("burst");
-        let budget = before.budget_bytes;
-        let peak = watch_peak(before.pid.expect("burst serves"));
-        let (ok, out, _) = host.chat("burst", &words);
-        assert!(!ok, "{ceiling}: the burst turn cannot complete: {out}");
-        let peak = peak.join().expect("watcher");
-        host.wait_for("the burst replaced", Duration::from_secs(10), || {
-            (host.bot("burst").generation >= 2).then_some(())
-        });
-        assert_eq!(
-            host.metric(r#"bothost_worker_restarts_total{bot="burst",reason="memory"}"#),
-            Some(1.0),
-            "{ceiling}: {}",
-            worker_lines(&host.log())
-        );
-        match enforcer(&host) {
-            // The Supervisor's own reading at the kill counts too: on a
-            // loaded machine the watcher can be descheduled through the
-            // whole burst (CI once saw 38.9 MB of a 150 MB burst).
-            "supervisor" => {
-                let log = host.log();
-                let read = ["at its memory ceiling", "replacing the worker"]
-                    .iter()
-                    .filter_map(|needle| logged_rss(&log, "burst", needle))
-                    .max()
-                    .unwrap_or(0);
-                assert!(
-                    peak.max(read) > budget * 110 / 100,
-                    "{ceiling}: without a kernel ceiling the burst lands \
-                     (watched {peak}, read {read})"
-                )
+        // Without a kernel ceiling a Supervisor reading can still land
+        // mid-burst and kill it first (CI saw 43 MB of 150 on a slow day):
+        // that burst proves nothing either way, so it is tried again, on
+        // the next generation, up to three times.
+        for burst in 1..=3 {
+            let before = host.bot("burst");
+            let budget = before.budget_bytes;
+            let peak = watch_peak(before.pid.expect("burst serves"));
+            let (ok, out, _) = host.chat("burst", &words);
+            assert!(!ok, "{ceiling}: the burst turn cannot complete: {out}");
+            let peak = peak.join().expect("watcher");
+            host.wait_for("the burst replaced", Duration::from_secs(10), || {
+                (host.bot("burst").generation > before.generation).then_some(())
+            });
+            assert_eq!(
+                host.metric(r#"bothost_worker_restarts_total{bot="burst",reason="memory"}"#),
+                Some(f64::from(burst)),
+                "{ceiling}: {}",
+                worker_lines(&host.log())
+            );
+            match enforcer(&host) {
+                // The Supervisor's own reading at the kill counts too: on a
+                // loaded machine the watcher can be descheduled through the
+                // whole burst (CI once saw 38.9 MB of a 150 MB burst).
+                "supervisor" => {
+                    let log = host.log();
+                    let read = ["at its memory ceiling", "replacing the worker"]
+                        .iter()
+                        .flat_map(|needle| logged_rss_all(&log, "burst", needle))
+                        .max()
+                        .unwrap_or(0);
+                    let landed = peak.max(read) > budget * 110 / 100;
+                    if landed {
+                        break;
+                    }
+                    assert!(
+                        burst < 3,
+                        "{ceiling}: without a kernel ceiling the burst lands \
+                         (watched {peak}, read {read}, {burst} bursts)"
+                    );
+                }
+                kernel => {
+                    assert!(
+                        peak <= budget * 110 / 100,
+                        "{ceiling} ({kernel}): peak {peak} over 110 % of {budget}"
+                    );
+                    break;
+                }
             }
-            kernel => assert!(
-                peak <= budget * 110 / 100,
-                "{ceiling} ({kernel}): peak {peak} over 110 % of {budget}"
-            ),
         }
     }
 }
