@@ -47,8 +47,8 @@ pub(super) fn begin_turn(
                 .do_nothing()
                 .returning(Message::as_returning()),
         )
-        .get_result(conn)
-        .optional()?;
+        .load(conn)
+        .map(super::first_written)?;
         let Some(message) = inserted else {
             let existing = by_client_id(conversation_id, &client_msg_id)
                 .select(Message::as_select())

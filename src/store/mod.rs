@@ -63,6 +63,18 @@ use schema::{conversations, messages, rate_windows, revoked_tokens, turn_leases,
 /// Most messages one history page returns.
 pub const MAX_PAGE: u32 = 100;
 
+/// The first row a write with `RETURNING` gave, once it has run to its end
+/// (`load`, not `get_result`). SQLite commits a statement that was stepped
+/// only once when it is reset, and diesel does not look at what the reset
+/// says: a commit that failed there (a full disk) went unseen, and a
+/// message was acknowledged that was never stored (`tests/chaos.rs`, the
+/// SQLite disk-full case, caught it). Run to its end, the statement's own
+/// last step commits and reports. Every write with `RETURNING` goes
+/// through it.
+fn first_written<T>(rows: Vec<T>) -> Option<T> {
+    rows.into_iter().next()
+}
+
 /// Cheap to clone; all clones share one pool.
 #[derive(Clone)]
 pub struct Store {
@@ -180,8 +192,10 @@ impl Store {
         )
         .values(&new)
         .returning(User::as_returning())
-        .get_result(conn)
-        .await)
+        .load(conn)
+        .await
+        .map(first_written)
+        .and_then(|row| row.ok_or(diesel::result::Error::NotFound)))
         .map_err(|e| match e {
             StoreError::Conflict(_) => {
                 StoreError::Conflict(format!("the user '{username}' already exists"))
@@ -234,9 +248,9 @@ impl Store {
             users::token_generation.eq(users::token_generation + 1),
         ))
         .returning(User::as_returning())
-        .get_result(conn)
+        .load(conn)
         .await
-        .optional())
+        .map(first_written))
     }
 
     /// Ends one token (`jti`) of user `id` until `expires_at` (seconds since
@@ -335,8 +349,10 @@ impl Store {
             diesel::insert_into(conversations::table)
                 .values(&new)
                 .returning(Conversation::as_returning())
-                .get_result(conn)
+                .load(conn)
                 .await
+                .map(first_written)
+                .and_then(|row| row.ok_or(diesel::result::Error::NotFound))
         })
     }
 
@@ -398,9 +414,9 @@ impl Store {
         )
         .set(conversations::title.eq(title))
         .returning(Conversation::as_returning())
-        .get_result(conn)
+        .load(conn)
         .await
-        .optional())
+        .map(first_written))
     }
 
     /// Deletes `owner`'s conversation `id` with its messages (`ON DELETE
@@ -667,9 +683,9 @@ impl Store {
                         .do_nothing()
                         .returning(Message::as_returning()),
                 )
-                .get_result(conn)
-                    .await
-                    .optional()?;
+                .load(conn)
+                .await
+                .map(first_written)?;
                 if let Some(message) = inserted {
                     return Ok(message);
                 }
@@ -705,9 +721,9 @@ impl Store {
                 ))
                 .returning(Message::as_returning()),
             )
-            .get_result(conn)
+            .load(conn)
             .await
-            .optional()
+            .map(first_written)
         })?;
         match updated {
             Some(message) => Ok(message),
@@ -950,9 +966,9 @@ impl Store {
                 )
                 .returning(turn_leases::message_id)
         )
-        .get_result::<i64>(conn)
-            .await
-            .optional())
+        .load::<i64>(conn)
+        .await
+        .map(first_written))
         .map(|taken| taken.is_some())
     }
 
