@@ -12,7 +12,7 @@ use diesel::prelude::*;
 
 use super::cached::Cached;
 use super::models::{Message, MessageRole, NewMessage, ReplyStatus};
-use super::queries::{by_client_id, newest};
+use super::queries::{by_client_id, first_written, newest};
 use super::schema::{conversations, messages};
 
 /// [`super::Store::begin_user_turn`] on SQLite, as one task for the blocking pool:
@@ -48,7 +48,7 @@ pub(super) fn begin_turn(
                 .returning(Message::as_returning()),
         )
         .load(conn)
-        .map(super::first_written)?;
+        .map(first_written)?;
         let Some(message) = inserted else {
             let existing = by_client_id(conversation_id, &client_msg_id)
                 .select(Message::as_select())

@@ -42,7 +42,7 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel_async::RunQueryDsl;
 use pool::Pools;
-use queries::{by_client_id, newest};
+use queries::{by_client_id, first_written, newest};
 
 pub use error::StoreError;
 
@@ -62,18 +62,6 @@ use schema::{conversations, messages, rate_windows, revoked_tokens, turn_leases,
 
 /// Most messages one history page returns.
 pub const MAX_PAGE: u32 = 100;
-
-/// The first row a write with `RETURNING` gave, once it has run to its end
-/// (`load`, not `get_result`). SQLite commits a statement that was stepped
-/// only once when it is reset, and diesel does not look at what the reset
-/// says: a commit that failed there (a full disk) went unseen, and a
-/// message was acknowledged that was never stored (`tests/chaos.rs`, the
-/// SQLite disk-full case, caught it). Run to its end, the statement's own
-/// last step commits and reports. Every write with `RETURNING` goes
-/// through it.
-fn first_written<T>(rows: Vec<T>) -> Option<T> {
-    rows.into_iter().next()
-}
 
 /// Cheap to clone; all clones share one pool.
 #[derive(Clone)]

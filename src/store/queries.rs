@@ -23,3 +23,15 @@ pub(super) fn newest(conversation_id: i64, window: u32) -> _ {
         .order(messages::id.desc())
         .limit(window)
 }
+
+/// The first row a write with `RETURNING` gave, once it has run to its end
+/// (`load`, not `get_result`). SQLite commits a statement that was stepped
+/// only once when it is reset, and diesel does not look at what the reset
+/// says: a commit that failed there (a full disk) went unseen, and a
+/// message was acknowledged that was never stored (`tests/chaos.rs`, the
+/// SQLite disk-full case, caught it). Run to its end, the statement's own
+/// last step commits and reports. Every write with `RETURNING` goes
+/// through it.
+pub(super) fn first_written<T>(rows: Vec<T>) -> Option<T> {
+    rows.into_iter().next()
+}
