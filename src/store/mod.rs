@@ -42,7 +42,7 @@ use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel_async::RunQueryDsl;
 use pool::Pools;
-use queries::{by_client_id, first_written, newest};
+use queries::{by_client_id, first_written, newest, written};
 
 pub use error::StoreError;
 
@@ -182,8 +182,7 @@ impl Store {
         .returning(User::as_returning())
         .load(conn)
         .await
-        .map(first_written)
-        .and_then(|row| row.ok_or(diesel::result::Error::NotFound)))
+        .and_then(written))
         .map_err(|e| match e {
             StoreError::Conflict(_) => {
                 StoreError::Conflict(format!("the user '{username}' already exists"))
@@ -339,8 +338,7 @@ impl Store {
                 .returning(Conversation::as_returning())
                 .load(conn)
                 .await
-                .map(first_written)
-                .and_then(|row| row.ok_or(diesel::result::Error::NotFound))
+                .and_then(written)
         })
     }
 

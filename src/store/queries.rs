@@ -35,3 +35,8 @@ pub(super) fn newest(conversation_id: i64, window: u32) -> _ {
 pub(super) fn first_written<T>(rows: Vec<T>) -> Option<T> {
     rows.into_iter().next()
 }
+
+/// [`first_written`] for a write that always returns its row (an insert).
+pub(super) fn written<T>(rows: Vec<T>) -> QueryResult<T> {
+    first_written(rows).ok_or(diesel::result::Error::NotFound)
+}

@@ -56,7 +56,7 @@ impl KnownConversations {
         }
     }
 
-    /// Forgets conversation `id` (deleted or renamed on this host).
+    /// Forgets conversation `id` (deleted on this host).
     pub fn forget(&self, id: i64) {
         let mut map = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(&id);
