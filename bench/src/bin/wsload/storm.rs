@@ -57,6 +57,8 @@ struct Tally {
     refused_429: u64,
     timeouts_408: u64,
     connect_failures: u64,
+    /// The WebSocket's error frames that asked for a resend, by code.
+    resend_codes: std::collections::BTreeMap<String, u64>,
 }
 
 /// Why a step did not succeed this time.
@@ -175,6 +177,17 @@ pub async fn run(clients: usize, schema: Option<&PgSchema>) -> anyhow::Result<()
         "answers on the way, each retried: 503 {}, 429 {}, 408 {}, failed connections {}",
         t.refused_503, t.refused_429, t.timeouts_408, t.connect_failures
     );
+    if !t.resend_codes.is_empty() {
+        let codes: Vec<String> = t
+            .resend_codes
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        println!(
+            "  the 429s are messages the WebSocket refused: {}",
+            codes.join(", ")
+        );
+    }
     println!("{}", cpu.per_turn_since(&cpu_before, t.back.len() as u64));
     println!(
         "{}",
@@ -377,6 +390,14 @@ impl Client {
                     Some("error"),
                     Some("rate_limited" | "in_progress" | "overloaded" | "store_unavailable"),
                 ) => {
+                    let code = f["code"].as_str().unwrap_or_default().to_owned();
+                    *self
+                        .tally
+                        .lock()
+                        .await
+                        .resend_codes
+                        .entry(code)
+                        .or_default() += 1;
                     let secs = f["retry_after"].as_u64().unwrap_or(1);
                     return Err(Refusal::Retry {
                         status: Some(429),
