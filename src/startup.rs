@@ -119,6 +119,7 @@ impl Host {
             auth,
         ));
         spawn_limits_sweeper(state.clone());
+        actix_rt::spawn(state.watchers.clone().forward(state.board.subscribe()));
         let (http, url) = start_http(&config, state.clone())?;
         log_checks(&config);
         info!(%url, control = %control_path.display(), "serving");

@@ -20,6 +20,7 @@ mod page;
 mod rewind;
 pub mod sessions;
 mod state;
+mod watchers;
 mod ws;
 
 use std::time::Instant;

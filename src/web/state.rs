@@ -27,6 +27,8 @@ pub struct AppState {
     pub admission: super::admission::Admission,
     /// Each bot's state, kept by the Supervisor (`GET /bots`, `bot_status`).
     pub board: Board,
+    /// The open WebSockets, told each bot's state change (`bot_status`).
+    pub watchers: super::watchers::Watchers,
     /// Conversations seen lately (listed or read), for WebSockets.
     pub known: super::known::KnownConversations,
     pub open_registration: bool,
@@ -67,6 +69,7 @@ impl AppState {
             limits: Limits::new(config.limits.clone()),
             admission: super::admission::Admission::new(config.server.max_requests_in_flight),
             known: Default::default(),
+            watchers: Default::default(),
             board,
             open_registration: config.auth.open_registration,
             history_windows: config

@@ -34,8 +34,7 @@ use actix_http::ws::Item;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc};
-use tokio::task::AbortHandle;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
@@ -43,8 +42,9 @@ use super::limits::{check_client_msg_id, FleetCheck, WebSocketSlot};
 use super::rewind;
 use super::sessions::AuthUser;
 use super::state::AppState;
+use super::watchers::BotStatusChanged;
 use crate::chat::{Ask, ChatEvent};
-use crate::status::{BotState, StatusChange};
+use crate::status::BotState;
 use crate::store::{Conversation, ReplyStatus};
 
 /// The codec refuses (and closes on) frames above this; smaller frames over
@@ -160,7 +160,7 @@ pub async fn connect(
         state,
         last_heard: Instant::now(),
         turns: HashMap::new(),
-        status_task: None,
+        watching: None,
         closing: false,
     };
     ws::WsResponseBuilder::new(session, &req, stream)
@@ -184,7 +184,8 @@ struct WsSession {
     /// SQLite call half-way, and diesel-async then blocks in place, which
     /// panics on this single-threaded runtime.
     turns: HashMap<String, CancellationToken>,
-    status_task: Option<AbortHandle>,
+    /// Its key among the host's watchers (`web::watchers`) while registered.
+    watching: Option<u64>,
     /// The host is shutting down: no new turns, close when the last ends.
     closing: bool,
 }
@@ -219,9 +220,7 @@ impl Actor for WsSession {
                 ctx.ping(b"");
             }
         });
-        let changes = self.state.board.subscribe();
-        let task = actix_rt::spawn(forward_status(changes, ctx.address().recipient()));
-        self.status_task = Some(task.abort_handle());
+        self.watching = Some(self.state.watchers.join(ctx.address().recipient()));
         let closing = self.state.chats.closing();
         ctx.spawn(
             async move { closing.cancelled_owned().await }
@@ -235,10 +234,22 @@ impl Actor for WsSession {
         for (_, turn) in self.turns.drain() {
             turn.cancel();
         }
-        if let Some(task) = self.status_task.take() {
-            task.abort();
+        if let Some(key) = self.watching.take() {
+            self.state.watchers.leave(key);
         }
         self.state.metrics.ws_connections.dec();
+    }
+}
+
+impl Handler<BotStatusChanged> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, BotStatusChanged(change): BotStatusChanged, ctx: &mut Self::Context) {
+        let frame = ServerFrame::BotStatus {
+            bot: change.bot,
+            status: change.state,
+        };
+        Handler::<Push>::handle(self, Push(frame), ctx);
     }
 }
 
@@ -633,25 +644,6 @@ impl WsSession {
 /// Sends each bot-status change to the connection `to` until it is gone.
 /// A full mailbox is waited on, never a reason to stop: the page would
 /// show a stale status for the rest of the connection.
-async fn forward_status(mut changes: broadcast::Receiver<StatusChange>, to: Recipient<Push>) {
-    loop {
-        match changes.recv().await {
-            Ok(change) => {
-                let frame = ServerFrame::BotStatus {
-                    bot: change.bot,
-                    status: change.state,
-                };
-                if to.send(Push(frame)).await.is_err() {
-                    return;
-                }
-            }
-            // Missed some: the ones after them still count.
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
 /// `text` and the deltas queued behind it, as one: under load a turn's
 /// tokens pile up faster than frames go out, and one frame for them all is
 /// one message for the connection's actor, one serialization and one write
@@ -749,21 +741,6 @@ mod tests {
         }
     }
 
-    /// Counts the frames it is pushed; its mailbox holds one at a time.
-    struct Counter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-    impl Actor for Counter {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Push> for Counter {
-        type Result = ();
-
-        fn handle(&mut self, _: Push, _: &mut Self::Context) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn fragments_make_one_message_within_the_size_limit() {
         use actix_web::web::Bytes;
@@ -795,31 +772,5 @@ mod tests {
             f.feed(Item::Last(Bytes::new()), 16),
             Assembled::Invalid(_)
         ));
-    }
-
-    #[actix_rt::test]
-    async fn a_full_mailbox_delays_status_changes_and_loses_none() {
-        let seen = std::sync::Arc::default();
-        let counter = Counter::create(|ctx| {
-            ctx.set_mailbox_capacity(1);
-            Counter(std::sync::Arc::clone(&seen))
-        });
-        let (tx, rx) = broadcast::channel(16);
-        // All queued before the forwarder runs: it meets a full mailbox
-        // on the second.
-        for n in 0..5 {
-            tx.send(StatusChange {
-                bot: format!("bot{n}"),
-                state: BotState::Ready,
-            })
-            .unwrap();
-        }
-        drop(tx);
-        forward_status(rx, counter.recipient()).await;
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        while seen.load(std::sync::atomic::Ordering::SeqCst) < 5 && Instant::now() < deadline {
-            actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5);
     }
 }
