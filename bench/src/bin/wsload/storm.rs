@@ -326,10 +326,16 @@ impl Client {
                 status: None,
                 wait: Duration::from_secs(1),
             }),
-            503 | 429 | 408 => Err(Refusal::Retry {
-                status: Some(status),
-                wait,
-            }),
+            // Read too: a response dropped unread closes its connection
+            // (a reset, and a new connection for the retry), where a
+            // browser reads it and keeps the connection.
+            503 | 429 | 408 => {
+                let _ = res.bytes().await;
+                Err(Refusal::Retry {
+                    status: Some(status),
+                    wait,
+                })
+            }
             _ => Err(Refusal::Fatal(format!(
                 "GET {path}: {status} {}",
                 res.text().await.unwrap_or_default()
