@@ -53,6 +53,9 @@ pub struct Claims {
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Built once: every API request checks a token, and building the
+    /// rules allocates.
+    validation: Validation,
     ttl: Duration,
 }
 
@@ -61,6 +64,11 @@ impl Auth {
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            validation: {
+                let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
+                validation.leeway = 5;
+                validation
+            },
             ttl,
         }
     }
@@ -84,9 +92,7 @@ impl Auth {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
-        validation.leeway = 5;
-        decode::<Claims>(token, &self.decoding, &validation)
+        decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::new(
