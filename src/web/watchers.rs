@@ -8,8 +8,10 @@
 //! here is a key and an address. Changes are rare (a bot restarting, or
 //! back), so going through the whole list for one is cheap.
 //!
-//! Must never block a connection: the hand-over is `do_send`, which queues
-//! the message in the connection's mailbox and returns.
+//! Must never block a connection, nor lose a change to a busy one: the
+//! hand-over is `do_send`, which queues the message in the connection's
+//! mailbox whatever its capacity and returns (a page that missed one would
+//! show a stale state until it reconnects).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

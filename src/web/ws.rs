@@ -641,9 +641,6 @@ impl WsSession {
     }
 }
 
-/// Sends each bot-status change to the connection `to` until it is gone.
-/// A full mailbox is waited on, never a reason to stop: the page would
-/// show a stale status for the rest of the connection.
 /// `text` and the deltas queued behind it, as one: under load a turn's
 /// tokens pile up faster than frames go out, and one frame for them all is
 /// one message for the connection's actor, one serialization and one write
