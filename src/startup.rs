@@ -62,6 +62,8 @@ pub struct Host {
     control_path: PathBuf,
     control_task: actix_rt::task::JoinHandle<()>,
     db_probe: tokio::task::JoinHandle<()>,
+    /// Stops the SQLite WAL's checkpoints every second (between two).
+    checkpoints: tokio_util::sync::CancellationToken,
     orphan_sweep: tokio::task::JoinHandle<()>,
     /// Health checks and supervised model servers.
     monitors: inference::Monitors,
@@ -101,6 +103,8 @@ impl Host {
         let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
 
         let db_probe = store.spawn_probe(Duration::from_secs(5));
+        let checkpoints = tokio_util::sync::CancellationToken::new();
+        store.spawn_checkpoints(Duration::from_secs(1), checkpoints.clone());
         let orphan_sweep = crate::orphans::spawn(
             store.clone(),
             crate::orphans::orphan_age(
@@ -131,6 +135,7 @@ impl Host {
             control_path,
             control_task,
             db_probe,
+            checkpoints,
             orphan_sweep,
             monitors,
             stop_grace: config.supervisor.stop_grace,
@@ -207,6 +212,7 @@ impl Host {
         self.http.stop(true).await;
         self.control_task.abort();
         self.db_probe.abort();
+        self.checkpoints.cancel();
         self.orphan_sweep.abort();
         self.supervisor.send(Shutdown).await?;
         // Last: the workers no longer call them, and no monitor restarts

@@ -547,7 +547,18 @@ fn the_sqlite_disk_full() {
         .args(["if=/dev/zero", "bs=64k"])
         .arg(format!("of={}", filler.display()))
         .output();
-    std::thread::sleep(Duration::from_secs(2));
+    // Held full until a message is refused for it: the host checkpoints
+    // SQLite's WAL every second, and a reset WAL is written again from its
+    // start, in space it already has, so writes go on until a checkpoint
+    // cannot grow the database file and the WAL has to grow.
+    host.wait_for(
+        "a message refused for the full disk",
+        Duration::from_secs(30),
+        || {
+            let refused = host.metric("bothost_chat_messages_total{outcome=\"unavailable\"}")?;
+            (refused >= 1.0).then_some(())
+        },
+    );
     std::fs::remove_file(&filler).unwrap();
     load.wait_turns(8);
     let logs = load.finish();

@@ -831,3 +831,39 @@ async fn new_sqlite_connections_wait_for_a_busy_writer() {
     }
     db.cleanup().await;
 }
+
+/// SQLite checkpoints its WAL into the database file itself only at
+/// `WAL_AUTOCHECKPOINT_PAGES` (40 MB); the host's checkpoint every second
+/// brings what was committed since to the file (and so to the disk) in
+/// between. The file's size tells: it grows when a checkpoint copies the
+/// new pages into it.
+#[tokio::test]
+async fn sqlite_commits_reach_the_database_file_at_the_next_timed_checkpoint() {
+    let db = common::db::sqlite(&config()).await;
+    let DatabaseTarget::Sqlite(path) = db.target.clone() else {
+        panic!("a SQLite store");
+    };
+    let size = || std::fs::metadata(&path).expect("the database file").len();
+    let (_, conversation) = user_and_conversation(&db.store, "checkpointed").await;
+    let before = size();
+    // 6 MB, past SQLite's own default of 1,000 pages (4 MB): with it, the
+    // file would have grown already.
+    let text = "x".repeat(100_000);
+    for i in 0..60 {
+        append(&db.store, conversation, &format!("c{i}"), &text)
+            .await
+            .unwrap();
+    }
+    assert_eq!(size(), before, "nothing checkpointed before the timer");
+    let stop = tokio_util::sync::CancellationToken::new();
+    db.store
+        .spawn_checkpoints(Duration::from_millis(100), stop.clone());
+    eventually_async(
+        "the WAL checkpointed into the file",
+        Duration::from_secs(10),
+        || async { (size() >= before + 6_000_000).then_some(()) },
+    )
+    .await
+    .unwrap();
+    stop.cancel();
+}

@@ -43,6 +43,7 @@ use diesel::result::Error as DieselError;
 use diesel_async::RunQueryDsl;
 use pool::Pools;
 use queries::{by_client_id, first_written, newest, written};
+use tokio_util::sync::CancellationToken;
 
 pub use error::StoreError;
 
@@ -147,6 +148,51 @@ impl Store {
             .execute(conn)
             .await
             .map(drop))
+    }
+
+    /// SQLite: checkpoints the WAL every `every` (a passive checkpoint:
+    /// readers and the writer carry on), so commits reach the disk within
+    /// about that long also when too few are written for SQLite's own
+    /// checkpoint (`pool::WAL_AUTOCHECKPOINT_PAGES`), until `stop` is
+    /// cancelled: between checkpoints, never during one (a SQLite call
+    /// dropped half-way panics; ARCHITECTURE.md's invariants). Nothing to
+    /// do on PostgreSQL.
+    pub fn spawn_checkpoints(&self, every: std::time::Duration, stop: CancellationToken) {
+        if !matches!(&*self.pools, Pools::Sqlite(_)) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Said once when it starts failing (a full disk, say), not
+            // every second.
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let done = with_conn!(store, "checkpoint", |conn| {
+                    diesel_async::SimpleAsyncConnection::batch_execute(
+                        conn,
+                        "PRAGMA wal_checkpoint(PASSIVE);",
+                    )
+                    .await
+                });
+                match done {
+                    Err(e) if !failing => {
+                        tracing::warn!("cannot checkpoint the SQLite WAL (retrying): {e}");
+                        failing = true;
+                    }
+                    Ok(()) if failing => {
+                        tracing::info!("the SQLite WAL is checkpointed again");
+                        failing = false;
+                    }
+                    _ => {}
+                }
+            }
+        });
     }
 
     /// Pings the database every `every` and exports the verdict as
