@@ -39,7 +39,7 @@ const HIGH_WATER: f64 = 0.8;
 /// 1,000 a checkpoint ran every ~50 turns, on the writer's thread, while
 /// every other write waited, and copied the same hot pages (the newest
 /// index leaves, the conversation row) again each time. Measured
-/// (`wsload 100 200 20`, fourteen interleaved runs): about 10 % more turns
+/// (`wsload 100 200 20`, twenty interleaved runs): about 10 % more turns
 /// a minute and 5 % less host CPU a turn. The WAL is written to disk
 /// (`fsync`) at checkpoints only (`synchronous = NORMAL`), so
 /// [`crate::store::Store::spawn_checkpoints`] also checkpoints every
