@@ -6,8 +6,9 @@
 //! generations and endpoints built for a list of names and states. Every page
 //! load asks, and so do ten thousand browsers coming back after a restart.
 //! The board is written where a bot's state changes, in the same step that
-//! tells the WebSockets watching (`bot_status` frames), so the list and the
-//! frames never disagree.
+//! tells whoever watches (`web::watchers`, which hands each change to every
+//! WebSocket as a `bot_status` frame), so the list and the frames never
+//! disagree.
 //!
 //! Must never: be written by anyone but the Supervisor, or block it (a
 //! reader holds the lock only to copy a few short lines).
