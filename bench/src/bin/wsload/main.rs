@@ -39,7 +39,8 @@ mod storm;
 /// The tool shares the host's two cores, so its own CPU is taken from the
 /// host's: with glibc's allocator, a fifth of the tool's samples in a storm
 /// were malloc and free (10,000 clients' buffers allocated and freed across
-/// two threads). The host keeps glibc's (ARCHITECTURE.md says why).
+/// two threads). The host keeps glibc's (ARCHITECTURE.md says why). See
+/// also [`no_huge_pages`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -55,6 +56,7 @@ const CONNECT_PARALLELISM: usize = 200;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    no_huge_pages()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "--storm") {
         let clients: usize = args.get(1).map_or(Ok(10_000), |s| s.parse())?;
@@ -470,6 +472,15 @@ fn host_rss(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Each held connection is a file descriptor here and one in the host.
+/// mimalloc asks for transparent huge pages for its arenas, and the kernel
+/// then zeroes 2 MiB at each first touch: in a storm that was 4–5 % of all
+/// the machine's samples, in the tool (`clear_page_erms` under
+/// `do_huge_pmd_anonymous_page`), and the tool's CPU a comeback fell by
+/// about a fifth without them (interleaved storms, host CPU as the yardstick).
+fn no_huge_pages() -> anyhow::Result<()> {
+    nix::sys::prctl::set_thp_disable(true).context("prctl(PR_SET_THP_DISABLE)")
+}
+
 fn raise_fd_limit() -> anyhow::Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
