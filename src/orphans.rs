@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::store::{now_ms, NewReply, ReplyStatus, Store, StoreError};
@@ -95,14 +96,18 @@ impl Sweep {
     }
 }
 
-/// Runs the sweep now and then every [`every`]`(age)` until the task is
-/// aborted.
-pub fn spawn(store: Store, age: Duration) -> tokio::task::JoinHandle<()> {
+/// Runs the sweep now and then every [`every`]`(age)` until `stop` is
+/// cancelled: between two passes, never during one (a SQLite call dropped
+/// half-way blocks the host's thread; ARCHITECTURE.md's invariants).
+pub fn spawn(store: Store, age: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     let mut sweep = Sweep::new(store, age);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every(age));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
             match sweep.run().await {
                 Ok(0) => {}
                 Ok(marked) => warn!(

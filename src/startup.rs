@@ -39,6 +39,9 @@ use crate::web::{configure, AppState, Auth};
 /// How long a stopping host lets its HTTP workers take up the connections
 /// accepted just before it stopped accepting (see `Host::stop`).
 const HANDOFF_GRACE: Duration = Duration::from_millis(100);
+/// How long a stopping host waits for the store's own tasks to finish the
+/// pass they are in (a sweep page, a checkpoint, a ping).
+const STORE_TASKS_GRACE: Duration = Duration::from_secs(5);
 
 /// `bothost serve`: builds the host, prints the line scripts wait for, runs
 /// until SIGINT or SIGTERM.
@@ -61,10 +64,11 @@ pub struct Host {
     url: String,
     control_path: PathBuf,
     control_task: actix_rt::task::JoinHandle<()>,
-    db_probe: tokio::task::JoinHandle<()>,
-    /// Stops the SQLite WAL's checkpoints every second (between two).
-    checkpoints: tokio_util::sync::CancellationToken,
-    orphan_sweep: tokio::task::JoinHandle<()>,
+    /// Stops the store's own tasks (the database probe, SQLite's timed
+    /// checkpoints, the orphan sweep) between two passes, never during one.
+    background: tokio_util::sync::CancellationToken,
+    /// Those tasks, awaited at shutdown once told to stop.
+    background_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Health checks and supervised model servers.
     monitors: inference::Monitors,
     stop_grace: Duration,
@@ -102,16 +106,20 @@ impl Host {
         std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
         let control_task = actix_rt::spawn(control::serve(control_listener, supervisor.clone()));
 
-        let db_probe = store.spawn_probe(Duration::from_secs(5));
-        let checkpoints = tokio_util::sync::CancellationToken::new();
-        store.spawn_checkpoints(Duration::from_secs(1), checkpoints.clone());
-        let orphan_sweep = crate::orphans::spawn(
-            store.clone(),
-            crate::orphans::orphan_age(
-                config.supervisor.start_timeout,
-                config.supervisor.turn_idle_timeout,
+        let background = tokio_util::sync::CancellationToken::new();
+        let mut background_tasks = vec![
+            store.spawn_probe(Duration::from_secs(5), background.clone()),
+            crate::orphans::spawn(
+                store.clone(),
+                crate::orphans::orphan_age(
+                    config.supervisor.start_timeout,
+                    config.supervisor.turn_idle_timeout,
+                ),
+                background.clone(),
             ),
-        );
+        ];
+        background_tasks
+            .extend(store.spawn_checkpoints(Duration::from_secs(1), background.clone()));
         crate::backup::spawn_schedule(config.clone(), metrics.clone());
         let auth = Auth::new(&jwt_secret(&config), config.auth.token_ttl);
         let state = web::Data::new(AppState::new(
@@ -134,9 +142,8 @@ impl Host {
             url,
             control_path,
             control_task,
-            db_probe,
-            checkpoints,
-            orphan_sweep,
+            background,
+            background_tasks,
             monitors,
             stop_grace: config.supervisor.stop_grace,
             drain_delay: config.server.drain_delay,
@@ -211,9 +218,14 @@ impl Host {
         }
         self.http.stop(true).await;
         self.control_task.abort();
-        self.db_probe.abort();
-        self.checkpoints.cancel();
-        self.orphan_sweep.abort();
+        self.background.cancel();
+        let store_tasks = futures_util::future::join_all(self.background_tasks);
+        if tokio::time::timeout(STORE_TASKS_GRACE, store_tasks)
+            .await
+            .is_err()
+        {
+            warn!("the store's own tasks did not stop within {STORE_TASKS_GRACE:?}");
+        }
         self.supervisor.send(Shutdown).await?;
         // Last: the workers no longer call them, and no monitor restarts
         // one mid-shutdown.

@@ -867,3 +867,38 @@ async fn sqlite_commits_reach_the_database_file_at_the_next_timed_checkpoint() {
     .unwrap();
     stop.cancel();
 }
+
+/// The store's own tasks (the database probe, SQLite's timed checkpoints,
+/// the orphan sweep) end by themselves when told to, between two passes,
+/// so a stopping host never drops one in the middle of a database call
+/// (aborted, a SQLite call blocks the host's thread).
+#[tokio::test]
+async fn the_stores_own_tasks_end_by_themselves_when_told_to_stop() {
+    for db in backends(&config()).await {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut tasks = vec![
+            db.store
+                .spawn_probe(Duration::from_millis(10), stop.clone()),
+            bothost::orphans::spawn(db.store.clone(), Duration::ZERO, stop.clone()),
+        ];
+        tasks.extend(
+            db.store
+                .spawn_checkpoints(Duration::from_millis(10), stop.clone()),
+        );
+        assert_eq!(
+            tasks.len(),
+            if db.store.backend() == "sqlite" { 3 } else { 2 },
+            "checkpoints are SQLite's only"
+        );
+        // A few passes each, then the word.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("ended within 5 s of being told")
+                .expect("ended by itself, not aborted or panicked");
+        }
+        db.cleanup().await;
+    }
+}

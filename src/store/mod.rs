@@ -157,12 +157,16 @@ impl Store {
     /// cancelled: between checkpoints, never during one (a SQLite call
     /// dropped half-way panics; ARCHITECTURE.md's invariants). Nothing to
     /// do on PostgreSQL.
-    pub fn spawn_checkpoints(&self, every: std::time::Duration, stop: CancellationToken) {
+    pub fn spawn_checkpoints(
+        &self,
+        every: std::time::Duration,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if !matches!(&*self.pools, Pools::Sqlite(_)) {
-            return;
+            return None;
         }
         let store = self.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Said once when it starts failing (a full disk, say), not
@@ -192,17 +196,25 @@ impl Store {
                     _ => {}
                 }
             }
-        });
+        }))
     }
 
     /// Pings the database every `every` and exports the verdict as
-    /// `bothost_db_up`, until the returned task is aborted.
-    pub fn spawn_probe(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    /// `bothost_db_up`, until `stop` is cancelled (between two pings, for
+    /// the reason [`Store::spawn_checkpoints`] gives).
+    pub fn spawn_probe(
+        &self,
+        every: std::time::Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
                 let up = store.ping().await.is_ok();
                 store.metrics.db_up.set(i64::from(up));
             }
