@@ -612,6 +612,107 @@ fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
     );
 }
 
+/// While it refuses, a busy host lets in first the requests tried most
+/// often: the page counts its tries in `Bothost-Attempt`, and a WebSocket
+/// counts the turns it had refused in a row. With four places, three held:
+/// a first try finds half of them (refused), a second three quarters
+/// (refused), a third all four (served).
+#[test]
+fn a_busy_host_lets_in_first_the_requests_tried_most_often() {
+    let supervisor = FAST_SUPERVISOR
+        .replace("[server]\n", "[server]\nmax_requests_in_flight = 4\n")
+        .replace(
+            "stop_grace = \"1s\"",
+            "stop_grace = \"1s\"\nturn_idle_timeout = \"10s\"",
+        );
+    let bots = "[[bots]]\nname = \"slow\"\n[bots.builtin]\nhang_on = \"stall\"\n";
+    let host = TestHost::start_with_config(&format!(
+        "{supervisor}\n[auth]\njwt_secret = \"{SECRET}\"\n{bots}"
+    ));
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    let wendy = register(&host.url, "wendy");
+    let ws_conv = wendy.conversation("slow");
+    let rt = runtime();
+    let mut ws = rt.block_on(wendy.ws());
+    let turns_in_the_worker = |n: i64| {
+        host.wait_for("the turns in the worker", Duration::from_secs(10), || {
+            (host.bot("slow").in_flight >= n).then_some(())
+        })
+    };
+    let bots_on_try = |attempt: u32| {
+        alice
+            .client
+            .get(format!("{}/api/v1/bots", host.url))
+            .bearer_auth(&alice.token)
+            .header("Bothost-Attempt", attempt)
+            .send()
+            .expect("GET")
+            .status()
+            .as_u16()
+    };
+    std::thread::scope(|s| {
+        // Three places held by turns that wait for a reply (until the idle
+        // deadline ends them), a fourth by one of the WebSocket's.
+        let stalled: Vec<_> = (0..3)
+            .map(|i| {
+                let alice = &alice;
+                s.spawn(move || {
+                    alice.post(
+                        &format!("/api/v1/conversations/{conv}/messages"),
+                        json!({"client_msg_id": format!("stalled-{i}"), "content": "please stall"}),
+                    )
+                })
+            })
+            .collect();
+        turns_in_the_worker(3);
+        rt.block_on(ws.chat(ws_conv, "w-stall", "please stall too"));
+        turns_in_the_worker(4);
+        assert_eq!(alice.get("/api/v1/bots").status(), 503, "all four taken");
+        // The WebSocket's turn stopped: one place free, and the host still
+        // refusing (each refusal here keeps it so).
+        rt.block_on(ws.send_json(json!({"type": "cancel", "client_msg_id": "w-stall"})));
+        host.wait_for(
+            "a third try served with a place free",
+            Duration::from_secs(10),
+            || (bots_on_try(3) == 200).then_some(()),
+        );
+        assert_eq!(
+            error_code(alice.get("/api/v1/bots")),
+            (503, "overloaded".into()),
+            "a first try (no header): half the places"
+        );
+        assert_eq!(bots_on_try(2), 503, "a second: three of four");
+        assert_eq!(bots_on_try(3), 200, "a third: all four");
+        // The WebSocket counts for itself: a message refused twice gets in
+        // when sent the third time, while a first try is still refused.
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            let frame = rt.block_on(async {
+                ws.chat(ws_conv, "w2", "hello again").await;
+                loop {
+                    let f = ws.next().await;
+                    if f["client_msg_id"] == "w2" {
+                        break f;
+                    }
+                }
+            });
+            sent.push(
+                frame["code"]
+                    .as_str()
+                    .unwrap_or(frame["type"].as_str().unwrap_or(""))
+                    .to_owned(),
+            );
+        }
+        assert_eq!(sent, ["overloaded", "overloaded", "ack"]);
+        assert_eq!(alice.get("/api/v1/bots").status(), 503);
+        for turn in stalled {
+            let res = turn.join().expect("stalled turn");
+            assert_eq!(error_code(res), (504, "engine_timeout".into()));
+        }
+    });
+}
+
 #[test]
 fn closed_registration_admin_users_and_the_admin_api() {
     let host = TestHost::start_with_config(&format!(

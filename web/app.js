@@ -28,7 +28,9 @@ function newClientId() {
 // A busy host answers 503 `overloaded` at once, before doing anything, with
 // Retry-After: the same request is sent again after that wait plus jitter
 // (so thousands of browsers coming back after a restart spread out), for up
-// to 15 s. A GET is also retried on any 503.
+// to 15 s. A GET is also retried on any 503. Each try says which it is
+// (Bothost-Attempt): a host that is refusing lets in first the requests
+// tried most often.
 const API_RETRY_FOR_MS = 15000;
 
 async function api(method, path, body) {
@@ -37,6 +39,7 @@ async function api(method, path, body) {
   let res, data;
   const giveUpAt = Date.now() + API_RETRY_FOR_MS;
   for (let attempt = 1; ; attempt++) {
+    headers["Bothost-Attempt"] = String(attempt);
     res = await fetch("/api/v1" + path, { method, headers, body: body ? JSON.stringify(body) : undefined });
     data = await res.json().catch(() => ({}));
     const code = data.error && data.error.code;
@@ -526,7 +529,10 @@ function acked(id, messageId) {
 function connect() {
   if (!state.token) return;
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${proto}//${location.host}/api/v1/ws?token=${encodeURIComponent(state.token)}`);
+  // Which try this is, as for a REST request (a browser cannot set headers
+  // on the upgrade).
+  const attempt = state.retry + 1;
+  const ws = new WebSocket(`${proto}//${location.host}/api/v1/ws?token=${encodeURIComponent(state.token)}&attempt=${attempt}`);
   state.ws = ws;
   ws.onopen = () => {
     state.retry = 0;

@@ -32,7 +32,7 @@ use serde_json::json;
 
 use crate::status::{BotState, StatusReport};
 use crate::supervisor::GetStatus;
-pub use admission::Admission;
+pub use admission::{Admission, ATTEMPT_HEADER};
 pub use api::API_ROUTES;
 pub use auth::Auth;
 use error::ApiError;
@@ -106,15 +106,17 @@ where
     S::Future: 'static,
 {
     match req.app_data::<web::Data<AppState>>() {
-        Some(state) if admission::counted(req.path()) => match state.admission.enter() {
-            Ok(ticket) => {
-                req.extensions_mut().insert(ticket);
+        Some(state) if admission::counted(req.path()) => {
+            match state.admission.enter(admission::attempt_of(req.request())) {
+                Ok(ticket) => {
+                    req.extensions_mut().insert(ticket);
+                }
+                Err(refused) => {
+                    let response = req.error_response(refused).map_into_right_body();
+                    return futures_util::future::Either::Left(std::future::ready(Ok(response)));
+                }
             }
-            Err(refused) => {
-                let response = req.error_response(refused).map_into_right_body();
-                return futures_util::future::Either::Left(std::future::ready(Ok(response)));
-            }
-        },
+        }
         _ => {}
     }
     let fut = srv.call(req);

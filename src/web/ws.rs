@@ -162,6 +162,7 @@ pub async fn connect(
         turns: HashMap::new(),
         watching: None,
         closing: false,
+        refused_in_a_row: 0,
     };
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(CODEC_MAX_FRAME)
@@ -177,7 +178,6 @@ struct WsSession {
     fragments: Fragments,
     state: web::Data<AppState>,
     last_heard: Instant,
-    /// Turns of this connection, by client message id.
     /// Turns of this connection, by client message id: cancelling one
     /// stops forwarding its events, which cancels the turn (its reply is
     /// stored as far as it got). Never aborted: an abort could cut a
@@ -188,6 +188,12 @@ struct WsSession {
     watching: Option<u64>,
     /// The host is shutting down: no new turns, close when the last ends.
     closing: bool,
+    /// Turns admission refused on this connection since it last let one
+    /// in: the page sends a refused message again on the same socket, so
+    /// the next turn is on its try `refused_in_a_row + 1`
+    /// (`web::admission`). Counted here, not said by the page, so that no
+    /// frame changes (a host before this one refuses unknown fields).
+    refused_in_a_row: u32,
 }
 
 #[derive(Message)]
@@ -526,7 +532,12 @@ impl WsSession {
         let slot = self.state.limits.start_turn(self.user.id)?;
         // Counted with the API's requests until the reply starts: the
         // database work before it is what a storm of turns queues on.
-        let mut ticket = Some(self.state.admission.enter()?);
+        let admitted = self.state.admission.enter(self.refused_in_a_row + 1);
+        self.refused_in_a_row = match admitted {
+            Ok(_) => 0,
+            Err(_) => self.refused_in_a_row.saturating_add(1),
+        };
+        let mut ticket = Some(admitted?);
         let (state, me, owner, ip) = (self.state.clone(), ctx.address(), self.user.id, self.ip);
         let cid = client_msg_id.to_owned();
         let claims = self.user.claims.clone();

@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use bothost::web::ATTEMPT_HEADER;
 use bothost_bench::ws::{loopback_sources, open_from, WsStream};
 
 use super::{bench_tables, create_conversation, get_page, register_users};
@@ -246,11 +247,11 @@ impl Client {
         // The page's budget for one request or one message; its WebSocket
         // reconnects for as long as it takes.
         let page_budget = || deadline.min(Instant::now() + PAGE_RETRIES_FOR);
-        self.retrying(page_budget(), || self.get("/api/v1/bots"))
+        self.retrying(page_budget(), |n| self.get("/api/v1/bots", n))
             .await?;
-        self.retrying(page_budget(), || self.get("/api/v1/conversations"))
+        self.retrying(page_budget(), |n| self.get("/api/v1/conversations", n))
             .await?;
-        let mut ws = self.retrying(deadline, || self.open_ws()).await?;
+        let mut ws = self.retrying(deadline, |n| self.open_ws(n)).await?;
         let until = page_budget();
         let mut attempt = 0;
         loop {
@@ -270,17 +271,18 @@ impl Client {
         }
     }
 
-    /// `step` until it succeeds, waiting out each refusal, unless the wait
-    /// would end after `until` (the page then shows the error).
+    /// `step` (told which try it is) until it succeeds, waiting out each
+    /// refusal, unless the wait would end after `until` (the page then
+    /// shows the error).
     async fn retrying<T, F, Fut>(&self, until: Instant, step: F) -> Result<T, String>
     where
-        F: Fn() -> Fut,
+        F: Fn(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T, Refusal>>,
     {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match step().await {
+            match step(attempt).await {
                 Ok(v) => return Ok(v),
                 Err(Refusal::Retry { status, wait }) => {
                     self.count(status).await;
@@ -305,11 +307,12 @@ impl Client {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<(), Refusal> {
+    async fn get(&self, path: &str, attempt: u32) -> Result<(), Refusal> {
         let res = self
             .http
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
+            .header(ATTEMPT_HEADER, attempt)
             .send()
             .await
             .map_err(|_| Refusal::Retry {
@@ -343,8 +346,11 @@ impl Client {
         }
     }
 
-    async fn open_ws(&self) -> Result<WsStream, Refusal> {
-        let url = format!("ws://{}/api/v1/ws?token={}", self.addr, self.token);
+    async fn open_ws(&self, attempt: u32) -> Result<WsStream, Refusal> {
+        let url = format!(
+            "ws://{}/api/v1/ws?token={}&attempt={attempt}",
+            self.addr, self.token
+        );
         match open_from(self.source, &url).await {
             Ok((ws, _)) => Ok(ws),
             Err(tungstenite::Error::Http(res)) => {
