@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::web::{client, error_code, register};
+use common::web::{client, error_code, register, ApiUser};
 use common::*;
 use serde_json::{json, Value};
 
@@ -512,25 +512,43 @@ fn a_connection_silent_past_the_header_timeout_gets_408() {
     assert_eq!(host.http_get("/healthz").0, 200);
 }
 
-#[test]
-fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
+/// A host with `places` for requests and a bot `slow` that never answers a
+/// message saying "stall" (its turn ends at the idle deadline, `idle`) and
+/// streams others at `token_delay`; alice and wendy each with a
+/// conversation with it: (host, alice, hers, wendy, hers).
+fn busy_host(
+    places: usize,
+    idle: &str,
+    token_delay: &str,
+) -> (TestHost, ApiUser, i64, ApiUser, i64) {
     let supervisor = FAST_SUPERVISOR
-        .replace("[server]\n", "[server]\nmax_requests_in_flight = 1\n")
+        .replace(
+            "[server]\n",
+            &format!("[server]\nmax_requests_in_flight = {places}\n"),
+        )
         .replace(
             "stop_grace = \"1s\"",
-            "stop_grace = \"1s\"\nturn_idle_timeout = \"5s\"",
+            &format!("stop_grace = \"1s\"\nturn_idle_timeout = \"{idle}\""),
         );
-    let bots = "[[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"100ms\"\n\
-                hang_on = \"stall\"\n";
+    let bots = format!(
+        "[[bots]]\nname = \"slow\"\n[bots.builtin]\ntoken_delay = \"{token_delay}\"\n\
+         hang_on = \"stall\"\n"
+    );
     let host = TestHost::start_with_config(&format!(
         "{supervisor}\n[auth]\njwt_secret = \"{SECRET}\"\n{bots}"
     ));
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("slow");
-    let ws_user = register(&host.url, "wendy");
-    let ws_conv = ws_user.conversation("slow");
+    let wendy = register(&host.url, "wendy");
+    let ws_conv = wendy.conversation("slow");
+    (host, alice, conv, wendy, ws_conv)
+}
+
+#[test]
+fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
+    let (host, alice, conv, wendy, ws_conv) = busy_host(1, "5s", "100ms");
     let rt = runtime();
-    let mut ws = rt.block_on(ws_user.ws());
+    let mut ws = rt.block_on(wendy.ws());
     // A turn in the worker: it has passed admission. Asked before, a
     // request of ours could take the one place and refuse the turn.
     let in_the_worker = || {
@@ -619,20 +637,7 @@ fn a_busy_host_answers_503_with_retry_after_at_once_and_keeps_serving_health() {
 /// (refused), a third all four (served).
 #[test]
 fn a_busy_host_lets_in_first_the_requests_tried_most_often() {
-    let supervisor = FAST_SUPERVISOR
-        .replace("[server]\n", "[server]\nmax_requests_in_flight = 4\n")
-        .replace(
-            "stop_grace = \"1s\"",
-            "stop_grace = \"1s\"\nturn_idle_timeout = \"10s\"",
-        );
-    let bots = "[[bots]]\nname = \"slow\"\n[bots.builtin]\nhang_on = \"stall\"\n";
-    let host = TestHost::start_with_config(&format!(
-        "{supervisor}\n[auth]\njwt_secret = \"{SECRET}\"\n{bots}"
-    ));
-    let alice = register(&host.url, "alice");
-    let conv = alice.conversation("slow");
-    let wendy = register(&host.url, "wendy");
-    let ws_conv = wendy.conversation("slow");
+    let (host, alice, conv, wendy, ws_conv) = busy_host(4, "10s", "0s");
     let rt = runtime();
     let mut ws = rt.block_on(wendy.ws());
     let turns_in_the_worker = |n: i64| {
@@ -738,12 +743,12 @@ fn closed_registration_admin_users_and_the_admin_api() {
             .unwrap();
         v["token"].as_str().expect("token").to_owned()
     };
-    let admin = common::web::ApiUser {
+    let admin = ApiUser {
         base: host.url.clone(),
         token: login("root"),
         client: client(),
     };
-    let carol = common::web::ApiUser {
+    let carol = ApiUser {
         base: host.url.clone(),
         token: login("carol"),
         client: client(),
