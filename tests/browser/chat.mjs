@@ -102,10 +102,14 @@ await page.route(/\/api\/v1\/conversations\/\d+\/messages$/, (route) =>
 // A busy host: the first bot listing and the first new conversation are
 // answered 503 `overloaded` (as the host does, tested in tests/web.rs); the
 // page must wait and send them again, and the user see nothing of it.
+// Each try says which it is (Bothost-Attempt), so that a busy host lets in
+// first the requests refused longest.
 const overloaded = { "GET /api/v1/bots": 1, "POST /api/v1/conversations": 1 };
+const tries = { "GET /api/v1/bots": [], "POST /api/v1/conversations": [] };
 let refusals = 0;
 await page.route(/\/api\/v1\/(bots|conversations)$/, (route) => {
   const key = `${route.request().method()} ${new URL(route.request().url()).pathname}`;
+  if (tries[key]) tries[key].push(route.request().headers()["bothost-attempt"]);
   if (!overloaded[key]) return route.continue();
   overloaded[key]--;
   refusals++;
@@ -138,8 +142,13 @@ try {
   await page.locator("#conversations li .conv-title", { hasText: "hello browser" }).waitFor();
   step("chatted; the reply streamed in; the conversation is named after it");
   if (refusals !== 2) fail(`expected 2 overloaded answers to be retried, saw ${refusals}`);
+  // The refused first try said 1, and its retry 2 (the page may also have
+  // asked again on its own meanwhile: a first try).
+  for (const [key, said] of Object.entries(tries)) {
+    if (said[0] !== "1" || !said.includes("2")) fail(`${key}: tries said Bothost-Attempt ${JSON.stringify(said)}, expected 1 then a 2`);
+  }
   if (await page.locator("#login-error:not(:empty)").count()) fail("an overloaded answer reached the user");
-  step("two 503 overloaded answers were waited out and retried unseen");
+  step("two 503 overloaded answers were waited out and retried unseen, each try counted");
   await page.screenshot({ path: `${shots}/1-chat.png` });
 
   // The connection drops: the banner shows at once.
