@@ -23,16 +23,23 @@
 //! Who goes first: while the host is refusing (it refused something in the
 //! last [`REFUSING_FOR`]), a request's place depends on how many times it
 //! has been tried: the page says so (`Bothost-Attempt` on a REST request,
-//! `attempt` in the WebSocket's URL), and a WebSocket counts the turns it
-//! had refused in a row (the page sends a refused message again on it).
-//! A first try gets in only while fewer than half the places are taken,
-//! and each further try gets closer to all of them ([`limit`]). Random
-//! admission let one unlucky client be refused for the page's whole 15 s
-//! while the storm went on around it; this serves them roughly in the
-//! order they first asked. A client that lies about its attempts is put
-//! ahead of others but gets no more places than the limit, and the rate
-//! limits still apply; one that says nothing counts as a first try. When
-//! the host is not refusing, every request has every place.
+//! `attempt` in the WebSocket's URL), and a WebSocket's turns start at its
+//! upgrade's try and count the turns refused in a row since (the page
+//! sends a refused message again on the same socket). A first try gets in
+//! only while fewer than half the places are taken, and each further try
+//! gets closer to all of them ([`limit`]), so the requests refused longest
+//! get in first. Random admission let one unlucky client be refused for
+//! the page's whole 15 s while the storm went on around it (in a slow
+//! hour, dozens of 10,000 gave up). The price is refusals: a first try is
+//! refused as long as retries are waiting, which in a storm of 10,000 is
+//! about a quarter more of them, and about a tenth more of the host's CPU
+//! a comeback. Tried and dropped: keeping only the last eighth of the
+//! places for a third try and later refused as many and ended no sooner,
+//! and the tries past the third competed at random again, errors and all.
+//! A client that lies about its tries is put ahead of others but gets no
+//! more places than the limit, and the rate limits still apply; one that
+//! says nothing counts as a first try. When the host is not refusing,
+//! every request has every place.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -162,7 +162,7 @@ pub async fn connect(
         turns: HashMap::new(),
         watching: None,
         closing: false,
-        refused_in_a_row: 0,
+        turn_try: super::admission::attempt_of(&req),
     };
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(CODEC_MAX_FRAME)
@@ -188,12 +188,14 @@ struct WsSession {
     watching: Option<u64>,
     /// The host is shutting down: no new turns, close when the last ends.
     closing: bool,
-    /// Turns admission refused on this connection since it last let one
-    /// in: the page sends a refused message again on the same socket, so
-    /// the next turn is on its try `refused_in_a_row + 1`
-    /// (`web::admission`). Counted here, not said by the page, so that no
-    /// frame changes (a host before this one refuses unknown fields).
-    refused_in_a_row: u32,
+    /// Which try (`web::admission`) the next turn is on: the upgrade's at
+    /// first (a socket that took n tries to open belongs to a client that
+    /// has waited as long, and its message is the last thing it needs),
+    /// one more for each turn refused since (the page sends a refused
+    /// message again on the same socket), 1 once one is let in. Counted
+    /// here, not said by the page, so that no frame changes (a host before
+    /// this one refuses unknown fields).
+    turn_try: u32,
 }
 
 #[derive(Message)]
@@ -532,10 +534,10 @@ impl WsSession {
         let slot = self.state.limits.start_turn(self.user.id)?;
         // Counted with the API's requests until the reply starts: the
         // database work before it is what a storm of turns queues on.
-        let admitted = self.state.admission.enter(self.refused_in_a_row + 1);
-        self.refused_in_a_row = match admitted {
-            Ok(_) => 0,
-            Err(_) => self.refused_in_a_row.saturating_add(1),
+        let admitted = self.state.admission.enter(self.turn_try);
+        self.turn_try = match admitted {
+            Ok(_) => 1,
+            Err(_) => self.turn_try.saturating_add(1),
         };
         let mut ticket = Some(admitted?);
         let (state, me, owner, ip) = (self.state.clone(), ctx.address(), self.user.id, self.ip);
