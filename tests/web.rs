@@ -692,17 +692,7 @@ fn a_busy_host_lets_in_first_the_requests_tried_most_often() {
         assert_eq!(bots_on_try(3), 200, "a third: all four");
         // A socket that took three tries to open: its first message goes
         // in with them (as the client's last step, after its wait).
-        let mut patient = rt.block_on(async {
-            let url = format!(
-                "{}/api/v1/ws?token={}&attempt=3",
-                host.url.replacen("http", "ws", 1),
-                wendy.token
-            );
-            let (stream, _) = tokio_tungstenite::connect_async(url)
-                .await
-                .expect("WebSocket on its third try");
-            common::web::Ws { stream }
-        });
+        let mut patient = rt.block_on(wendy.ws_on_try(3));
         let first = rt.block_on(async {
             patient.chat(ws_conv, "p1", "after a wait").await;
             patient.next().await

@@ -112,8 +112,14 @@ impl ApiUser {
     }
 
     pub async fn ws(&self) -> Ws {
+        self.ws_on_try(1).await
+    }
+
+    /// A WebSocket whose upgrade says it is the `attempt`-th try
+    /// (`web::admission`).
+    pub async fn ws_on_try(&self, attempt: u32) -> Ws {
         let url = format!(
-            "{}/api/v1/ws?token={}",
+            "{}/api/v1/ws?token={}&attempt={attempt}",
             self.base.replacen("http", "ws", 1),
             self.token
         );

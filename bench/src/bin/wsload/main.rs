@@ -471,7 +471,6 @@ fn host_rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-/// Each held connection is a file descriptor here and one in the host.
 /// mimalloc asks for transparent huge pages for its arenas, and the kernel
 /// then zeroes 2 MiB at each first touch: in a storm that was 4–5 % of all
 /// the machine's samples, in the tool (`clear_page_erms` under
@@ -481,6 +480,7 @@ fn no_huge_pages() -> anyhow::Result<()> {
     nix::sys::prctl::set_thp_disable(true).context("prctl(PR_SET_THP_DISABLE)")
 }
 
+/// Each held connection is a file descriptor here and one in the host.
 fn raise_fd_limit() -> anyhow::Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
