@@ -46,11 +46,10 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// API requests worked on at once; past it a request is answered 503
     /// `overloaded` with `Retry-After` at once, instead of waiting its
-    /// turn (and timing out) behind all the others. 2,048 by default:
-    /// in a reconnect storm of 10,000 the last client was back sooner than
-    /// at 512 (which kept the two cores waiting on clients asleep in their
-    /// retry wait at the end) or at 4,096 (every request queued longer on
-    /// the database pool); ARCHITECTURE.md, ninth round.
+    /// turn (and timing out) behind all the others. 2,048 ended storms of
+    /// 10,000 sooner on a quiet machine, but on a slowed one requests
+    /// queued inside the host for seconds and some clients gave up
+    /// (ARCHITECTURE.md, ninth round); 512 has cost none.
     pub max_requests_in_flight: usize,
     /// How long a new connection has to deliver its first request's
     /// headers; past it, 408. Longer than actix's 5 s: in a reconnect storm
@@ -69,7 +68,7 @@ impl Default for ServerConfig {
             ws_heartbeat: Duration::from_secs(10),
             ws_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
-            max_requests_in_flight: 2048,
+            max_requests_in_flight: 512,
             request_header_timeout: Duration::from_secs(30),
         }
     }

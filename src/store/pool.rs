@@ -10,11 +10,18 @@
 //! query proved it, and a turn checks out five: the round trips cost a
 //! third of the database's work).
 //!
-//! Growth: when utilisation (in use, or anyone waiting) stays at or above
-//! 80% for `pool_grow_window`, the limit grows by a quarter toward
-//! `pool_max`, and the log says so. It never shrinks by itself.
+//! PostgreSQL's pool is split by thread ([`Shards`]): a thread checks out
+//! only connections it opened, whose I/O it drives itself, so a statement
+//! never waits for another thread to wake up and pass it on. SQLite's
+//! connections do their work on the blocking pool either way.
+//!
+//! Growth: when utilisation (in use, or anyone waiting, over all shards)
+//! stays at or above 80% for `pool_grow_window`, the limit grows by a
+//! quarter toward `pool_max`, and the log says so. It never shrinks by
+//! itself.
 
 use secrecy::ExposeSecret;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -50,11 +57,75 @@ pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// Connections idle longer than this are verified at checkout.
 pub const VERIFY_AFTER: Duration = Duration::from_secs(1);
 
-/// The pool of connections `C`.
 /// One pool of whichever backend the store uses.
 pub(super) enum Pools {
-    Postgres(Pool<AsyncPgConnection>),
+    Postgres(Shards),
     Sqlite(Pool<SyncConnectionWrapper<SqliteConnection>>),
+}
+
+/// PostgreSQL's pool, split by thread: each thread that queries checks out
+/// from its own shard. A connection's I/O runs as a task on the thread
+/// that opened it (`tokio-postgres` spawns its driver there), so with one
+/// pool a query from any other thread was handed to that thread and its
+/// answer handed back, two wake-ups of another thread a statement (about
+/// two thirds of all statements, with two HTTP workers and the System
+/// arbiter querying). With a shard each, a thread's connections are opened
+/// by it and driven by it.
+pub(super) struct Shards {
+    shards: Vec<Pool<AsyncPgConnection>>,
+}
+
+impl Shards {
+    /// One shard per HTTP worker (actix runs one a core) and one for the
+    /// System arbiter, sharing `size` connections.
+    fn new(
+        size: usize,
+        shard: impl FnMut(usize) -> Result<Pool<AsyncPgConnection>, StoreError>,
+    ) -> Result<Self, StoreError> {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+        let shards = split(size, count).map(shard).collect::<Result<_, _>>()?;
+        Ok(Self { shards })
+    }
+
+    /// This thread's shard. Threads take the shards in turn, the first
+    /// time each asks, and keep theirs; more threads than shards share.
+    pub(super) fn local(&self) -> &Pool<AsyncPgConnection> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        &self.shards[SHARD.with(|s| *s) % self.shards.len()]
+    }
+
+    /// All the shards' numbers added up.
+    fn status(&self) -> deadpool::Status {
+        self.shards.iter().map(Pool::status).fold(
+            deadpool::Status {
+                max_size: 0,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            },
+            |sum, s| deadpool::Status {
+                max_size: sum.max_size + s.max_size,
+                size: sum.size + s.size,
+                available: sum.available + s.available,
+                waiting: sum.waiting + s.waiting,
+            },
+        )
+    }
+
+    /// `to` connections in all, split as at the start.
+    fn resize(&self, to: usize) {
+        for (shard, size) in self.shards.iter().zip(split(to, self.shards.len())) {
+            shard.resize(size);
+        }
+    }
+}
+
+/// `total` in `parts` as even as whole numbers go, each at least one.
+fn split(total: usize, parts: usize) -> impl Iterator<Item = usize> {
+    (0..parts).map(move |i| (total / parts + usize::from(i < total % parts)).max(1))
 }
 
 pub(super) type Pool<C> = deadpool::managed::Pool<Checked<C>>;
@@ -62,7 +133,7 @@ pub(super) type Pool<C> = deadpool::managed::Pool<Checked<C>>;
 /// diesel-async's manager, verifying only connections idle past
 /// [`VERIFY_AFTER`] (see the module's notes).
 pub(super) struct Checked<C: diesel_async::AsyncConnection + 'static>(
-    AsyncDieselConnectionManager<C>,
+    Arc<AsyncDieselConnectionManager<C>>,
 );
 
 impl<C> Manager for Checked<C>
@@ -113,7 +184,11 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
                 url.expose_secret(),
                 manager_config,
             );
-            pool_of(manager, config, QueueMode::Fifo).map(Pools::Postgres)
+            let manager = Arc::new(manager);
+            Shards::new(config.pool_size, |size| {
+                pool_of(Arc::clone(&manager), size, config, QueueMode::Fifo)
+            })
+            .map(Pools::Postgres)
         }
         DatabaseTarget::Sqlite(path) => {
             if let Some(dir) = path.parent() {
@@ -151,14 +226,15 @@ pub(super) fn build(config: &DatabaseConfig, target: &DatabaseTarget) -> Result<
             // other connection makes it drop and read again from the file;
             // handed out in turn, every connection's cache was cold at
             // every turn (a tenth of the host's CPU per turn, measured).
-            pool_of(manager, config, QueueMode::Lifo).map(Pools::Sqlite)
+            pool_of(Arc::new(manager), config.pool_size, config, QueueMode::Lifo).map(Pools::Sqlite)
         }
     }
 }
 
 /// The pool around `manager`: its size and timeouts from `config`.
 fn pool_of<C>(
-    manager: AsyncDieselConnectionManager<C>,
+    manager: Arc<AsyncDieselConnectionManager<C>>,
+    size: usize,
     config: &DatabaseConfig,
     queue_mode: QueueMode,
 ) -> Result<Pool<C>, StoreError>
@@ -167,7 +243,7 @@ where
     AsyncDieselConnectionManager<C>: Manager<Type = C, Error = PoolError>,
 {
     Pool::builder(Checked(manager))
-        .max_size(config.pool_size)
+        .max_size(size)
         .queue_mode(queue_mode)
         .wait_timeout(Some(config.acquire_timeout))
         .create_timeout(Some(config.connect_timeout))
@@ -327,5 +403,42 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(g.observe(snap(36, 10, 3), t0), Some(40));
         assert_eq!(g.observe(snap(40, 40, 9), t0), None);
+    }
+
+    #[test]
+    fn a_split_adds_up_and_gives_every_part_one() {
+        assert_eq!(split(20, 3).collect::<Vec<_>>(), [7, 7, 6]);
+        assert_eq!(split(40, 3).sum::<usize>(), 40);
+        assert_eq!(split(2, 3).collect::<Vec<_>>(), [1, 1, 1]);
+    }
+
+    /// Shards of a pool that never connects (nothing here checks out).
+    fn shards(size: usize) -> Shards {
+        let manager = Arc::new(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
+            "postgres://nobody@127.0.0.1:1/none",
+        ));
+        let config = DatabaseConfig::default();
+        Shards::new(size, |size| {
+            pool_of(Arc::clone(&manager), size, &config, QueueMode::Fifo)
+        })
+        .expect("shards")
+    }
+
+    #[test]
+    fn each_thread_keeps_its_own_shard_and_the_sizes_add_up() {
+        let pool = shards(20);
+        assert_eq!(pool.status().max_size, 20);
+        let mine: *const _ = pool.local();
+        assert!(std::ptr::eq(mine, pool.local()), "a thread keeps its shard");
+        // Threads take shards in turn: the next thread to ask, here the
+        // one below (no other test in this binary asks), has the next.
+        let theirs = std::thread::scope(|s| {
+            s.spawn(|| pool.local() as *const _ as usize)
+                .join()
+                .expect("thread")
+        });
+        assert_ne!(mine as usize, theirs, "the next thread has the next shard");
+        pool.resize(41);
+        assert_eq!(pool.status().max_size, 41);
     }
 }
