@@ -77,12 +77,14 @@ pub(super) struct Shards {
 
 impl Shards {
     /// One shard per HTTP worker (actix runs one a core) and one for the
-    /// System arbiter, sharing `size` connections.
+    /// System arbiter, sharing `size` connections; never more shards than
+    /// connections.
     fn new(
         size: usize,
         shard: impl FnMut(usize) -> Result<Pool<AsyncPgConnection>, StoreError>,
     ) -> Result<Self, StoreError> {
-        let count = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+        let count = threads.min(size).max(1);
         let shards = split(size, count).map(shard).collect::<Result<_, _>>()?;
         Ok(Self { shards })
     }
@@ -428,6 +430,7 @@ mod tests {
     fn each_thread_keeps_its_own_shard_and_the_sizes_add_up() {
         let pool = shards(20);
         assert_eq!(pool.status().max_size, 20);
+        assert_eq!(shards(1).status().max_size, 1, "one shard of one");
         let mine: *const _ = pool.local();
         assert!(std::ptr::eq(mine, pool.local()), "a thread keeps its shard");
         // Threads take shards in turn: the next thread to ask, here the
