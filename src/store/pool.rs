@@ -12,7 +12,8 @@
 //!
 //! PostgreSQL's pool is split by thread ([`Shards`]): a thread checks out
 //! only connections it opened, whose I/O it drives itself, so a statement
-//! never waits for another thread to wake up and pass it on. SQLite's
+//! never waits for another thread to wake up and pass it on. Half goes to
+//! the thread that built the pool (the System arbiter, where turns run). SQLite's
 //! connections do their work on the blocking pool either way.
 //!
 //! Growth: when utilisation (in use, or anyone waiting, over all shards)
@@ -21,6 +22,7 @@
 //! itself.
 
 use secrecy::ExposeSecret;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -71,14 +73,26 @@ pub(super) enum Pools {
 /// two thirds of all statements, with two HTTP workers and the System
 /// arbiter querying). With a shard each, a thread's connections are opened
 /// by it and driven by it.
+///
+/// The thread that builds the pool, in the host the System arbiter where
+/// every turn runs ([`crate::chat`]), has shard 0 and half the
+/// connections: a turn's statements are most of the work, and they should
+/// not have a third of the pool where they had all of it. Every other
+/// thread takes one of the remaining shards in turn, the first time it
+/// asks (one per HTTP worker: actix runs one a core).
 pub(super) struct Shards {
     shards: Vec<Pool<AsyncPgConnection>>,
 }
 
+thread_local! {
+    /// This thread's place among the shards: 0 for the thread that built
+    /// a pool, 1, 2, … in order of first use for the others.
+    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
 impl Shards {
-    /// One shard per HTTP worker (actix runs one a core) and one for the
-    /// System arbiter, sharing `size` connections; never more shards than
-    /// connections.
+    /// One shard for this thread and one per HTTP worker, sharing `size`
+    /// connections; never more shards than connections.
     fn new(
         size: usize,
         shard: impl FnMut(usize) -> Result<Pool<AsyncPgConnection>, StoreError>,
@@ -86,17 +100,26 @@ impl Shards {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
         let count = threads.min(size).max(1);
         let shards = split(size, count).map(shard).collect::<Result<_, _>>()?;
+        SHARD.with(|s| s.set(Some(0)));
         Ok(Self { shards })
     }
 
-    /// This thread's shard. Threads take the shards in turn, the first
-    /// time each asks, and keep theirs; more threads than shards share.
+    /// This thread's shard.
     pub(super) fn local(&self) -> &Pool<AsyncPgConnection> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        let place = SHARD.with(|s| {
+            let place = s
+                .get()
+                .unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed));
+            s.set(Some(place));
+            place
+        });
+        let others = self.shards.len() - 1;
+        match place {
+            0 => &self.shards[0],
+            _ if others == 0 => &self.shards[0],
+            n => &self.shards[1 + (n - 1) % others],
         }
-        &self.shards[SHARD.with(|s| *s) % self.shards.len()]
     }
 
     /// All the shards' numbers added up.
@@ -125,9 +148,17 @@ impl Shards {
     }
 }
 
-/// `total` in `parts` as even as whole numbers go, each at least one.
+/// `total` in `parts`: the first half of it (rounded up), the others the
+/// rest as evenly as whole numbers go; each at least one.
 fn split(total: usize, parts: usize) -> impl Iterator<Item = usize> {
-    (0..parts).map(move |i| (total / parts + usize::from(i < total % parts)).max(1))
+    let first = if parts > 1 { total.div_ceil(2) } else { total };
+    let (rest, others) = (total - first, parts.saturating_sub(1).max(1));
+    std::iter::once(first)
+        .chain(
+            (0..parts.saturating_sub(1))
+                .map(move |i| rest / others + usize::from(i < rest % others)),
+        )
+        .map(|n| n.max(1))
 }
 
 pub(super) type Pool<C> = deadpool::managed::Pool<Checked<C>>;
@@ -408,10 +439,11 @@ mod tests {
     }
 
     #[test]
-    fn a_split_adds_up_and_gives_every_part_one() {
-        assert_eq!(split(20, 3).collect::<Vec<_>>(), [7, 7, 6]);
-        assert_eq!(split(40, 3).sum::<usize>(), 40);
-        assert_eq!(split(2, 3).collect::<Vec<_>>(), [1, 1, 1]);
+    fn a_split_gives_the_first_half_and_the_others_the_rest() {
+        assert_eq!(split(20, 3).collect::<Vec<_>>(), [10, 5, 5]);
+        assert_eq!(split(41, 3).collect::<Vec<_>>(), [21, 10, 10]);
+        assert_eq!(split(2, 2).collect::<Vec<_>>(), [1, 1]);
+        assert_eq!(split(7, 1).collect::<Vec<_>>(), [7]);
     }
 
     /// Shards of a pool that never connects (nothing here checks out).
@@ -427,20 +459,25 @@ mod tests {
     }
 
     #[test]
-    fn each_thread_keeps_its_own_shard_and_the_sizes_add_up() {
+    fn the_builder_keeps_the_large_shard_and_other_threads_take_the_rest() {
         let pool = shards(20);
         assert_eq!(pool.status().max_size, 20);
         assert_eq!(shards(1).status().max_size, 1, "one shard of one");
-        let mine: *const _ = pool.local();
-        assert!(std::ptr::eq(mine, pool.local()), "a thread keeps its shard");
-        // Threads take shards in turn: the next thread to ask, here the
-        // one below (no other test in this binary asks), has the next.
+        let pool_first: *const _ = &pool.shards[0];
+        assert!(std::ptr::eq(pool.local(), pool_first), "the builder's");
+        assert!(std::ptr::eq(pool.local(), pool_first), "and kept");
         let theirs = std::thread::scope(|s| {
-            s.spawn(|| pool.local() as *const _ as usize)
-                .join()
-                .expect("thread")
+            s.spawn(|| {
+                (
+                    pool.local() as *const _ as usize,
+                    pool.local() as *const _ as usize,
+                )
+            })
+            .join()
+            .expect("thread")
         });
-        assert_ne!(mine as usize, theirs, "the next thread has the next shard");
+        assert_eq!(theirs.0, theirs.1, "another thread keeps its shard too");
+        assert_ne!(theirs.0, pool_first as usize, "and it is not the builder's");
         pool.resize(41);
         assert_eq!(pool.status().max_size, 41);
     }
