@@ -95,7 +95,7 @@ macro_rules! with_conn {
         let result: Result<_, StoreError> = async {
             match &*$store.pools {
                 Pools::Postgres(shards) => {
-                    let mut pooled = shards.local().get().await?;
+                    let mut pooled = shards.get().await?;
                     let $conn = &mut *pooled;
                     Ok($body?)
                 }
@@ -949,7 +949,7 @@ impl Store {
         if !self.shared {
             return Ok(work.await);
         }
-        let mut conn = pool.local().get().await?;
+        let mut conn = pool.get().await?;
         diesel::sql_query("SELECT pg_advisory_lock($1)")
             .bind::<diesel::sql_types::BigInt, _>(key)
             .execute(&mut *conn)
@@ -1092,7 +1092,7 @@ impl Store {
         let (subjects, hits): (Vec<&str>, Vec<i32>) =
             batch.iter().map(|(s, n)| (s.as_str(), *n)).unzip();
         let result = async {
-            let mut conn = pool.local().get().await?;
+            let mut conn = pool.get().await?;
             Ok::<_, StoreError>(
                 Cached(
                     diesel::sql_query(SQL)
