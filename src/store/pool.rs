@@ -67,7 +67,7 @@ pub(super) enum Pools {
 }
 
 /// PostgreSQL's pool, split by thread: each thread that queries checks out
-/// from its own shard. A connection's I/O runs as a task on the thread
+/// from its own shard first ([`Shards::get`]). A connection's I/O runs as a task on the thread
 /// that opened it (`tokio-postgres` spawns its driver there), so with one
 /// pool a query from any other thread was handed to that thread and its
 /// answer handed back, two wake-ups of another thread a statement (about
