@@ -67,13 +67,13 @@ pub(super) enum Pools {
 }
 
 /// PostgreSQL's pool, split by thread: each thread that queries checks out
-/// from its own shard first ([`Shards::get`]). A connection's I/O runs as a task on the thread
-/// that opened it (`tokio-postgres` spawns its driver there), so with one
-/// pool a query from any other thread was handed to that thread and its
-/// answer handed back, two wake-ups of another thread a statement (about
-/// two thirds of all statements, with two HTTP workers and the System
-/// arbiter querying). With a shard each, a thread's connections are opened
-/// by it and driven by it.
+/// from its own shard first ([`Shards::get`]). A connection's I/O runs as
+/// a task on the thread that opened it (`tokio-postgres` spawns its driver
+/// there), so with one pool a query from any other thread was handed to
+/// that thread and its answer handed back, two wake-ups of another thread
+/// a statement (about two thirds of all statements, with two HTTP workers
+/// and the System arbiter querying). With a shard each, a thread's
+/// connections are mostly opened by it and driven by it.
 ///
 /// The thread that builds the pool, in the host the System arbiter where
 /// every turn runs ([`crate::chat`]), has shard 0 and half the
@@ -123,8 +123,13 @@ impl<M: Manager> Shards<M> {
         if here == 0 {
             return local.get().await;
         }
-        match self.shards.iter().min_by_key(|s| wait_at(&s.status())) {
-            Some(other) if wait_at(&other.status()) < here => other.get().await,
+        let shortest = self
+            .shards
+            .iter()
+            .map(|s| (wait_at(&s.status()), s))
+            .min_by_key(|(wait, _)| *wait);
+        match shortest {
+            Some((wait, other)) if wait < here => other.get().await,
             _ => local.get().await,
         }
     }
@@ -140,11 +145,10 @@ impl<M: Manager> Shards<M> {
             place
         });
         let others = self.shards.len() - 1;
-        match place {
-            0 => &self.shards[0],
-            _ if others == 0 => &self.shards[0],
-            n => &self.shards[1 + (n - 1) % others],
+        if place == 0 || others == 0 {
+            return &self.shards[0];
         }
+        &self.shards[1 + (place - 1) % others]
     }
 
     /// All the shards' numbers added up.
