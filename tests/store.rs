@@ -902,3 +902,122 @@ async fn the_stores_own_tasks_end_by_themselves_when_told_to_stop() {
         db.cleanup().await;
     }
 }
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// WAL writes (`pg_stat_wal.wal_write`: each commit that waits for the
+/// disk writes its WAL out, then flushes it) on `admin`'s server so far, once
+/// every other session has ended: a session adds its counts to the shared
+/// statistics when it ends (or when idle for a second), not at each commit.
+async fn wal_writes_after_others_end(admin: &mut AsyncPgConnection) -> i64 {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    .execute(admin)
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let others: Vec<Count> = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .load(admin)
+        .await
+        .unwrap();
+        if others[0].n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions still open after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows: Vec<Count> = diesel::sql_query("SELECT wal_write AS n FROM pg_stat_wal")
+        .load(admin)
+        .await
+        .unwrap();
+    rows[0].n
+}
+
+/// `database.chat_commit`: with `async` (the default) a chat turn's two
+/// writes do not wait for the disk, with `sync` each does. Counted in WAL
+/// writes on a server of the test's own (its `fsync = off` would hide
+/// flushes) whose WAL writer writes at most every 10 s, so an asynchronous
+/// commit adds none of its own.
+#[tokio::test]
+async fn chat_writes_wait_for_the_disk_only_when_configured_to() {
+    use bothost::config::{ChatCommit, Secret};
+    use bothost::metrics::Metrics;
+    use diesel_async::RunQueryDsl;
+    const TURNS: i64 = 40;
+    let Some(pg) = bothost_testkit::ThrowawayPg::start() else {
+        return;
+    };
+    let target = DatabaseTarget::Postgres(Secret::from(pg.url()));
+    store::migrate(&target).await.unwrap();
+    let mut admin = AsyncPgConnection::establish(&pg.url()).await.unwrap();
+    for setting in [
+        "ALTER SYSTEM SET wal_writer_delay = '10s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        diesel::sql_query(setting)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let mut flushes = Vec::new();
+    for (i, chat_commit) in [ChatCommit::Async, ChatCommit::Sync]
+        .into_iter()
+        .enumerate()
+    {
+        let config = DatabaseConfig {
+            chat_commit,
+            ..config()
+        };
+        let s = Store::connect(&config, &target, Metrics::new().unwrap()).unwrap();
+        let (_, conv) = user_and_conversation(&s, &format!("user{i}")).await;
+        let before = wal_writes_after_others_end(&mut admin).await;
+        for turn in 0..TURNS {
+            let (message, created) = append(&s, conv, &format!("m{turn}"), "hello")
+                .await
+                .unwrap();
+            assert!(created);
+            // Streamed: a partial reply first, then the end over it.
+            for (status, written) in [(ReplyStatus::Partial, false), (ReplyStatus::Complete, true)]
+            {
+                let reply = NewReply {
+                    conversation_id: conv,
+                    reply_to: message.id,
+                    content: "hi",
+                    status,
+                    prompt_tokens: None,
+                    completion_tokens: None,
+                };
+                let stored = s.put_reply(reply, written, None).await.unwrap();
+                assert_eq!(stored.status, status);
+            }
+        }
+        let history = s.history(conv, None, 1000).await.unwrap();
+        assert_eq!(history.len() as i64, 2 * TURNS, "{chat_commit:?}");
+        flushes.push(wal_writes_after_others_end(&mut admin).await - before);
+    }
+    let (async_flushes, sync_flushes) = (flushes[0], flushes[1]);
+    // Three commits a turn: `sync` writes out each, `async` leaves them
+    // all to the WAL writer.
+    assert!(
+        sync_flushes >= 3 * TURNS,
+        "sync: {sync_flushes} WAL writes for {TURNS} turns"
+    );
+    assert!(
+        async_flushes < TURNS,
+        "async: {async_flushes} WAL writes for {TURNS} turns"
+    );
+}

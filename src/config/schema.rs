@@ -175,6 +175,37 @@ pub struct DatabaseConfig {
     /// limits are coordinated through it (a lease per turn, rate windows):
     /// five small queries a turn. `false` on a single host saves them.
     pub shared: bool,
+    /// PostgreSQL only: whether a chat turn's writes wait for the disk.
+    pub chat_commit: ChatCommit,
+}
+
+/// How a chat turn's two writes (the user's message, the bot's reply)
+/// commit on PostgreSQL. Every other write (accounts, tokens, deletions)
+/// always waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatCommit {
+    /// `synchronous_commit = off` for those statements: the commit returns
+    /// before its WAL is flushed (PostgreSQL's WAL writer flushes within
+    /// three `wal_writer_delay`s, 0.6 s by default). A crash of the host
+    /// loses nothing; a crash of the database server or the machine may
+    /// take back the last moments of chat, never half a row — the promise
+    /// SQLite's `synchronous = NORMAL` makes on the embedded default.
+    Async,
+    /// Each chat write waits for its WAL flush, as PostgreSQL does by
+    /// default: a fsync (or a share of one) before the first token and
+    /// another before the end of every turn.
+    Sync,
+}
+
+impl ChatCommit {
+    /// The value of `synchronous_commit` for a chat turn's statements.
+    pub fn synchronous_commit(self) -> &'static str {
+        match self {
+            ChatCommit::Async => "off",
+            ChatCommit::Sync => "on",
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -188,6 +219,7 @@ impl Default for DatabaseConfig {
             connect_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
             shared: true,
+            chat_commit: ChatCommit::Async,
         }
     }
 }

@@ -462,6 +462,20 @@ fn memory_is_counted_as_rss_unless_pss_is_asked_for() {
     assert!(e.contains("supervisor.memory_measure"), "{e}");
 }
 
+#[test]
+fn chat_writes_commit_async_unless_sync_is_asked_for() {
+    let c = parse(ONE_BOT).unwrap();
+    assert_eq!(c.database.chat_commit, ChatCommit::Async);
+    assert_eq!(c.database.chat_commit.synchronous_commit(), "off");
+    let c = parse(&format!("[database]\nchat_commit = \"sync\"\n{ONE_BOT}")).unwrap();
+    assert_eq!(c.database.chat_commit.synchronous_commit(), "on");
+    let e = err(&format!("[database]\nchat_commit = \"later\"\n{ONE_BOT}"));
+    assert!(
+        e.contains("database.chat_commit: unknown variant `later`"),
+        "{e}"
+    );
+}
+
 mod fuzz {
     //! The loader under arbitrary operator input: any value of any type for
     //! the keys that take numbers, durations and sizes, and any text at

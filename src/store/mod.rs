@@ -73,6 +73,9 @@ pub struct Store {
     sqlite_writes: Arc<tokio::sync::Mutex<()>>,
     /// `database.shared`.
     shared: bool,
+    /// `synchronous_commit` for a chat turn's writes on PostgreSQL
+    /// (`database.chat_commit`).
+    chat_commit: &'static str,
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
@@ -132,6 +135,7 @@ impl Store {
             metrics,
             sqlite_writes: Arc::default(),
             shared: config.shared,
+            chat_commit: config.chat_commit.synchronous_commit(),
         })
     }
 
@@ -605,12 +609,16 @@ impl Store {
         // before comes back alone (the same snapshot holds it). The title is set
         // here and the conversation's activity time by the insert's
         // trigger, which runs after this statement's own changes and sees
-        // them.
+        // them. `durability` sets `synchronous_commit` for this statement's
+        // own transaction only (`database.chat_commit`,
+        // [`crate::config::ChatCommit`]); it is a CTE the insert reads
+        // from, as PostgreSQL skips a CTE no one reads.
         const SQL: &str = "\
-            WITH m AS ( \
+            WITH durability AS (SELECT set_config('synchronous_commit', $11, true)), \
+            m AS ( \
                 INSERT INTO messages (conversation_id, role, content, status, client_msg_id, \
                                       created_at, updated_at) \
-                SELECT $1, 'user', $2, 'complete', $3, $4, $4 \
+                SELECT $1, 'user', $2, 'complete', $3, $4, $4 FROM durability \
                 WHERE $7 IS NULL OR (SELECT count(*) FROM turn_leases \
                                      WHERE user_id = $6 AND expires_at > $4) < $10 \
                 ON CONFLICT (conversation_id, client_msg_id) DO NOTHING \
@@ -653,6 +661,7 @@ impl Store {
                 .bind::<BigInt, _>(until)
                 .bind::<Nullable<Text>, _>(title)
                 .bind::<BigInt, _>(i64::from(max_live))
+                .bind::<Text, _>(self.chat_commit)
         )
         .load::<TurnRow>(conn)
         .await)?;
@@ -747,7 +756,7 @@ impl Store {
     /// and when it ends: brings an unfinished (`partial`) stored reply up to
     /// date, or stores a first one. A finished reply is never overwritten:
     /// then the stored one comes back.
-    pub async fn save_reply(&self, reply: NewReply<'_>) -> Result<Message, StoreError> {
+    async fn save_reply(&self, reply: NewReply<'_>) -> Result<Message, StoreError> {
         let now = now_ms();
         let updated = with_conn!(self, write "save_reply", |conn| {
             Cached(
@@ -775,52 +784,55 @@ impl Store {
         }
     }
 
-    /// Stores a reply: over the `partial` one already stored when
-    /// `partial_written`, else as a new row. Given `release` (a turn's last
-    /// write, on a shared database), the turn's lease that holder took is
-    /// given back in the same statement: no other host may answer before
-    /// the reply is stored, and none need wait for a second round trip.
+    /// Stores a reply: over the `partial` one already stored, else as a new
+    /// row (on SQLite, which is told by `partial_written`: an UPDATE or an
+    /// INSERT; on PostgreSQL one statement tries both). Given `release` (a
+    /// turn's last write, on a shared database), the turn's lease that
+    /// holder took is given back in the same statement: no other host may
+    /// answer before the reply is stored, and none need wait for a second
+    /// round trip.
     pub async fn put_reply(
         &self,
         reply: NewReply<'_>,
         partial_written: bool,
         release: Option<&str>,
     ) -> Result<Message, StoreError> {
-        match release {
-            Some(holder) if matches!(&*self.pools, Pools::Postgres(_)) => {
-                self.put_reply_releasing(reply, holder).await
-            }
-            _ if partial_written => self.save_reply(reply).await,
-            _ => self.append_reply(reply).await,
+        match &*self.pools {
+            Pools::Postgres(_) => self.put_reply_postgres(reply, release).await,
+            Pools::Sqlite(_) if partial_written => self.save_reply(reply).await,
+            Pools::Sqlite(_) => self.append_reply(reply).await,
         }
     }
 
-    async fn put_reply_releasing(
+    async fn put_reply_postgres(
         &self,
         reply: NewReply<'_>,
-        holder: &str,
+        holder: Option<&str>,
     ) -> Result<Message, StoreError> {
         use diesel::sql_types::{BigInt, Integer, Nullable, Text};
         // The partial row brought up to date, else a new row; a reply that
-        // ended before (the unique index) is read after.
+        // ended before (the unique index) is read after. A NULL holder
+        // releases nothing. `durability`: as in `begin_turn_postgres`.
         const SQL: &str = "\
-            WITH released AS ( \
+            WITH durability AS (SELECT set_config('synchronous_commit', $9, true)), \
+            released AS ( \
                 DELETE FROM turn_leases WHERE message_id = $4 AND holder = $8), \
             updated AS ( \
                 UPDATE messages SET content = $2, status = $3, prompt_tokens = $5, \
                                     completion_tokens = $6, updated_at = $7 \
+                FROM durability \
                 WHERE reply_to = $4 AND status = 'partial' \
-                RETURNING *), \
+                RETURNING messages.*), \
             inserted AS ( \
                 INSERT INTO messages (conversation_id, role, content, status, reply_to, \
                                       prompt_tokens, completion_tokens, created_at, updated_at) \
-                SELECT $1, 'assistant', $2, $3, $4, $5, $6, $7, $7 \
+                SELECT $1, 'assistant', $2, $3, $4, $5, $6, $7, $7 FROM durability \
                 WHERE NOT EXISTS (SELECT 1 FROM updated) \
                 ON CONFLICT (reply_to) DO NOTHING \
                 RETURNING *) \
             SELECT * FROM updated UNION ALL SELECT * FROM inserted";
         let now = now_ms();
-        let rows = with_conn!(self, write "put_reply_releasing", |conn| Cached(
+        let rows = with_conn!(self, write "put_reply", |conn| Cached(
             diesel::sql_query(SQL)
                 .bind::<BigInt, _>(reply.conversation_id)
                 .bind::<Text, _>(reply.content)
@@ -829,7 +841,8 @@ impl Store {
                 .bind::<Nullable<Integer>, _>(reply.prompt_tokens)
                 .bind::<Nullable<Integer>, _>(reply.completion_tokens)
                 .bind::<BigInt, _>(now)
-                .bind::<Text, _>(holder)
+                .bind::<Nullable<Text>, _>(holder)
+                .bind::<Text, _>(self.chat_commit)
         )
         .load::<MessageRow>(conn)
         .await)?;
