@@ -922,26 +922,26 @@ async fn wal_writes_after_others_end(admin: &mut AsyncPgConnection) -> i64 {
     .execute(admin)
     .await
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let others: Vec<Count> = diesel::sql_query(
-            "SELECT count(*) AS n FROM pg_stat_activity \
+    // Each check's future borrows the connection in turn.
+    let conn = tokio::sync::Mutex::new(admin);
+    eventually_async(
+        "the other sessions to end",
+        Duration::from_secs(20),
+        || async {
+            let others: Vec<Count> = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_stat_activity \
              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-        )
-        .load(admin)
-        .await
-        .unwrap();
-        if others[0].n == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sessions still open after 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            )
+            .load(&mut **conn.lock().await)
+            .await
+            .unwrap();
+            (others[0].n == 0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let rows: Vec<Count> = diesel::sql_query("SELECT wal_write AS n FROM pg_stat_wal")
-        .load(admin)
+        .load(conn.into_inner())
         .await
         .unwrap();
     rows[0].n
@@ -973,7 +973,7 @@ async fn chat_writes_wait_for_the_disk_only_when_configured_to() {
             .await
             .unwrap();
     }
-    let mut flushes = Vec::new();
+    let mut writes = Vec::new();
     for (i, chat_commit) in [ChatCommit::Async, ChatCommit::Sync]
         .into_iter()
         .enumerate()
@@ -1007,17 +1007,17 @@ async fn chat_writes_wait_for_the_disk_only_when_configured_to() {
         }
         let history = s.history(conv, None, 1000).await.unwrap();
         assert_eq!(history.len() as i64, 2 * TURNS, "{chat_commit:?}");
-        flushes.push(wal_writes_after_others_end(&mut admin).await - before);
+        writes.push(wal_writes_after_others_end(&mut admin).await - before);
     }
-    let (async_flushes, sync_flushes) = (flushes[0], flushes[1]);
+    let (async_writes, sync_writes) = (writes[0], writes[1]);
     // Three commits a turn: `sync` writes out each, `async` leaves them
     // all to the WAL writer.
     assert!(
-        sync_flushes >= 3 * TURNS,
-        "sync: {sync_flushes} WAL writes for {TURNS} turns"
+        sync_writes >= 3 * TURNS,
+        "sync: {sync_writes} WAL writes for {TURNS} turns"
     );
     assert!(
-        async_flushes < TURNS,
-        "async: {async_flushes} WAL writes for {TURNS} turns"
+        async_writes < TURNS,
+        "async: {async_writes} WAL writes for {TURNS} turns"
     );
 }
