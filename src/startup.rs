@@ -34,6 +34,7 @@ use crate::memory::Sampler;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 use crate::supervisor::{AwaitSettled, Board, GetStatus, Shutdown, Supervisor};
+use crate::telemetry::Retrying;
 use crate::web::{configure, AppState, Auth};
 
 /// How long a stopping host lets its HTTP workers take up the connections
@@ -131,6 +132,7 @@ impl Host {
             auth,
         ));
         spawn_limits_sweeper(state.clone());
+        spawn_session_refresh(state.clone());
         actix_rt::spawn(state.watchers.clone().forward(state.board.subscribe()));
         let (http, url) = start_http(&config, state.clone())?;
         log_checks(&config);
@@ -309,28 +311,17 @@ async fn settle(config: &Config, supervisor: &Addr<Supervisor>) -> anyhow::Resul
 fn spawn_limits_sweeper(state: web::Data<AppState>) {
     if state.store.is_shared() {
         let state = state.clone();
-        actix_rt::spawn(async move {
-            let mut tick = tokio::time::interval(crate::web::FLEET_BATCH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // Told once when writing starts failing and once when it works
-            // again, not four times a second while the database is away.
-            let mut failing = false;
-            loop {
-                tick.tick().await;
-                match state.limits.write_minutes_batch(&state.store).await {
-                    Ok(true) if failing => {
-                        info!("the fleet's message counts are written again");
-                        failing = false;
-                    }
-                    Ok(_) => {}
-                    Err(e) if !failing => {
-                        warn!("cannot write the fleet's message counts (retrying): {e}");
-                        failing = true;
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
+        spawn_every(
+            crate::web::FLEET_BATCH_EVERY,
+            Retrying::new(
+                "cannot write the fleet's message counts",
+                "the fleet's message counts are written again",
+            ),
+            move || {
+                let state = state.clone();
+                async move { state.limits.write_minutes_batch(&state.store).await }
+            },
+        );
     }
     actix_rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -338,6 +329,41 @@ fn spawn_limits_sweeper(state: web::Data<AppState>) {
             tick.tick().await;
             state.limits.forget_idle();
             state.limits.forget_fleet_windows(&state.store).await;
+        }
+    });
+}
+
+/// Reads again the accounts of users active lately before this host's
+/// views of them go stale, so their requests do not wait for a lookup
+/// (`web::sessions`).
+fn spawn_session_refresh(state: web::Data<AppState>) {
+    spawn_every(
+        crate::web::sessions::REFRESH_EVERY,
+        Retrying::new(
+            "cannot read the accounts of active users again",
+            "the accounts of active users are read again",
+        ),
+        move || {
+            let state = state.clone();
+            async move { state.sessions.refresh().await.map(|n| n > 0) }
+        },
+    );
+}
+
+/// Runs `job` every `every` for as long as the host runs (a late tick is
+/// not made up), telling the log what `log` says of its outcomes.
+fn spawn_every<F, Fut, E>(every: Duration, mut log: Retrying, mut job: F)
+where
+    F: FnMut() -> Fut + 'static,
+    Fut: std::future::Future<Output = Result<bool, E>>,
+    E: std::fmt::Display,
+{
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            log.saw(job().await);
         }
     });
 }

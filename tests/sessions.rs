@@ -3,7 +3,8 @@
 //! account (from the API or `bothost user …`) end every older token, on
 //! REST and on an open WebSocket, and the role is always the account's
 //! current one. A burst of one user's requests waits for a single lookup
-//! of the account.
+//! of the account, and an active user's account is read again before
+//! their view goes stale.
 
 mod common;
 
@@ -89,6 +90,25 @@ fn logging_out_everywhere_ends_rest_and_websocket_sessions_at_once() {
     // Nothing was stored for the refused turn; logging in again works.
     let again = login(&host.url, "alice").expect("log in again");
     assert_eq!(again.history(conv).len(), 2);
+}
+
+/// The host reads an active user's account again by itself, with no
+/// request waiting for it: the next message after a pause finds the view
+/// fresh.
+#[test]
+fn the_host_reads_an_active_users_account_again_by_itself() {
+    let host = host();
+    let alice = register(&host.url, "alice");
+    assert_eq!(alice.get("/api/v1/bots").status(), 200);
+    let lookups = || {
+        host.metric("bothost_db_query_duration_seconds_count{query=\"users_and_revoked_tokens\"}")
+            .unwrap_or(0.0)
+    };
+    let before = lookups();
+    // No request from here on: only the host's own refresh reads it.
+    host.wait_for("the account read again", RECHECK_LIMIT, || {
+        (lookups() > before).then_some(())
+    });
 }
 
 #[test]
@@ -313,7 +333,6 @@ async fn a_burst_for_one_account_waits_for_a_single_lookup() {
 /// neither joined nor kept: the change ends older tokens at once here.
 #[actix_rt::test]
 async fn a_change_here_is_not_hidden_by_a_lookup_from_before_it() {
-    use bothost::store::UserChange;
     use futures_util::FutureExt;
 
     let (db, alice, sessions, claims) = alice_and_sessions().await;
@@ -327,18 +346,7 @@ async fn a_change_here_is_not_hidden_by_a_lookup_from_before_it() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // …when this host ends the account's sessions (a password change).
-    db.store
-        .update_user(
-            alice.id,
-            UserChange {
-                password_hash: Some("new hash".into()),
-                role: None,
-                disabled_at: None,
-            },
-        )
-        .await
-        .expect("update")
-        .expect("alice");
+    change_password(&db, alice.id).await;
     sessions.forget(alice.id);
     let after = sessions.check(&claims).await;
     assert_eq!(
@@ -355,6 +363,82 @@ async fn a_change_here_is_not_hidden_by_a_lookup_from_before_it() {
     db.cleanup().await;
 }
 
+/// An active user's view is read again in the background before it goes
+/// stale, so a request after a pause finds it fresh and reads nothing;
+/// and it is the database's view now (a change made by another host ends
+/// the session).
+#[actix_rt::test]
+async fn an_active_users_view_is_read_again_before_it_goes_stale() {
+    let (db, alice, sessions, claims) = alice_and_sessions().await;
+    sessions.check(&claims).await.expect("the session holds");
+    assert_eq!(account_lookups(&db), 1);
+    assert_eq!(sessions.refresh().await.expect("refresh"), 0, "still fresh");
+    // Another host changes the password: this one has not forgotten.
+    change_password(&db, alice.id).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sessions.refresh().await.expect("refresh") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never read again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(account_lookups(&db), 2, "one statement");
+    assert_eq!(
+        sessions.check(&claims).await.expect_err("ended").code,
+        "session_ended"
+    );
+    assert_eq!(account_lookups(&db), 2, "the request read nothing");
+    db.cleanup().await;
+}
+
+/// A refresh that read an account before this host changed it keeps
+/// nothing it read: the change ends older tokens at once here.
+#[actix_rt::test]
+async fn a_refresh_from_before_a_change_here_is_not_kept() {
+    use futures_util::FutureExt;
+
+    let (db, alice, sessions, claims) = alice_and_sessions().await;
+    sessions.check(&claims).await.expect("the session holds");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // A refresh once the view is due (past half its life) has read the
+    // account as it was…
+    let refresh = loop {
+        let mut refresh = Box::pin(sessions.refresh());
+        match (&mut refresh).now_or_never() {
+            None => break refresh,
+            Some(read) => assert_eq!(read.expect("refresh"), 0, "nothing to read"),
+        }
+        assert!(std::time::Instant::now() < deadline, "never due");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    while account_lookups(&db) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the read never ran");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // …when this host ends the account's sessions.
+    change_password(&db, alice.id).await;
+    sessions.forget(alice.id);
+    refresh.await.expect("refresh");
+    assert_eq!(
+        sessions.check(&claims).await.expect_err("ended").code,
+        "session_ended"
+    );
+    db.cleanup().await;
+}
+
+async fn change_password(db: &common::db::TestDb, id: i64) {
+    db.store
+        .update_user(
+            id,
+            bothost::store::UserChange {
+                password_hash: Some("new hash".into()),
+                role: None,
+                disabled_at: None,
+            },
+        )
+        .await
+        .expect("update")
+        .expect("the user");
+}
+
 /// A store with one account, alice, this host's view of sessions on it,
 /// and a token of hers.
 async fn alice_and_sessions() -> (
@@ -369,7 +453,8 @@ async fn alice_and_sessions() -> (
         .create_user("alice", "hash", bothost::store::UserRole::User)
         .await
         .expect("user");
-    let sessions = bothost::web::sessions::Sessions::new(db.store.clone());
+    let sessions =
+        bothost::web::sessions::Sessions::with_recheck(db.store.clone(), Duration::from_secs(3));
     let claims = bothost::web::auth::Claims {
         sub: alice.id,
         name: "alice".into(),
@@ -388,7 +473,7 @@ fn account_lookups(db: &common::db::TestDb) -> u64 {
         .lines()
         .find_map(|line| {
             line.strip_prefix(
-                "bothost_db_query_duration_seconds_count{query=\"user_and_revoked_tokens\"} ",
+                "bothost_db_query_duration_seconds_count{query=\"users_and_revoked_tokens\"} ",
             )?
             .parse()
             .ok()

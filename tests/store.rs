@@ -87,14 +87,15 @@ async fn users_are_unique_and_the_hash_never_serializes() {
 }
 
 #[tokio::test]
-async fn an_account_comes_back_with_its_own_ended_tokens_only() {
+async fn accounts_come_back_with_their_own_ended_tokens_only() {
     for db in backends(&config()).await {
         let s = &db.store;
         let alice = s.create_user("alice", "h", UserRole::User).await.unwrap();
         let bob = s.create_user("bob", "h", UserRole::User).await.unwrap();
         let far = 4_000_000_000;
+        let one = |id| async move { s.users_and_revoked_tokens(&[id]).await.unwrap().remove(&id) };
         assert_eq!(
-            s.user_and_revoked_tokens(alice.id).await.unwrap(),
+            one(alice.id).await,
             Some((alice.clone(), vec![])),
             "{}",
             s.backend()
@@ -103,17 +104,24 @@ async fn an_account_comes_back_with_its_own_ended_tokens_only() {
             s.revoke_token(alice.id, jti, far).await.unwrap();
         }
         s.revoke_token(bob.id, "b1", far).await.unwrap();
-        let (user, mut revoked) = s.user_and_revoked_tokens(alice.id).await.unwrap().unwrap();
+        // Several accounts in one statement, an unknown one left out.
+        let mut found = s
+            .users_and_revoked_tokens(&[alice.id, bob.id, bob.id + 100])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 2, "{}", s.backend());
+        let (user, mut revoked) = found.remove(&alice.id).unwrap();
         revoked.sort();
         assert_eq!(
             (user, revoked),
             (alice.clone(), vec!["a1".into(), "a2".into()])
         );
         assert_eq!(
-            s.user_and_revoked_tokens(bob.id).await.unwrap(),
+            found.remove(&bob.id),
             Some((bob.clone(), vec!["b1".into()]))
         );
-        assert_eq!(s.user_and_revoked_tokens(bob.id + 100).await.unwrap(), None);
+        assert_eq!(one(bob.id).await, Some((bob.clone(), vec!["b1".into()])));
+        assert_eq!(one(bob.id + 100).await, None);
         db.cleanup().await;
     }
 }

@@ -34,6 +34,7 @@ mod pool;
 mod queries;
 mod schema;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -173,9 +174,10 @@ impl Store {
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // Said once when it starts failing (a full disk, say), not
-            // every second.
-            let mut failing = false;
+            let mut log = crate::telemetry::Retrying::new(
+                "cannot checkpoint the SQLite WAL",
+                "the SQLite WAL is checkpointed again",
+            );
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -188,17 +190,7 @@ impl Store {
                     )
                     .await
                 });
-                match done {
-                    Err(e) if !failing => {
-                        tracing::warn!("cannot checkpoint the SQLite WAL (retrying): {e}");
-                        failing = true;
-                    }
-                    Ok(()) if failing => {
-                        tracing::info!("the SQLite WAL is checkpointed again");
-                        failing = false;
-                    }
-                    _ => {}
-                }
+                log.saw(done.map(|()| true));
             }
         }))
     }
@@ -332,30 +324,30 @@ impl Store {
         })
     }
 
-    /// User `id` and the ids of their tokens ended one by one, in one
-    /// statement: a session check needs both, and after a restart every
-    /// returning user's first request waits for it.
-    pub async fn user_and_revoked_tokens(
+    /// Users `ids` (those that exist) and the ids of their tokens ended one
+    /// by one, in one statement: a session check needs both, after a
+    /// restart every returning user's first request waits for it, and
+    /// `web::sessions` reads the accounts of active users again in
+    /// batches.
+    pub async fn users_and_revoked_tokens(
         &self,
-        id: i64,
-    ) -> Result<Option<(User, Vec<String>)>, StoreError> {
+        ids: &[i64],
+    ) -> Result<HashMap<i64, (User, Vec<String>)>, StoreError> {
         let rows: Vec<(User, Option<String>)> =
-            with_conn!(self, "user_and_revoked_tokens", |conn| {
+            with_conn!(self, "users_and_revoked_tokens", |conn| {
                 users::table
                     .left_join(revoked_tokens::table.on(revoked_tokens::user_id.eq(users::id)))
-                    .filter(users::id.eq(id))
+                    .filter(users::id.eq_any(ids))
                     .select((User::as_select(), revoked_tokens::jti.nullable()))
                     .load(conn)
                     .await
             })?;
-        let mut rows = rows.into_iter();
-        Ok(rows.next().map(|(user, first)| {
-            let revoked = first
-                .into_iter()
-                .chain(rows.filter_map(|(_, jti)| jti))
-                .collect();
-            (user, revoked)
-        }))
+        let mut found: HashMap<i64, (User, Vec<String>)> = HashMap::with_capacity(ids.len());
+        for (user, jti) in rows {
+            let (_, revoked) = found.entry(user.id).or_insert_with(|| (user, Vec::new()));
+            revoked.extend(jti);
+        }
+        Ok(found)
     }
 
     /// Deletes user `id` with everything the user owns (conversations and
