@@ -439,6 +439,33 @@ async fn change_password(db: &common::db::TestDb, id: i64) {
         .expect("the user");
 }
 
+/// A user who comes back after a pause longer than the view is kept fresh
+/// is kept fresh again from that request on: the lookup it waited for
+/// counts as wanted.
+#[actix_rt::test]
+async fn a_user_back_after_a_long_pause_is_kept_fresh_again() {
+    let (db, _, _, claims) = alice_and_sessions().await;
+    // Views trusted 2 s, kept fresh 1.5 s after a request.
+    let sessions = bothost::web::sessions::Sessions::with_times(
+        db.store.clone(),
+        Duration::from_secs(2),
+        Duration::from_millis(1500),
+    );
+    sessions.check(&claims).await.expect("the session holds");
+    // Past both, with no request meanwhile: the next one waits for a
+    // lookup of its own.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    sessions.check(&claims).await.expect("the session holds");
+    assert_eq!(account_lookups(&db), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sessions.refresh().await.expect("refresh") == 0 {
+        assert!(std::time::Instant::now() < deadline, "not kept fresh again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(account_lookups(&db), 3);
+    db.cleanup().await;
+}
+
 /// A store with one account, alice, this host's view of sessions on it,
 /// and a token of hers.
 async fn alice_and_sessions() -> (
@@ -453,8 +480,11 @@ async fn alice_and_sessions() -> (
         .create_user("alice", "hash", bothost::store::UserRole::User)
         .await
         .expect("user");
-    let sessions =
-        bothost::web::sessions::Sessions::with_recheck(db.store.clone(), Duration::from_secs(3));
+    let sessions = bothost::web::sessions::Sessions::with_times(
+        db.store.clone(),
+        Duration::from_secs(3),
+        bothost::web::sessions::KEEP_FRESH_FOR,
+    );
     let claims = bothost::web::auth::Claims {
         sub: alice.id,
         name: "alice".into(),

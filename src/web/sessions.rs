@@ -120,9 +120,9 @@ struct Seen {
 impl Seen {
     /// Whether [`Sessions::refresh`] should read this view again at `now`:
     /// it is past half its life, and its user made a request lately.
-    fn due(&self, now: Instant, recheck: Duration) -> bool {
+    fn due(&self, now: Instant, recheck: Duration, keep_fresh_for: Duration) -> bool {
         now.saturating_duration_since(self.at) >= recheck / 2
-            && now.saturating_duration_since(self.wanted) < KEEP_FRESH_FOR
+            && now.saturating_duration_since(self.wanted) < keep_fresh_for
     }
 }
 
@@ -133,6 +133,8 @@ pub struct Sessions {
     store: Store,
     /// How long a view is trusted: [`RECHECK`] but in tests.
     recheck: Duration,
+    /// [`KEEP_FRESH_FOR`] but in tests.
+    keep_fresh_for: Duration,
     cache: Mutex<HashMap<i64, Seen>>,
     /// Lookups under way, by account.
     pending: Mutex<HashMap<i64, Lookup>>,
@@ -143,14 +145,16 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(store: Store) -> Self {
-        Self::with_recheck(store, RECHECK)
+        Self::with_times(store, RECHECK, KEEP_FRESH_FOR)
     }
 
-    /// Trusting a view for `recheck` instead of [`RECHECK`].
-    pub fn with_recheck(store: Store, recheck: Duration) -> Self {
+    /// Trusting a view for `recheck` instead of [`RECHECK`], and keeping
+    /// it fresh for `keep_fresh_for` instead of [`KEEP_FRESH_FOR`].
+    pub fn with_times(store: Store, recheck: Duration, keep_fresh_for: Duration) -> Self {
         Self {
             store,
             recheck,
+            keep_fresh_for,
             cache: Mutex::default(),
             pending: Mutex::default(),
             forgets: AtomicU64::new(0),
@@ -200,7 +204,7 @@ impl Sessions {
         if let Ok(mut pending) = self.pending.lock() {
             if pending.get(&id).is_some_and(|p| p.ptr_eq(&lookup)) {
                 if let Ok(account) = &found {
-                    self.remember(id, account.clone());
+                    self.remember(id, account.clone(), true);
                 }
                 pending.remove(&id);
             }
@@ -243,7 +247,7 @@ impl Sessions {
         let due: Vec<i64> = match self.cache.lock() {
             Ok(cache) => cache
                 .iter()
-                .filter(|(_, seen)| seen.due(now, self.recheck))
+                .filter(|(_, seen)| seen.due(now, self.recheck, self.keep_fresh_for))
                 .map(|(id, _)| *id)
                 .collect(),
             Err(_) => return Ok(0),
@@ -257,7 +261,7 @@ impl Sessions {
                 continue;
             }
             for id in batch {
-                self.remember(*id, found.remove(id));
+                self.remember(*id, found.remove(id), false);
             }
         }
         Ok(due.len())
@@ -272,9 +276,9 @@ impl Sessions {
         Some(seen.account.clone())
     }
 
-    /// What the database says of `id` now; when a request last wanted it
-    /// is kept.
-    fn remember(&self, id: i64, account: Option<Account>) {
+    /// What the database says of `id` now, read for a request (`wanted`)
+    /// or by [`Sessions::refresh`] (when a request last wanted it is kept).
+    fn remember(&self, id: i64, account: Option<Account>, wanted: bool) {
         let Ok(mut cache) = self.cache.lock() else {
             return;
         };
@@ -283,7 +287,10 @@ impl Sessions {
             cache.retain(|_, seen| seen.at.elapsed() < recheck);
         }
         let now = Instant::now();
-        let wanted = cache.get(&id).map_or(now, |seen| seen.wanted);
+        let wanted = match cache.get(&id) {
+            Some(seen) if !wanted => seen.wanted,
+            _ => now,
+        };
         cache.insert(
             id,
             Seen {
@@ -413,18 +420,21 @@ mod tests {
     #[test]
     fn a_view_is_read_again_past_half_its_life_while_its_user_is_active() {
         let t0 = Instant::now();
-        let recheck = Duration::from_secs(4);
+        let (recheck, keep) = (Duration::from_secs(4), KEEP_FRESH_FOR);
         let seen = Seen {
             at: t0,
             wanted: t0,
             account: None,
         };
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        assert!(!seen.due(at(1), recheck), "fresh");
-        assert!(seen.due(at(2), recheck), "half its life");
-        assert!(seen.due(at(30), recheck), "stale, the user active lately");
+        assert!(!seen.due(at(1), recheck, keep), "fresh");
+        assert!(seen.due(at(2), recheck, keep), "half its life");
         assert!(
-            !seen.due(t0 + KEEP_FRESH_FOR, recheck),
+            seen.due(at(30), recheck, keep),
+            "stale, the user active lately"
+        );
+        assert!(
+            !seen.due(t0 + keep, recheck, keep),
             "the user has made no request for a while"
         );
     }
