@@ -375,11 +375,7 @@ async fn an_active_users_view_is_read_again_before_it_goes_stale() {
     assert_eq!(sessions.refresh().await.expect("refresh"), 0, "still fresh");
     // Another host changes the password: this one has not forgotten.
     change_password(&db, alice.id).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sessions.refresh().await.expect("refresh") == 0 {
-        assert!(std::time::Instant::now() < deadline, "never read again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    refreshed(&sessions).await;
     assert_eq!(account_lookups(&db), 2, "one statement");
     assert_eq!(
         sessions.check(&claims).await.expect_err("ended").code,
@@ -397,22 +393,25 @@ async fn a_refresh_from_before_a_change_here_is_not_kept() {
 
     let (db, alice, sessions, claims) = alice_and_sessions().await;
     sessions.check(&claims).await.expect("the session holds");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     // A refresh once the view is due (past half its life) has read the
     // account as it was…
-    let refresh = loop {
+    let refresh = eventually_async("the view due", Duration::from_secs(10), || async {
         let mut refresh = Box::pin(sessions.refresh());
         match (&mut refresh).now_or_never() {
-            None => break refresh,
-            Some(read) => assert_eq!(read.expect("refresh"), 0, "nothing to read"),
+            None => Some(refresh),
+            Some(read) => {
+                assert_eq!(read.expect("refresh"), 0, "nothing to read");
+                None
+            }
         }
-        assert!(std::time::Instant::now() < deadline, "never due");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    while account_lookups(&db) < 2 {
-        assert!(std::time::Instant::now() < deadline, "the read never ran");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    })
+    .await
+    .expect("due");
+    eventually_async("the read", Duration::from_secs(10), || async {
+        (account_lookups(&db) >= 2).then_some(())
+    })
+    .await
+    .expect("the read ran");
     // …when this host ends the account's sessions.
     change_password(&db, alice.id).await;
     sessions.forget(alice.id);
@@ -422,6 +421,15 @@ async fn a_refresh_from_before_a_change_here_is_not_kept() {
         "session_ended"
     );
     db.cleanup().await;
+}
+
+/// Runs `sessions`' refresh until it reads something.
+async fn refreshed(sessions: &bothost::web::sessions::Sessions) {
+    eventually_async("a refresh that reads", Duration::from_secs(10), || async {
+        (sessions.refresh().await.expect("refresh") > 0).then_some(())
+    })
+    .await
+    .expect("read again");
 }
 
 async fn change_password(db: &common::db::TestDb, id: i64) {
@@ -457,11 +465,7 @@ async fn a_user_back_after_a_long_pause_is_kept_fresh_again() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     sessions.check(&claims).await.expect("the session holds");
     assert_eq!(account_lookups(&db), 2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sessions.refresh().await.expect("refresh") == 0 {
-        assert!(std::time::Instant::now() < deadline, "not kept fresh again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    refreshed(&sessions).await;
     assert_eq!(account_lookups(&db), 3);
     db.cleanup().await;
 }
