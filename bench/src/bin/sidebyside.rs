@@ -34,9 +34,12 @@
 //! counts when it ends within its round. Printed per path: turns a second
 //! and their ratio to direct, time to the first token (P50, P99) and what
 //! the path adds to direct's P99, that again without each chat's first
-//! turn of a round ("steady": on a virtual machine whose idle vCPUs halt,
-//! a path that sat idle while the others ran is cold for one turn), and
-//! for bothost the host's CPU per turn.
+//! turn of a round ("steady": those turns all start at the same instant,
+//! and on two cores the processes of a path share the CPU out among them
+//! until they finish together, after about `concurrent` times the CPU a
+//! turn takes to its first token; started 5 ms apart after the same idle
+//! wait, they take what later turns do), and for bothost the host's CPU
+//! per turn.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -336,8 +339,8 @@ async fn openai_chat(
 struct Figures {
     seconds: f64,
     first_token: Vec<Duration>,
-    /// The same without each chat's first turn of a round: that turn
-    /// finds the path cold after idling while the other paths ran.
+    /// The same without each chat's first turn of a round: those start
+    /// together, a burst a steady stream of chats does not make.
     steady: Vec<Duration>,
     errors: u64,
     host_cpu: Option<Duration>,
