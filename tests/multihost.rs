@@ -414,6 +414,66 @@ async fn counted_in_database(url: &str, subject: &str) -> i64 {
     .n
 }
 
+/// How many statements `host` has sent for a message's fleet counts.
+fn fleet_statements(host: &TestHost) -> f64 {
+    host.metric("bothost_db_query_duration_seconds_count{query=\"fleet_hits\"}")
+        .unwrap_or(0.0)
+}
+
+/// Messages that start a minute together from one user and one address
+/// (several tabs; people behind one NAT): one request asks the database for
+/// the minute's counts, the others wait for its answer and count here. One
+/// statement, where each used to send its own, all updating the same rows
+/// one after another; and every message is counted once.
+#[test]
+fn messages_that_start_a_minute_together_ask_the_database_once() {
+    let Some((rt, schema)) = shared_schema("together") else {
+        return;
+    };
+    let config = config(&schema.url)
+        .replace("token_delay = \"60ms\"", "token_delay = \"0ms\"")
+        .replace("[auth]", "max_in_flight_per_user = 100\n[auth]");
+    let host = TestHost::start_with_config(&config);
+    let alice = register(&host.url, "alice");
+    let conv = alice.conversation("slow");
+    start_well_inside_a_minute(20);
+    let before = fleet_statements(&host);
+    // Each sender with a connection of its own open, then all at once.
+    let ready = std::sync::Barrier::new(20);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let sends: Vec<_> = (0..20)
+            .map(|i| {
+                let (alice, ready) = (&alice, &ready);
+                s.spawn(move || {
+                    assert_eq!(alice.get("/api/v1/bots").status().as_u16(), 200);
+                    ready.wait();
+                    resend(alice, conv, &format!("m{i}"), "hi")
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        sends
+            .into_iter()
+            .map(|send| send.join().expect("send"))
+            .collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        fleet_statements(&host) - before,
+        1.0,
+        "one statement for the minute's counts"
+    );
+    host.wait_for(
+        "the minute's count written",
+        Duration::from_secs(10),
+        || (rt.block_on(counted_in_database(&schema.url, ADDRESS)) >= 20).then_some(()),
+    );
+    assert_eq!(rt.block_on(counted_in_database(&schema.url, ADDRESS)), 20);
+    drop(host);
+    rt.block_on(schema.drop_schema()).unwrap();
+}
+
 /// Messages per address are counted by each host and written in batches:
 /// a host asks the database for an address's count with its first message
 /// of the minute, and learns the other hosts' messages when it next writes

@@ -271,8 +271,11 @@ impl Limits {
             subjects: Vec::new(),
         };
         // Counted here where this host knows the minute; the rest is asked
-        // of the database.
+        // of the database, by one request at a time per subject (the others
+        // wait for its answer). Subjects are always taken in this order, so
+        // two requests never wait for each other.
         let mut ask = [None, None];
+        let mut asking = Vec::new();
         let subjects = [
             (
                 Some(format!("u:{user}")),
@@ -287,13 +290,23 @@ impl Limits {
         ];
         for ((subject, max, refusal), asked) in subjects.iter().zip(&mut ask) {
             let Some(subject) = subject else { continue };
-            match self.minutes.count(subject, window, *max) {
-                Count::Over => {
-                    self.take_back(&counted);
-                    return Err(ApiError::too_many(*refusal, retry));
+            loop {
+                match self.minutes.count(subject, window, *max) {
+                    Count::Over => {
+                        self.take_back(&counted);
+                        return Err(ApiError::too_many(*refusal, retry));
+                    }
+                    Count::Counted => counted.subjects.push(subject.clone()),
+                    Count::Unknown(ask) => {
+                        asking.push(ask);
+                        *asked = Some(subject.as_str());
+                    }
+                    Count::Wait(answer) => {
+                        answer.done().await;
+                        continue;
+                    }
                 }
-                Count::Counted => counted.subjects.push(subject.clone()),
-                Count::Unknown => *asked = Some(subject.as_str()),
+                break;
             }
         }
         if ask.iter().all(Option::is_none) && check.read.is_none() && !check.turns {
@@ -323,6 +336,8 @@ impl Limits {
                 refused.get_or_insert(*refusal);
             }
         }
+        // Learned: those waiting for these answers count here now.
+        drop(asking);
         if let Some(refusal) = refused {
             return Err(ApiError::too_many(refusal, retry));
         }
