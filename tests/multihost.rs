@@ -421,10 +421,10 @@ fn fleet_statements(host: &TestHost) -> f64 {
 }
 
 /// Messages that start a minute together from one user and one address
-/// (several tabs; people behind one NAT): one request asks the database for
-/// the minute's counts, the others wait for its answer and count here. One
-/// statement, where each used to send its own, all updating the same rows
-/// one after another; and every message is counted once.
+/// (several tabs): one request asks the database for the minute's counts,
+/// the others wait for its answer and count here. One statement, where each
+/// used to send its own, all updating the same rows one after another; and
+/// every message is counted once.
 #[test]
 fn messages_that_start_a_minute_together_ask_the_database_once() {
     let Some((rt, schema)) = shared_schema("together") else {

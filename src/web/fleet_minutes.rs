@@ -18,10 +18,11 @@
 //!
 //! One request at a time asks the database about a subject's minute: the
 //! others that find no count meanwhile wait for its answer
-//! ([`Count::Wait`]) and then count here. Twenty people behind one office
-//! NAT who start a minute together would otherwise send twenty statements
-//! that all update the address's row, each waiting for the one before to
-//! commit (10–50 ms apiece, measured side by side); now one does.
+//! ([`Count::Wait`]) and then count here. A user's tabs that start a
+//! minute together send one statement instead of one each; twenty people
+//! behind one office NAT still ask about their own accounts, but only one
+//! of their statements updates the address's row, where each used to wait
+//! there for the one before it to commit.
 //!
 //! A message counted here that the database then could not take (an
 //! outage) is taken back ([`FleetMinutes::uncount`]): an outage must not
