@@ -262,15 +262,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn one_request_asks_about_a_subject_and_the_others_wait_for_its_answer() {
-        let a = FleetMinutes::default();
+    /// The first request that finds no count for `ip:1` asks; the second
+    /// waits for it.
+    fn asking_and_waiting(a: &FleetMinutes) -> (Asking, Waiting) {
         let Count::Unknown(asking) = a.count("ip:1", MINUTE, 3) else {
             panic!("the first asks");
         };
         let Count::Wait(waiting) = a.count("ip:1", MINUTE, 3) else {
             panic!("the second waits");
         };
+        (asking, waiting)
+    }
+
+    #[tokio::test]
+    async fn one_request_asks_about_a_subject_and_the_others_wait_for_its_answer() {
+        let a = FleetMinutes::default();
+        let (asking, waiting) = asking_and_waiting(&a);
         assert_eq!(
             kind(a.count("u:1", MINUTE, 3)),
             "unknown",
@@ -290,12 +297,7 @@ mod tests {
     #[tokio::test]
     async fn an_ask_given_up_lets_the_next_request_ask() {
         let a = FleetMinutes::default();
-        let Count::Unknown(asking) = a.count("ip:1", MINUTE, 3) else {
-            panic!("the first asks");
-        };
-        let Count::Wait(waiting) = a.count("ip:1", MINUTE, 3) else {
-            panic!("the second waits");
-        };
+        let (asking, waiting) = asking_and_waiting(&a);
         // The database could not be reached: nothing learned.
         drop(asking);
         waiting.done().await;
