@@ -18,7 +18,8 @@
 //!
 //! One request at a time asks the database about a subject's minute: the
 //! others that find no count meanwhile wait for its answer
-//! ([`Count::Wait`]) and then count here. A user's tabs that start a
+//! ([`Count::Wait`]) and then count here (if it gave up, they ask
+//! themselves rather than wait again: [`FleetMinutes::count_after_waiting`]). A user's tabs that start a
 //! minute together send one statement instead of one each; twenty people
 //! behind one office NAT still ask about their own accounts, but only one
 //! of their statements updates the address's row, where each used to wait
@@ -123,6 +124,19 @@ impl FleetMinutes {
     /// Counts one message from `subject` in the minute starting at `start`,
     /// if this host knows the fleet's count and it stays within `max`.
     pub fn count(&self, subject: &str, start: i64, max: u32) -> Count {
+        self.count_or_ask(subject, start, max, true)
+    }
+
+    /// [`FleetMinutes::count`] for a message that has waited for an answer
+    /// once ([`Count::Wait`]) and found none (the request asking gave up:
+    /// an outage, a request cancelled): it asks the database itself rather
+    /// than wait again, so that in an outage the messages from one subject
+    /// do not fail one after another, each after the one before.
+    pub fn count_after_waiting(&self, subject: &str, start: i64, max: u32) -> Count {
+        self.count_or_ask(subject, start, max, false)
+    }
+
+    fn count_or_ask(&self, subject: &str, start: i64, max: u32, may_wait: bool) -> Count {
         let Ok(mut subjects) = self.0.lock() else {
             return Count::Unknown(Asking {
                 _answered: watch::channel(()).0,
@@ -142,7 +156,11 @@ impl FleetMinutes {
                 .get(subject)
                 .filter(|asked| asked.has_changed().is_ok())
             {
-                Some(asked) => Count::Wait(Waiting(asked.clone())),
+                Some(asked) if may_wait => Count::Wait(Waiting(asked.clone())),
+                // Asks alongside the one asking; nobody waits for it.
+                Some(_) => Count::Unknown(Asking {
+                    _answered: watch::channel(()).0,
+                }),
                 None => {
                     let (answered, asked) = watch::channel(());
                     asking.insert(subject.to_owned(), asked);
@@ -301,6 +319,14 @@ mod tests {
         // The database could not be reached: nothing learned.
         drop(asking);
         waiting.done().await;
+        let Count::Unknown(next) = a.count_after_waiting("ip:1", MINUTE, 3) else {
+            panic!("the first of those who waited asks");
+        };
+        // Another who waited does not wait again behind it, in an outage
+        // each ask as long as the pool's timeout: it asks too.
+        assert_eq!(kind(a.count_after_waiting("ip:1", MINUTE, 3)), "unknown");
+        assert_eq!(kind(a.count("ip:1", MINUTE, 3)), "wait", "a newcomer waits");
+        drop(next);
         assert_eq!(kind(a.count("ip:1", MINUTE, 3)), "unknown", "asks itself");
         assert!(a.take_batch(MINUTE).is_empty());
         assert_eq!(

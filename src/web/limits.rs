@@ -290,8 +290,14 @@ impl Limits {
         ];
         for ((subject, max, refusal), asked) in subjects.iter().zip(&mut ask) {
             let Some(subject) = subject else { continue };
+            let mut waited = false;
             loop {
-                match self.minutes.count(subject, window, *max) {
+                let count = if waited {
+                    self.minutes.count_after_waiting(subject, window, *max)
+                } else {
+                    self.minutes.count(subject, window, *max)
+                };
+                match count {
                     Count::Over => {
                         self.take_back(&counted);
                         return Err(ApiError::too_many(*refusal, retry));
@@ -303,6 +309,7 @@ impl Limits {
                     }
                     Count::Wait(answer) => {
                         answer.done().await;
+                        waited = true;
                         continue;
                     }
                 }
