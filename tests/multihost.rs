@@ -387,10 +387,20 @@ fn six_per_address(db_url: &str) -> String {
         .replace("token_delay = \"60ms\"", "token_delay = \"0ms\"")
 }
 
+/// How many store operations named `query` `host` has run (its
+/// `bothost_db_query_duration_seconds` count): `add_window_hits` is a batch
+/// of messages per user and address written, `fleet_hits` a message's
+/// statement for the fleet's counts.
+fn operations(host: &TestHost, query: &str) -> f64 {
+    host.metric(&format!(
+        "bothost_db_query_duration_seconds_count{{query=\"{query}\"}}"
+    ))
+    .unwrap_or(0.0)
+}
+
 /// How many batches of messages per user and address `host` has written.
 fn minute_batches(host: &TestHost) -> f64 {
-    host.metric("bothost_db_query_duration_seconds_count{query=\"add_window_hits\"}")
-        .unwrap_or(0.0)
+    operations(host, "add_window_hits")
 }
 
 /// The tests' one client address, as the fleet's table names it.
@@ -414,12 +424,6 @@ async fn counted_in_database(url: &str, subject: &str) -> i64 {
     .n
 }
 
-/// How many statements `host` has sent for a message's fleet counts.
-fn fleet_statements(host: &TestHost) -> f64 {
-    host.metric("bothost_db_query_duration_seconds_count{query=\"fleet_hits\"}")
-        .unwrap_or(0.0)
-}
-
 /// Messages that start a minute together from one user and one address
 /// (several tabs): one request asks the database for the minute's counts,
 /// the others wait for its answer and count here. One statement, where each
@@ -437,7 +441,7 @@ fn messages_that_start_a_minute_together_ask_the_database_once() {
     let alice = register(&host.url, "alice");
     let conv = alice.conversation("slow");
     start_well_inside_a_minute(20);
-    let before = fleet_statements(&host);
+    let before = operations(&host, "fleet_hits");
     // Each sender with a connection of its own open, then all at once.
     let ready = std::sync::Barrier::new(20);
     let statuses: Vec<u16> = std::thread::scope(|s| {
@@ -460,7 +464,7 @@ fn messages_that_start_a_minute_together_ask_the_database_once() {
     });
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(
-        fleet_statements(&host) - before,
+        operations(&host, "fleet_hits") - before,
         1.0,
         "one statement for the minute's counts"
     );

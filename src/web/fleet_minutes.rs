@@ -18,12 +18,12 @@
 //!
 //! One request at a time asks the database about a subject's minute: the
 //! others that find no count meanwhile wait for its answer
-//! ([`Count::Wait`]) and then count here (if it gave up, they ask
-//! themselves rather than wait again: [`FleetMinutes::count_after_waiting`]). A user's tabs that start a
-//! minute together send one statement instead of one each; twenty people
-//! behind one office NAT still ask about their own accounts, but only one
-//! of their statements updates the address's row, where each used to wait
-//! there for the one before it to commit.
+//! ([`Count::Wait`]) and then count here; if it gave up, they ask
+//! themselves rather than wait again ([`FleetMinutes::count_after_waiting`]).
+//! A user's tabs that start a minute together send one statement instead
+//! of one each; twenty people behind one office NAT still ask about their
+//! own accounts, but only one of their statements updates the address's
+//! row, where each used to wait there for the one before it to commit.
 //!
 //! A message counted here that the database then could not take (an
 //! outage) is taken back ([`FleetMinutes::uncount`]): an outage must not
@@ -105,6 +105,15 @@ pub struct Asking {
     _answered: watch::Sender<()>,
 }
 
+impl Asking {
+    /// An ask nobody waits for.
+    fn unwatched() -> Self {
+        Self {
+            _answered: watch::channel(()).0,
+        }
+    }
+}
+
 /// A wait for another request's answer about a subject.
 #[derive(Debug)]
 pub struct Waiting(watch::Receiver<()>);
@@ -138,9 +147,7 @@ impl FleetMinutes {
 
     fn count_or_ask(&self, subject: &str, start: i64, max: u32, may_wait: bool) -> Count {
         let Ok(mut subjects) = self.0.lock() else {
-            return Count::Unknown(Asking {
-                _answered: watch::channel(()).0,
-            });
+            return Count::Unknown(Asking::unwatched());
         };
         let Subjects { minutes, asking } = &mut *subjects;
         match minutes.get_mut(subject) {
@@ -158,9 +165,7 @@ impl FleetMinutes {
             {
                 Some(asked) if may_wait => Count::Wait(Waiting(asked.clone())),
                 // Asks alongside the one asking; nobody waits for it.
-                Some(_) => Count::Unknown(Asking {
-                    _answered: watch::channel(()).0,
-                }),
+                Some(_) => Count::Unknown(Asking::unwatched()),
                 None => {
                     let (answered, asked) = watch::channel(());
                     asking.insert(subject.to_owned(), asked);
