@@ -19,7 +19,7 @@
 //! One request at a time asks the database about a subject's minute: the
 //! others that find no count meanwhile wait for its answer
 //! ([`Count::Wait`]) and then count here; if it gave up, they ask
-//! themselves rather than wait again ([`FleetMinutes::count_after_waiting`]).
+//! themselves rather than wait again ([`FleetMinutes::count_waiting`]).
 //! A user's tabs that start a minute together send one statement instead
 //! of one each; twenty people behind one office NAT still ask about their
 //! own accounts, but only one of their statements updates the address's
@@ -136,12 +136,24 @@ impl FleetMinutes {
         self.count_or_ask(subject, start, max, true)
     }
 
+    /// [`FleetMinutes::count`], waiting out another request's ask
+    /// ([`Count::Wait`]) once: never answers `Wait`.
+    pub async fn count_waiting(&self, subject: &str, start: i64, max: u32) -> Count {
+        match self.count(subject, start, max) {
+            Count::Wait(answer) => {
+                answer.done().await;
+                self.count_after_waiting(subject, start, max)
+            }
+            count => count,
+        }
+    }
+
     /// [`FleetMinutes::count`] for a message that has waited for an answer
     /// once ([`Count::Wait`]) and found none (the request asking gave up:
     /// an outage, a request cancelled): it asks the database itself rather
     /// than wait again, so that in an outage the messages from one subject
     /// do not fail one after another, each after the one before.
-    pub fn count_after_waiting(&self, subject: &str, start: i64, max: u32) -> Count {
+    fn count_after_waiting(&self, subject: &str, start: i64, max: u32) -> Count {
         self.count_or_ask(subject, start, max, false)
     }
 
@@ -339,6 +351,34 @@ mod tests {
             0,
             "forgotten once answered"
         );
+    }
+
+    #[tokio::test]
+    async fn messages_that_waited_for_an_ask_given_up_do_not_wait_on_each_other() {
+        let a = std::sync::Arc::new(FleetMinutes::default());
+        let Count::Unknown(asking) = a.count("ip:1", MINUTE, 3) else {
+            panic!("the first asks");
+        };
+        // Each waiter keeps what it was answered (an ask, if it asks).
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.count_waiting("ip:1", MINUTE, 3).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        drop(asking);
+        // All answers held (and the asks in them alive) until all are in.
+        let mut counts = Vec::new();
+        for waiter in waiters {
+            counts.push(
+                tokio::time::timeout(Duration::from_secs(5), waiter)
+                    .await
+                    .expect("not waiting behind another that waited")
+                    .unwrap(),
+            );
+        }
+        assert!(counts.into_iter().all(|c| kind(c) == "unknown"));
     }
 
     #[test]

@@ -290,30 +290,18 @@ impl Limits {
         ];
         for ((subject, max, refusal), asked) in subjects.iter().zip(&mut ask) {
             let Some(subject) = subject else { continue };
-            let mut waited = false;
-            loop {
-                let count = if waited {
-                    self.minutes.count_after_waiting(subject, window, *max)
-                } else {
-                    self.minutes.count(subject, window, *max)
-                };
-                match count {
-                    Count::Over => {
-                        self.take_back(&counted);
-                        return Err(ApiError::too_many(*refusal, retry));
-                    }
-                    Count::Counted => counted.subjects.push(subject.clone()),
-                    Count::Unknown(ask) => {
-                        asking.push(ask);
-                        *asked = Some(subject.as_str());
-                    }
-                    Count::Wait(answer) => {
-                        answer.done().await;
-                        waited = true;
-                        continue;
-                    }
+            match self.minutes.count_waiting(subject, window, *max).await {
+                Count::Over => {
+                    self.take_back(&counted);
+                    return Err(ApiError::too_many(*refusal, retry));
                 }
-                break;
+                Count::Counted => counted.subjects.push(subject.clone()),
+                Count::Unknown(ask) => {
+                    asking.push(ask);
+                    *asked = Some(subject.as_str());
+                }
+                // `count_waiting` has waited already.
+                Count::Wait(_) => {}
             }
         }
         if ask.iter().all(Option::is_none) && check.read.is_none() && !check.turns {
